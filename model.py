@@ -1,0 +1,228 @@
+"""
+A GPT whose position module is chosen by name, for studying length generalization.
+
+nanoGPT's model (Karpathy, github.com/karpathy/nanoGPT) with the position embedding as a knob:
+- "learned": GPT-2's learned absolute positions (cannot run past block_size);
+- "nope":    no position information at all (causal masking alone; Kazemnejad et al. 2023);
+- "rope":    rotary embedding (Su et al. 2021);
+- "fope":    Fourier position embedding (Hua et al. 2025, arXiv 2412.17739);
+- "alibi":   linear attention biases (Press et al. 2022).
+How each is computed lives in fope.py; this file only chooses. The paper's models use RMSNorm and
+SwiGLU (OLMo); nanoGPT uses LayerNorm and GELU: both are config knobs.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fope import AlibiBias, FourierPositionEmbedding, RotaryPositionEmbedding, check_scaling
+
+POS_EMBS = ("learned", "nope", "rope", "fope", "alibi")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 128  # the training length L_train
+    vocab_size: int = 65
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    pos_emb: str = "fope"  # learned | nope | rope | fope | alibi
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu | swiglu
+    rope_theta: float = 10000.0
+    fope_sigma: float = 0.3  # xavier gain of FoPE's coefficients; 0 = clamp-only ablation
+    fope_dim: int = None  # draw FoPE's frequencies from this many dims (> head_dim: richer basis)
+    fope_clamp: bool = True  # zero frequencies whose period exceeds block_size
+    fope_learnable: bool = False
+    fope_zero_pad: str = "official"  # official | identity
+    rope_scaling: dict = None  # e.g. {"type": "yarn", "factor": 8.0}; original_len defaults to block_size
+    rotary_backend: str = "auto"  # auto | eager | c | compile
+
+    def __post_init__(self):
+        choices = {"pos_emb": POS_EMBS, "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
+                   "fope_zero_pad": ("official", "identity")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        check_scaling(self.rope_scaling)
+
+    @classmethod
+    def from_dict(cls, args):
+        """Build from a checkpoint's model_args, with a one-line error for a foreign checkpoint."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(args) - names
+        if unknown:
+            raise ValueError(f"checkpoint model_args has unknown fields {sorted(unknown)}: "
+                             "it was written by another model.py")
+        return cls(**args)
+
+
+def make_norm(config):
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, alibi=None):
+        super().__init__()
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        head_dim = config.n_embd // config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        # every layer owns its rotary module, so FoPE draws its coefficients per layer (as the official code)
+        self.rotary = None
+        if config.pos_emb == "rope":
+            self.rotary = RotaryPositionEmbedding(head_dim, config.rope_theta, config.rope_scaling,
+                                                  config.block_size, config.rotary_backend)
+        elif config.pos_emb == "fope":
+            self.rotary = FourierPositionEmbedding(
+                head_dim, config.n_head, config.block_size, config.rope_theta, config.fope_sigma,
+                config.fope_dim, config.fope_clamp, config.fope_learnable, config.fope_zero_pad,
+                config.rope_scaling, config.rotary_backend)
+        self.alibi = alibi  # shared by all layers
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        dropout = self.dropout if self.training else 0.0
+        if self.alibi is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.alibi(T, x.device, q.dtype), dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        # SwiGLU keeps the parameter count of a 4x GELU MLP: hidden 8/3 * n_embd, rounded up to 64
+        hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64) if self.swiglu else 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        else:
+            x = F.gelu(self.c_fc(x))
+        return self.dropout(self.c_proj(x))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, alibi=None):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, alibi)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        alibi = AlibiBias(config.n_head) if config.pos_emb == "alibi" else None
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, alibi) for _ in range(config.n_layer)]),
+            ln_f=make_norm(config),
+        ))
+        if config.pos_emb == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.pos_emb == "learned":
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        B, T = idx.size()
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.config.pos_emb == "learned":
+            if T > self.config.block_size:
+                raise ValueError(f"pos_emb='learned' cannot take {T} tokens (block_size is "
+                                 f"{self.config.block_size}); use rope, fope, alibi or nope for longer inputs")
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        if targets is None:  # inference: only the last position's logits
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=-1, reduction=reduction)
+        if reduction == "none":
+            loss = loss.view(B, T)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # frozen FoPE coefficients are buffers (or requires_grad=False): they never reach the optimizer
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() == 2]  # matmul weights and embeddings
+        no_decay = [p for p in params if p.dim() != 2]  # norms, biases, learnable FoPE coefficients
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None):
+        """Sample max_new_tokens after idx (B, T). The context is cropped to max_context tokens
+        (default block_size, the length the model was trained on)."""
+        max_context = max_context or self.config.block_size
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -max_context:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :] / max(temperature, 1e-8)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
