@@ -1,0 +1,84 @@
+"""
+Sample text from a checkpoint written by train.py, decoded with the checkpoint's own tokenizer.
+
+    python sample.py --out_dir=out/laptop_fope --start="ROMEO:"
+    python sample.py --out_dir=out/laptop_rope --start=FILE:prompt.txt --num_samples=1 --max_new_tokens=2000
+
+After Karpathy's nanoGPT sample.py.
+"""
+
+import os
+import sys
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+
+from configurator import configure
+from data.tokenizer import get_tokenizer
+from model import GPT, GPTConfig
+
+_names_before_config = set(globals())
+# -----------------------------------------------------------------------------
+out_dir = "out/laptop_fope"  # reads out_dir/ckpt.pt
+start = "\n"  # the prompt, or FILE:path to read it from a file
+num_samples = 3
+max_new_tokens = 500
+temperature = 0.8  # 1.0: the model's distribution; lower is more conservative
+top_k = None  # e.g. 200: sample only among the top_k most likely tokens
+seed = 1337
+device = "auto"  # auto (cuda, mps, then cpu) | cpu | cuda | mps
+dtype = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_config and not k.startswith("_")}
+
+
+def main(argv):
+    cfg = SimpleNamespace(**configure(DEFAULTS, argv))
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if not os.path.exists(ckpt_path):
+        raise SystemExit(f"no checkpoint at {ckpt_path}: train one with python train.py --out_dir={cfg.out_dir}")
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device.startswith("cuda") else "float32"
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=ptdtype)
+
+    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+    try:
+        model = GPT(GPTConfig.from_dict(checkpoint["model_args"]))
+    except ValueError as e:
+        raise SystemExit(f"{ckpt_path}: {e}")
+    model.load_state_dict(checkpoint["model"])
+    model.eval().to(device)
+    tokenizer = get_tokenizer(checkpoint["meta"])
+
+    prompt = cfg.start
+    if prompt.startswith("FILE:"):
+        try:
+            with open(prompt[len("FILE:"):], encoding="utf-8") as f:
+                prompt = f.read()
+        except OSError as e:
+            raise SystemExit(f"--start={cfg.start}: {e.strerror}")
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError as e:
+        raise SystemExit(f"--start: {e}")
+    if not ids:
+        raise SystemExit("--start is empty: give the model at least one token to continue")
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]  # (1, T)
+
+    torch.manual_seed(cfg.seed)
+    samples = []
+    for _ in range(cfg.num_samples):
+        with ctx:
+            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k)
+        samples.append(tokenizer.decode(y[0].tolist()))
+        print(samples[-1])
+        print("---------------")
+    return samples
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,336 @@
+"""
+Train a small GPT with a chosen position embedding (FoPE by default), the nanoGPT way.
+
+    python train.py                                         # laptop default: FoPE, shakespeare/char, minutes on a CPU
+    python train.py config/laptop_rope.py --max_iters=2000  # a config file, then --key=value overrides
+    python train.py config/laptop_rope.py --init_from=resume --max_iters=4000 --lr_decay_iters=4000
+    torchrun --standalone --nproc_per_node=8 train.py config/owt_fope.py
+
+The config is the globals below; config files and --key=value override them (configurator.py).
+Data are token shards in data/<dataset>/ (data/shards.py). The checkpoint out_dir/ckpt.pt is
+written atomically and holds everything needed to resume exactly and to decode samples.
+After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
+"""
+
+import dataclasses
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import configure
+from data.shards import ShardError, TokenShards
+from model import GPT, GPTConfig
+
+_names_before_config = set(globals())
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = "out/laptop_fope"
+eval_interval = 100  # iterations between val evaluations (a checkpoint may follow each)
+eval_iters = 10  # val batches per evaluation: the same batches every time (fixed seed)
+log_interval = 10
+always_save_checkpoint = True  # save at every evaluation, not only when val loss improves
+init_from = "scratch"  # "scratch" or "resume" (from out_dir/ckpt.pt)
+# wandb logging (wandb is imported only when this is on)
+wandb_log = False
+wandb_project = "nanofope"
+wandb_run_name = "laptop_fope"
+# data
+dataset = "shakespeare/char"  # the shards in data/shakespeare/char
+gradient_accumulation_steps = 1  # micro-batches per optimizer step, summed over all DDP processes
+batch_size = 32  # sequences per micro-batch
+block_size = 128  # training length
+seed = 1337
+# model: every GPTConfig field (model.py) except vocab_size, which is the dataset's (meta.json)
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+bias = False
+pos_emb = "fope"  # learned | nope | rope | fope | alibi
+norm = "layernorm"  # layernorm | rmsnorm
+mlp = "gelu"  # gelu | swiglu
+rope_theta = 10000.0
+fope_sigma = 0.3  # 0.0: FoPE's floor clamp alone (no Fourier coefficients)
+fope_dim = None
+fope_clamp = True
+fope_learnable = False
+fope_zero_pad = "official"
+rope_scaling = None  # e.g. {"type": "yarn", "factor": 8.0}
+rotary_backend = "auto"  # auto | eager | c | compile
+# AdamW, with a linear warmup then a cosine decay of the learning rate to min_lr at lr_decay_iters
+learning_rate = 1e-3
+max_iters = 800
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
+decay_lr = True
+warmup_iters = 100
+lr_decay_iters = None  # None: max_iters. Set it to extend a run: N iters + resume to 2N == 2N iters
+min_lr = 1e-4
+# system
+device = "auto"  # auto (cuda, mps, then cpu) | cpu | cuda | cuda:1 | mps
+dtype = "auto"  # auto: bfloat16 autocast on CUDA (float16 if unsupported), float32 elsewhere
+compile = False  # torch.compile the model
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_config and not k.startswith("_")}
+
+
+def get_lr(it, cfg):
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it >= decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def micro_batch_seeds(rng, n):
+    """Every process draws the same n seeds per step (the global stream); micro-batch i of the step is
+    drawn with seeds[i], so any split of the micro-batches over processes sees the same data."""
+    return rng.integers(2**63, size=n)
+
+
+@torch.no_grad()
+def estimate_val_loss(model, val_data, cfg, ctx, device, rank, world_size):
+    """Mean loss over the same eval_iters val batches every time, split over the DDP processes."""
+    model.eval()
+    seeds = micro_batch_seeds(np.random.default_rng(cfg.seed + 1), cfg.eval_iters)
+    total = torch.zeros((), device=device)
+    for s in seeds[rank::world_size]:
+        x, y = val_data.get_batch(cfg.batch_size, cfg.block_size, np.random.default_rng(s))
+        with ctx:
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.float()
+    if world_size > 1:
+        dist.all_reduce(total)
+    model.train()
+    return total.item() / cfg.eval_iters
+
+
+def save_checkpoint(checkpoint, path):
+    """Atomic: write a temp file in the same directory, fsync it, then rename over the old one.
+    An interruption at any point leaves the previous checkpoint whole."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path, model_args):
+    """The checkpoint to resume from, if it holds the model the config asks for (else a one-line exit)."""
+    if not os.path.exists(path):
+        raise SystemExit(f"no checkpoint at {path} to resume from: drop --init_from=resume or pick its --out_dir")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"cannot read {path} ({type(e).__name__}): delete it or use a new out_dir")
+    ignore = ("dropout", "rotary_backend")  # may change on resume: they do not change the weights
+    saved = checkpoint["model_args"]
+    diff = [k for k in model_args if k not in ignore and saved.get(k) != model_args[k]]
+    if diff:
+        def show(args):
+            return ", ".join(f"{k}={args.get(k)}" for k in diff)
+        flags = [f"--dataset={checkpoint['config']['dataset']}" if k == "vocab_size" else f"--{k}={saved.get(k)}"
+                 for k in diff]
+        raise SystemExit(f"{path} holds another model ({show(saved)}) than the config asks ({show(model_args)}): "
+                         f"use a new out_dir or matching {' '.join(flags)}")
+    return checkpoint
+
+
+def checkpoint_status(path):
+    """One phrase on what a reader will find at path."""
+    if not os.path.exists(path):
+        return "no checkpoint was written"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return f"last checkpoint: {path} (iter {checkpoint['iter_num']}, val loss {checkpoint['best_val_loss']:.4f})"
+
+
+def pick_device(name, local_rank):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and local_rank is not None:
+        name = f"cuda:{local_rank}"
+    return name
+
+
+def main(argv):
+    """Train; returns the training loss of every iteration run (tests compare them)."""
+    cfg = SimpleNamespace(**configure(DEFAULTS, argv))
+    ddp = "RANK" in os.environ  # launched by torchrun
+    rank, local_rank, world_size = 0, 0, 1
+    if ddp:
+        rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    device = pick_device(cfg.device, local_rank if ddp else None)
+    if ddp:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    try:
+        return train(cfg, rank, world_size, device, ckpt_path)
+    except KeyboardInterrupt:
+        if rank == 0:
+            print(f"\ninterrupted; {checkpoint_status(ckpt_path)}", file=sys.stderr)
+        raise SystemExit(130)
+    finally:
+        if ddp:
+            dist.destroy_process_group()
+
+
+def train(cfg, rank, world_size, device, ckpt_path):
+    master = rank == 0
+    if cfg.gradient_accumulation_steps % world_size:
+        raise SystemExit(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple "
+                         f"of the {world_size} processes")
+    accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-batches of this process per step
+    device_type = device.split(":")[0]
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "float32" if device_type != "cuda" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise SystemExit(f"dtype must be auto or one of {', '.join(dtypes)}, got {dtype!r}")
+    ptdtype = dtypes[dtype]
+    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    data_dir = os.path.join("data", cfg.dataset)
+    try:
+        train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+    except ShardError as e:
+        raise SystemExit(str(e))
+    model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
+    model_args["vocab_size"] = train_data.vocab_size
+    try:
+        gptconf = GPTConfig(**model_args)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    model_args = dataclasses.asdict(gptconf)
+    checkpoint = None
+    if cfg.init_from == "resume":
+        checkpoint = load_checkpoint(ckpt_path, model_args)
+    elif cfg.init_from != "scratch":
+        raise SystemExit(f"init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
+
+    torch.manual_seed(cfg.seed + rank)  # dropout differs per process; DDP copies rank 0's initial weights
+    raw_model = GPT(gptconf).to(device)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    data_rng = np.random.default_rng(cfg.seed)  # the same on every process: the global batch stream
+    iter_num, best_val_loss = 0, float("inf")
+    if checkpoint is not None:
+        raw_model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+        rng = checkpoint["rng"]
+        data_rng.bit_generator.state = rng["numpy"]
+        random.setstate(rng["python"])
+        if world_size == 1:
+            torch.set_rng_state(rng["torch"])
+            if device_type == "cuda" and rng["cuda"] is not None:
+                torch.cuda.set_rng_state(rng["cuda"])
+        else:  # only rank 0's state was saved: give every process a fresh dropout stream
+            torch.manual_seed(cfg.seed + rank + world_size * iter_num)
+        checkpoint = None  # free the memory
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    eval_model = model
+    if world_size > 1:
+        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
+
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        print(f"{cfg.pos_emb}: {raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter "
+              f"({world_size} processes x {accum_steps} micro-batches x {cfg.batch_size} x {cfg.block_size}), "
+              f"{device} {dtype}, {train_data.num_tokens:,} train tokens")
+        if cfg.wandb_log:
+            import wandb
+            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
+
+    def save(iter_num, best_val_loss):
+        rng = {"numpy": data_rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+        save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
+                         "config": vars(cfg), "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
+                         "meta": train_data.meta}, ckpt_path)
+
+    losses, start_iter, t_start = [], iter_num, time.time()
+    while True:
+        # evaluate, and checkpoint the state after iter_num iterations
+        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
+            val_loss = estimate_val_loss(eval_model, val_data, cfg, ctx, device, rank, world_size)
+            improved = val_loss < best_val_loss
+            best_val_loss = min(best_val_loss, val_loss)
+            saving = (iter_num > start_iter and math.isfinite(val_loss)
+                      and (improved or cfg.always_save_checkpoint or iter_num == cfg.max_iters))
+            if master:
+                print(f"iter {iter_num}: val loss {val_loss:.4f}, {time.time() - t_start:.1f} s"
+                      f"{', saved ' + ckpt_path if saving else ''}")
+                if saving:
+                    save(iter_num, best_val_loss)
+                if cfg.wandb_log:
+                    wandb.log({"iter": iter_num, "val/loss": val_loss})
+        if iter_num >= cfg.max_iters:
+            break
+
+        # one optimizer step over gradient_accumulation_steps micro-batches, split over the processes
+        t0 = time.time()
+        lr = get_lr(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        seeds = micro_batch_seeds(data_rng, cfg.gradient_accumulation_steps)
+        loss_sum = torch.zeros((), device=device)
+        for micro, s in enumerate(seeds[rank * accum_steps:(rank + 1) * accum_steps]):
+            x, y = train_data.get_batch(cfg.batch_size, cfg.block_size, np.random.default_rng(s))
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = world_size == 1 or micro == accum_steps - 1  # DDP averages gradients on the last one only
+            with nullcontext() if sync else model.no_sync():
+                with ctx:
+                    _, loss = model(x, y)
+                    loss = loss / accum_steps
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if cfg.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if world_size > 1:
+            dist.all_reduce(loss_sum)
+        lossf = loss_sum.item() / world_size
+        dt = time.time() - t0
+        if not math.isfinite(lossf):
+            raise SystemExit(f"iter {iter_num}: loss is {lossf}, training stopped (try a lower --learning_rate); "
+                             f"{checkpoint_status(ckpt_path)}")
+        losses.append(lossf)
+        if master and iter_num % cfg.log_interval == 0:
+            print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.0f} ms, {tokens_per_iter / dt / 1000:.0f}k tok/s")
+            if cfg.wandb_log:
+                wandb.log({"iter": iter_num, "train/loss": lossf, "lr": lr})
+        iter_num += 1
+    return losses
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
