@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test setup
+.PHONY: test setup demo
 
 setup: $(STAMP)
 
@@ -16,3 +16,7 @@ $(STAMP): requirements.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the laptop reproduction of the length curves (~25 min on 2 cores); QUICK=1: a few-minute smoke run
+demo: $(STAMP)
+	$(PY) demo.py $(if $(QUICK),--quick)

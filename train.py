@@ -28,7 +28,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
 from data.shards import ShardError, TokenShards
+from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig
+from passkey import PasskeyDocs
 
 _names_before_config = set(globals())
 # -----------------------------------------------------------------------------
@@ -49,6 +51,8 @@ gradient_accumulation_steps = 1  # micro-batches per optimizer step, summed over
 batch_size = 32  # sequences per micro-batch
 block_size = 128  # training length
 seed = 1337
+passkey_frac = 0.0  # fraction of training rows that start with a passkey document (passkey.py)
+passkey_warmup = 0  # first iterations on passkey documents only: the copy circuit forms there, not in a mix
 # model: every GPTConfig field (model.py) except vocab_size, which is the dataset's (meta.json)
 n_layer = 4
 n_head = 4
@@ -220,6 +224,9 @@ def train(cfg, rank, world_size, device, ckpt_path):
         train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     except ShardError as e:
         raise SystemExit(str(e))
+    passkey_docs = PasskeyDocs(get_tokenizer(train_data.meta)) if cfg.passkey_frac or cfg.passkey_warmup else None
+    if passkey_docs is not None and passkey_docs.min_length > cfg.block_size + 1:
+        raise SystemExit(f"passkey documents need block_size >= {passkey_docs.min_length - 1}: raise block_size or set passkey_frac=0")
     model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
     model_args["vocab_size"] = train_data.vocab_size
     try:
@@ -301,7 +308,10 @@ def train(cfg, rank, world_size, device, ckpt_path):
         seeds = micro_batch_seeds(data_rng, cfg.gradient_accumulation_steps)
         loss_sum = torch.zeros((), device=device)
         for micro, s in enumerate(seeds[rank * accum_steps:(rank + 1) * accum_steps]):
-            x, y = train_data.get_batch(cfg.batch_size, cfg.block_size, np.random.default_rng(s))
+            batch_rng = np.random.default_rng(s)
+            x, y = train_data.get_batch(cfg.batch_size, cfg.block_size, batch_rng)
+            if passkey_docs is not None:
+                passkey_docs.mix_into(x, y, 1.0 if iter_num < cfg.passkey_warmup else cfg.passkey_frac, batch_rng)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = world_size == 1 or micro == accum_steps - 1  # DDP averages gradients on the last one only
             with nullcontext() if sync else model.no_sync():
