@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test setup demo
+.PHONY: test setup demo ext bench
 
 setup: $(STAMP)
 
@@ -20,3 +20,11 @@ test: $(STAMP)
 # the laptop reproduction of the length curves (~25 min on 2 cores); QUICK=1: a few-minute smoke run
 demo: $(STAMP)
 	$(PY) demo.py $(if $(QUICK),--quick)
+
+# the C rotation kernel (also built on first use); prints the compiler's error if it cannot build
+ext: $(STAMP)
+	$(PY) -m fope_ext
+
+# rotation kernels vs eager, torch.compile and a plain copy; training step times -> bench.json
+bench: $(STAMP)
+	$(PY) bench.py $(if $(QUICK),--quick)

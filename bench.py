@@ -1,0 +1,229 @@
+"""
+Benchmark the rotary rotation, eq. (1) of fope.py, on CPU: how close each path gets to a plain copy
+of the same bytes (the memory-bandwidth roof), then what it means for a training step.
+
+(1) Rotation, forward and forward+backward, FoPE's per-head tables, float32:
+    eager_official  tables rebuilt on every call (sin/cos of t*w, the per-head einsum with the
+                    coefficients, padding), then the eager rotation: the official FoPE code's form
+    eager_cached    fope.apply_rotary on cached tables (about five passes over x)
+    compile         torch.compile(fope.apply_rotary)
+    c               fope_ext.rotate (one pass of OpenMP C)
+    copy            torch.empty_like(x).copy_(x): the roof, output allocation included as in c;
+                    forward+backward counts two copies (the backward also reads g and writes dx)
+(2) Training step of the laptop GPT (4 layers, 4 heads, 128 wide, T=128, batch 32, AdamW) for
+    RoPE and FoPE with each rotary_backend.
+
+Methods are interleaved (round-robin each repeat), so drifting machine load hits all alike, and
+medians over repeats are reported. Results, ratios and the machine go to bench.json.
+
+$ python bench.py            # the full run (a few minutes; run it alone on the machine)
+$ python bench.py --quick    # the same in under a minute, fewer repeats
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import fope
+import fope_ext
+from fope import FourierPositionEmbedding
+from model import GPT, GPTConfig
+
+SHAPES = {"gpt2_small": (8, 12, 1024, 64), "laptop": (32, 4, 128, 32)}  # (B, H, T, head_dim)
+METHODS = ("eager_official", "eager_cached", "compile", "c", "copy")
+STEP_CONFIGS = [(pos_emb, backend) for pos_emb in ("rope", "fope") for backend in ("eager", "c", "compile")]
+
+# -----------------------------------------------------------------------------
+# rotation microbenchmark
+
+
+def official_form(x, pe):
+    """The official FoPE code's per-call work: tables from scratch, then the eager rotation."""
+    T, half = x.shape[2], x.shape[3] // 2
+    pos = torch.arange(T, dtype=x.dtype)
+    angle = pos[:, None] * pe.inv_freq.to(x.dtype)[None, :]  # (T, D)
+    sin = torch.einsum("td,hde->hte", angle.sin(), pe.sin_coef)  # (H, T, d_out)
+    cos = torch.einsum("td,hde->hte", angle.cos(), pe.cos_coef)
+    sin = F.pad(sin, (0, half - pe.d_out), value=1.0)  # the official zero-frequency padding
+    cos = F.pad(cos, (0, half - pe.d_out), value=1.0)
+    return fope.apply_rotary(x, cos, sin)
+
+
+def copy(x):
+    return torch.empty_like(x).copy_(x)
+
+
+def rotation_methods(shape):
+    """{method: (forward, forward_backward)}, each a no-argument callable."""
+    B, H, T, hd = shape
+    torch.manual_seed(0)
+    pe = FourierPositionEmbedding(hd, H, train_len=T)
+    cos, sin = pe.tables(0, T)  # (H, T, hd//2)
+    x = torch.randn(shape)
+    x_grad = x.clone().requires_grad_()
+    g = torch.randn(shape)
+    rotations = {
+        "eager_official": lambda x: official_form(x, pe),
+        "eager_cached": lambda x: fope.apply_rotary(x, cos, sin),
+        "compile": lambda x: fope.rotate(x, cos, sin, "compile"),
+        "c": lambda x: fope_ext.rotate(x, cos, sin),
+    }
+    methods = {}
+    for name, rotate in rotations.items():
+        methods[name] = (lambda rotate=rotate: rotate(x),
+                         lambda rotate=rotate: torch.autograd.grad(rotate(x_grad), x_grad, g))
+    methods["copy"] = (lambda: copy(x), lambda: (copy(x), copy(g)))
+    return methods
+
+
+def interleaved_medians(fns, repeats, burst, warmup):
+    """Median seconds per call of each fn, and its page faults per call (first touches of freshly
+    mapped memory, a cost every method that allocates can pay); every repeat runs a burst of each
+    fn in turn."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    faults = dict.fromkeys(fns, 0)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            for _ in range(burst):
+                faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+                faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return medians, {name: f / (repeats * burst) for name, f in faults.items()}
+
+
+def bench_rotation(shape, repeats, burst):
+    methods = rotation_methods(shape)
+    nbytes = torch.Size(shape).numel() * 4
+    result = {}
+    for mode, index, passes in (("fwd", 0, 2), ("fwd_bwd", 1, 4)):  # passes: bytes moved / size of x
+        t0 = time.perf_counter()
+        fns = {m: pair[index] for m, pair in methods.items()}
+        medians, faults = interleaved_medians(fns, repeats, burst, warmup=5)
+        print(f"  {mode}: measured in {time.perf_counter() - t0:.0f} s (compile warm-up included)")
+        for m in METHODS:
+            result[f"{m}_{mode}_ms"] = medians[m] * 1e3
+            result[f"{m}_{mode}_page_faults_per_call"] = faults[m]
+            result[f"{m}_{mode}_GBps"] = passes * nbytes / medians[m] / 1e9
+            result[f"{m}_{mode}_over_copy"] = medians[m] / medians["copy"]
+    return result
+
+
+def print_rotation(name, shape, r):
+    print(f"rotation {name} (B, H, T, hd) = {shape}, float32, FoPE per-head tables")
+    print(f"  {'method':16s} {'fwd ms':>8s} {'GB/s':>6s} {'x copy':>6s}"
+          f"   {'fwd+bwd ms':>10s} {'GB/s':>6s} {'x copy':>6s}")
+    for m in METHODS:
+        fwd, fwd_bwd = (f"{r[f'{m}_{mode}_GBps']:6.1f} {r[f'{m}_{mode}_over_copy']:6.2f}"
+                        for mode in ("fwd", "fwd_bwd"))
+        print(f"  {m:16s} {r[f'{m}_fwd_ms']:8.3f} {fwd}   {r[f'{m}_fwd_bwd_ms']:10.3f} {fwd_bwd}")
+
+# -----------------------------------------------------------------------------
+# training step
+
+
+def training_steps(batch_size=32, block_size=128):
+    """{(pos_emb, backend): one AdamW step on random tokens} for the laptop GPT."""
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 65, (batch_size, block_size + 1), generator=g)
+    x, y = idx[:, :-1], idx[:, 1:]
+    steps = {}
+    for pos_emb, backend in STEP_CONFIGS:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=block_size, n_layer=4, n_head=4, n_embd=128, vocab_size=65,
+                              pos_emb=pos_emb, rotary_backend=backend))
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+
+        def step(model=model, optimizer=optimizer):
+            _, loss = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        steps[f"{pos_emb}_{backend}"] = step
+    return steps
+
+
+def bench_training(repeats, burst, batch_size=32, block_size=128):
+    t0 = time.perf_counter()
+    medians, _ = interleaved_medians(training_steps(batch_size, block_size), repeats, burst, warmup=3)
+    print(f"training step, laptop GPT (4 x 128, 4 heads, T={block_size}), batch {batch_size}, AdamW "
+          f"(measured in {time.perf_counter() - t0:.0f} s)")
+    result = {}
+    for name, seconds in medians.items():
+        result[f"step_{name}_ms"] = seconds * 1e3
+        result[f"step_{name}_tokens_per_s"] = batch_size * block_size / seconds
+        print(f"  {name:14s} {seconds * 1e3:8.2f} ms  {batch_size * block_size / seconds / 1e3:7.1f}k tok/s")
+    return result
+
+# -----------------------------------------------------------------------------
+
+
+def machine():
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats: under a minute")
+    parser.add_argument("--out", default="bench.json", help="where to write the results")
+    args = parser.parse_args()
+    if not fope_ext.available():
+        raise SystemExit(f"fope_ext is not built ({fope_ext.build_error()}): install a C compiler "
+                         "with OpenMP (e.g. apt-get install gcc) and run make ext")
+    repeats, burst, step_repeats = (3, 3, 5) if args.quick else (30, 5, 40)
+    m = machine()
+    run = "quick" if args.quick else "full"
+    print(f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['threads']} threads; "
+          f"{run} run: {repeats} repeats x {burst} calls per method, interleaved")
+
+    out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+           "command": " ".join(["python"] + sys.argv), "quick": args.quick}
+    for name, shape in SHAPES.items():
+        print(f"rotation {name} {shape} ...")
+        out[f"rotation_{name}"] = r = {"shape": shape, **bench_rotation(shape, repeats, burst)}
+        print_rotation(name, shape, r)
+    out["training"] = t = bench_training(step_repeats, burst=1)
+
+    big = out["rotation_gpt2_small"]
+    out["speedup_c_over_eager_official_fwd_bwd"] = big["eager_official_fwd_bwd_ms"] / big["c_fwd_bwd_ms"]
+    out["speedup_c_over_eager_cached_fwd_bwd"] = big["eager_cached_fwd_bwd_ms"] / big["c_fwd_bwd_ms"]
+    out["speedup_c_over_compile_fwd_bwd"] = big["compile_fwd_bwd_ms"] / big["c_fwd_bwd_ms"]
+    out["c_fwd_over_copy"] = big["c_fwd_over_copy"]
+    out["c_fwd_bwd_over_copy"] = big["c_fwd_bwd_over_copy"]
+    out["fope_over_rope_step_c"] = t["step_fope_c_ms"] / t["step_rope_c_ms"]
+    out["fope_over_rope_step_eager"] = t["step_fope_eager_ms"] / t["step_rope_eager_ms"]
+    out["speedup_step_c_over_eager_fope"] = t["step_fope_eager_ms"] / t["step_fope_c_ms"]
+    out["speedup_step_c_over_compile_fope"] = t["step_fope_compile_ms"] / t["step_fope_c_ms"]
+    print("ratios (rotation at (8, 12, 1024, 64)):")
+    for key, value in out.items():
+        if key.startswith(("speedup", "c_fwd", "fope_over")):
+            print(f"  {key:38s} {value:6.2f}")
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
