@@ -37,7 +37,7 @@ def read_config_file(path):
             source = f.read()
     except OSError:
         raise SystemExit(f"config file {path} not found (arguments without -- are config files)")
-    namespace = {}
+    namespace = {"__file__": path}  # so a config can build on another: exec(open(sibling).read())
     exec(compile(source, path, "exec"), namespace)
     return {k: v for k, v in namespace.items()
             if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
