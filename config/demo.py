@@ -17,9 +17,7 @@ eval_interval = 550
 eval_iters = 10
 log_interval = 200
 # Passkey retrieval needs a copy circuit (an induction head). Mixed into Shakespeare from the start, it
-# did not form within 2000 iterations here; on passkey documents alone it formed after ~400-1000
-# iterations, varying with the seed (with 1000 such iterations, one seed in two of rope and of alibi had
-# formed it). So: 1600 iterations of passkey documents only, then half of the rows start with one, to
-# keep the skill while Shakespeare is learned.
-passkey_warmup = 1600
+# did not form within 2000 iterations here; on passkey documents alone it formed in ~400-1000 (lr 3e-3).
+# So: 1000 iterations of passkey documents only, then half of the rows start with one, to keep the skill.
+passkey_warmup = 1000
 passkey_frac = 0.5
