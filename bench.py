@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 import fope
 import fope_ext
-from fope import FourierPositionEmbedding
+from fope import FourierPositionEmbedding, RotaryPositionEmbedding
 from model import GPT, GPTConfig
 
 SHAPES = {"gpt2_small": (8, 12, 1024, 64), "laptop": (32, 4, 128, 32)}  # (B, H, T, head_dim)
@@ -132,6 +132,19 @@ def print_rotation(name, shape, r):
                         for mode in ("fwd", "fwd_bwd"))
         print(f"  {m:16s} {r[f'{m}_fwd_ms']:8.3f} {fwd}   {r[f'{m}_fwd_bwd_ms']:10.3f} {fwd_bwd}")
 
+def bench_modules(shape, repeats, burst):
+    """Forward of the FoPE module against the RoPE module (cached tables), for each backend."""
+    B, H, T, hd = shape
+    x = torch.randn(shape)
+    modules = {f"{name}_{backend}": make(backend) for backend in ("eager", "c") for name, make in (
+        ("rope", lambda b: RotaryPositionEmbedding(hd, train_len=T, backend=b)),
+        ("fope", lambda b: FourierPositionEmbedding(hd, H, T, backend=b)))}
+    medians, _ = interleaved_medians({k: (lambda m=m: m(x)) for k, m in modules.items()}, repeats, burst, warmup=3)
+    result = {f"module_{k}_fwd_ms": v * 1e3 for k, v in medians.items()}
+    print(f"position modules {shape}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in medians.items()))
+    return result
+
+
 # -----------------------------------------------------------------------------
 # training step
 
@@ -204,6 +217,7 @@ def main():
         print(f"rotation {name} {shape} ...")
         out[f"rotation_{name}"] = r = {"shape": shape, **bench_rotation(shape, repeats, burst)}
         print_rotation(name, shape, r)
+    out["modules"] = mods = bench_modules(SHAPES["gpt2_small"], repeats, burst)
     out["training"] = t = bench_training(step_repeats, burst=1)
 
     big = out["rotation_gpt2_small"]
@@ -212,6 +226,8 @@ def main():
     out["speedup_c_over_compile_fwd_bwd"] = big["compile_fwd_bwd_ms"] / big["c_fwd_bwd_ms"]
     out["c_fwd_over_copy"] = big["c_fwd_over_copy"]
     out["c_fwd_bwd_over_copy"] = big["c_fwd_bwd_over_copy"]
+    out["fope_over_rope_module_fwd_c"] = mods["module_fope_c_fwd_ms"] / mods["module_rope_c_fwd_ms"]
+    out["fope_over_rope_module_fwd_eager"] = mods["module_fope_eager_fwd_ms"] / mods["module_rope_eager_fwd_ms"]
     out["fope_over_rope_step_c"] = t["step_fope_c_ms"] / t["step_rope_c_ms"]
     out["fope_over_rope_step_eager"] = t["step_fope_eager_ms"] / t["step_rope_eager_ms"]
     out["speedup_step_c_over_eager_fope"] = t["step_fope_eager_ms"] / t["step_fope_c_ms"]
