@@ -12,7 +12,8 @@ The laptop reproduction of FoPE's length curves, end to end (what `make demo` ru
     python demo.py            # the full run (~25 minutes on 2 CPU cores)
     python demo.py --quick    # a smoke run of the same pipeline in a few minutes (results/quick/)
 
-A finished training run (its checkpoint at max_iters) is kept and not trained again; --fresh retrains.
+A finished training run (its checkpoint at max_iters, made with the current config/demo.py) is kept and
+not trained again; --fresh retrains.
 """
 
 import argparse
@@ -24,6 +25,8 @@ import sys
 import time
 
 import torch
+
+from configurator import parse, read_config_file
 
 VARIANTS = {  # name -> train.py overrides
     "rope": ["--pos_emb=rope"],
@@ -45,12 +48,24 @@ def run(cmd, log):
         raise SystemExit(f"demo: '{' '.join(cmd)}' failed ({tail[0]}); full log: {log}")
 
 
-def finished(out_dir, max_iters):
+def expected_config(flags):
+    """The settings a run gets from config/demo.py and its --key=value flags (as train.py parses them)."""
+    expected = read_config_file("config/demo.py")
+    for flag in flags:
+        key, value = flag[2:].split("=", 1)
+        expected[key] = parse(value, expected.get(key))
+    return expected
+
+
+def finished(out_dir, flags):
+    """True if out_dir holds a run that completed with these settings; a run made with other settings
+    (config/demo.py edited since) is trained again, so results/ never mixes stale runs in."""
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.isfile(path):
         return False
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return ckpt["iter_num"] >= max_iters
+    expected, saved = expected_config(flags), ckpt.get("config", {})
+    return ckpt["iter_num"] >= expected["max_iters"] and all(saved.get(k) == v for k, v in expected.items())
 
 
 def main(argv=None):
@@ -60,10 +75,9 @@ def main(argv=None):
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
     args = p.parse_args(argv)
     py = sys.executable
-    max_iters = read_config("config/demo.py")["max_iters"]
     if args.quick:
-        max_iters, seeds = 200, args.seeds[:1]
-        train_extra = [f"--max_iters={max_iters}", "--passkey_warmup=100", "--eval_interval=100"]
+        seeds = args.seeds[:1]
+        train_extra = ["--max_iters=200", "--passkey_warmup=100", "--eval_interval=100"]
         out, results = "out/demo_quick", "results/quick"
         sweep = ["--tokens=4096", "--trials=4", "--multipliers", "1", "2", "4"]
     else:
@@ -89,12 +103,13 @@ def main(argv=None):
         for seed in seeds:
             out_dir = f"{out}/{variant}_s{seed}"
             ckpts.setdefault(variant, []).append(out_dir)
-            if not args.fresh and finished(out_dir, max_iters):
+            run_flags = [*flags, f"--seed={seed}", *train_extra]
+            if not args.fresh and finished(out_dir, run_flags):
                 print(f"  {out_dir}: already trained, kept", flush=True)
                 continue
             t1 = time.time()
-            run([py, "train.py", "config/demo.py", *flags, f"--seed={seed}", f"--out_dir={out_dir}",
-                 f"--wandb_run_name={variant}_s{seed}", *train_extra], f"{out_dir}.log")
+            run([py, "train.py", "config/demo.py", *run_flags, f"--out_dir={out_dir}",
+                 f"--wandb_run_name={variant}_s{seed}"], f"{out_dir}.log")
             stages[f"train {variant}_s{seed}"] = time.time() - t1
             print(f"  {out_dir}: {time.time() - t1:.0f} s", flush=True)
     stages[name] = time.time() - t0
@@ -111,12 +126,6 @@ def main(argv=None):
     stages["total"] = time.time() - t_all
     write_report(results, stages, seeds)
     print(f"[demo {stages['total']:6.0f}s] done: {results}/demo.png, {results}/demo.md", flush=True)
-
-
-def read_config(path):
-    namespace = {}
-    exec(open(path).read(), {}, namespace)
-    return namespace
 
 
 def write_report(results, stages, seeds):
