@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from data.tokenizer import CharTokenizer, GPT2Tokenizer
-from passkey import FILLER, KEY_PREFIX, PasskeyDocs, score
+from passkey import FILLER, KEY_DIGITS, KEY_PREFIX, PasskeyDocs, score
 
 CHARS = sorted(set(FILLER + KEY_PREFIX + "0123456789.] "))
 
@@ -46,11 +46,17 @@ def test_a_length_too_short_for_the_template_is_a_one_line_error(docs):
         docs.build(10, 0.5, "12345")
 
 
-def test_training_docs_fit_the_block(docs):
+def test_training_docs_fit_the_block_and_cover_every_key_distance(docs):
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        doc = docs.training_doc(rng, 64 if docs.min_length <= 64 else docs.min_length)
-        assert docs.min_length <= len(doc) <= max(64, docs.min_length)
+    max_length = max(64, docs.min_length + 4)
+    lengths = []
+    for _ in range(200):
+        doc = docs.training_doc(rng, max_length)
+        assert docs.min_length <= len(doc) <= max_length
+        lengths.append(len(doc))
+    full = sum(n == max_length for n in lengths)
+    assert 60 < full < 140  # half fill the window: the longest key-to-question distances get trained
+    assert len(set(lengths)) > 3  # the rest move the question around the window
 
 
 @pytest.mark.parametrize("predicted,exact,digits", [
@@ -63,3 +69,11 @@ def test_training_docs_fit_the_block(docs):
 ])
 def test_scorer_on_right_wrong_and_partly_right_outputs(predicted, exact, digits):
     assert score(predicted, "48213") == (exact, pytest.approx(digits))
+
+
+def test_keys_are_five_distinct_digits(docs):
+    rng = np.random.default_rng(0)
+    keys = [docs.random_key(rng) for _ in range(300)]
+    assert all(len(k) == KEY_DIGITS and k.isdigit() and len(set(k)) == KEY_DIGITS for k in keys)
+    assert len(set(keys)) > 290  # random: 30,240 possible keys
+    assert {k[0] for k in keys} == set("0123456789")
