@@ -44,11 +44,6 @@ static int threads_for(int64_t work, int n_threads)
 #define LOAD(v) (v)
 #define STORE(v) (v)
 #include "rotate_kernels.h"
-#undef SCALAR
-#undef ACC
-#undef SUFFIX
-#undef LOAD
-#undef STORE
 
 #define SCALAR double
 #define ACC double
@@ -56,11 +51,6 @@ static int threads_for(int64_t work, int n_threads)
 #define LOAD(v) (v)
 #define STORE(v) (v)
 #include "rotate_kernels.h"
-#undef SCALAR
-#undef ACC
-#undef SUFFIX
-#undef LOAD
-#undef STORE
 
 #define SCALAR uint16_t
 #define ACC float

@@ -3,6 +3,7 @@
  *   ACC      the arithmetic type (float, or double for float64)
  *   SUFFIX   the name suffix (f32, f64, bf16)
  *   LOAD(v)  SCALAR -> ACC,   STORE(v)  ACC -> SCALAR
+ * and undefines them at its end, so the next instantiation starts clean.
  *
  * Rotation is memory bound: each element of x is read once and y written once, so the whole
  * design is one pass with a contiguous, vectorized inner loop over the half dim (restrict +
@@ -118,3 +119,8 @@ void NAME(fope_rotate_backward)(fope_rows dx, fope_rows dcos, fope_rows dsin, fo
 #undef NAME
 #undef CAT
 #undef CAT_
+#undef SCALAR
+#undef ACC
+#undef SUFFIX
+#undef LOAD
+#undef STORE
