@@ -67,8 +67,8 @@ class PasskeyDocs:
         """KEY_DIGITS distinct random digits (30,240 keys). With repeats allowed, half of the keys repeat
         a digit before their last one ("48843"), and there copying "what followed the earlier 8" is
         ambiguous: a model needs a longer match than one induction step. The laptop models formed the
-        one step and then failed on those keys (exact match 0.68-0.85 at a per-digit accuracy of 0.96),
-        which measures the probe's ambiguity, not retrieval over distance."""
+        one step and then failed on those keys (exploratory runs: exact match 0.68-0.85 at a per-digit
+        accuracy of 0.96), which measures the probe's ambiguity, not retrieval over distance."""
         return "".join(str(d) for d in rng.permutation(10)[:KEY_DIGITS])
 
     def training_doc(self, rng, max_length):
