@@ -70,7 +70,7 @@ def variant_label(model_args):
     label = "fope-clamp" if pos_emb == "fope" and model_args["fope_sigma"] == 0 else pos_emb
     scaling = model_args.get("rope_scaling")
     if scaling and pos_emb in ("rope", "fope"):
-        label += f"+{scaling['type']}{scaling['factor']:g}"
+        label += f"+{scaling['rope_type']}{scaling['factor']:g}"
     return label
 
 

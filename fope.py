@@ -7,7 +7,9 @@ Position embeddings for length generalization: the frequency math and the positi
   (TsinghuaC3I/Fourier-Position-Embedding, olmo/model.py, FourierEmbedding).
 - ALiBi: Press et al. 2022, "Train Short, Test Long" (arXiv 2108.12409).
 - Context extension: PI (Chen et al. 2023, arXiv 2306.15595), NTK-aware scaling (bloc97 2023),
-  dynamic NTK, YaRN (Peng et al. 2023, arXiv 2309.00071). Names follow HF transformers' rope_scaling.
+  dynamic NTK, YaRN (Peng et al. 2023, arXiv 2309.00071), Llama 3.1's rescaling, LongRoPE (Ding et
+  al. 2024, arXiv 2402.13753). rope_scaling dicts are spelled as HF transformers spells them, and the
+  frequencies and attention factors equal its ROPE_INIT_FUNCTIONS (tests/test_fope.py).
 
 Every rotary variant is the same computation on tables C and S of shape (H or 1, T, head_dim//2):
 
@@ -17,9 +19,14 @@ RoPE:  C[t, m] = cos(t w_m),  S[t, m] = sin(t w_m),  w_m = theta^(-2m/d).
 FoPE:  the kept frequencies are w_m >= 2 pi / L_train (paper Sec. 4.2, "clamp the floor"), and
        every output dimension is a Fourier series over them, per head h (paper Eq. 10-11):
            S[h, t, :] = sin(t w) @ sin_coef[h],   C[h, t, :] = cos(t w) @ cos_coef[h],
-       padded to head_dim//2 with position-free dimensions. RoPE is the special case with
-       identity coefficients and no clamp: in this file RoPE is the base class and FoPE only
-       changes the frequencies (clamp) and the mixing (coefficients), i.e. the data.
+       padded to head_dim//2 with position-free dimensions. In this file RoPE is the base class and
+       FoPE only changes the frequencies (clamp) and the mixing (coefficients), i.e. the data.
+
+The paper's ablation arms (its Fig. 6a) are four settings of the two parts:
+    RoPE                  RotaryPositionEmbedding(...)
+    clamp only ("w/o FS") RotaryPositionEmbedding(..., clamp_floor=True): low frequencies set to 0
+    Fourier only ("w/o CF") FourierPositionEmbedding(..., clamp_floor=False)
+    FoPE                  FourierPositionEmbedding(...)
 """
 
 import math
@@ -50,53 +57,164 @@ def floor_clamp_mask(inv_freq, train_len):
     return inv_freq >= 2 * math.pi / train_len
 
 
-SCALING_TYPES = ("linear", "ntk", "dynamic", "yarn")
+# -----------------------------------------------------------------------------
+# context extension: rope_scaling, spelled as HF transformers spells it (its ROPE_INIT_FUNCTIONS)
+#
+# Each rescaling maps the frequencies (after FoPE's clamp) to new ones for sequences past the original
+# length, and may set an attention factor that multiplies both tables (so q.k scales by its square),
+# as HF applies it. A rescaling only sees each frequency's index m in theta^(-2m/rot_dim), so it applies
+# alike to RoPE's frequencies and to the ones FoPE keeps ("after the clamp", as the official code's
+# `len_extra_before_clamp=False`). Every function returns (inv_freq, attention_factor).
+
+SCALING_KEYS = {  # rope_type -> the keys it reads besides rope_type, factor, original_max_position_embeddings
+    "default": (),
+    "linear": (),
+    "ntk": (),
+    "dynamic": (),
+    "yarn": ("attention_factor", "beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim", "ramp"),
+    "llama3": ("low_freq_factor", "high_freq_factor"),
+    "longrope": ("short_factor", "long_factor", "attention_factor"),
+}
+SCALING_TYPES = tuple(SCALING_KEYS)
+SCALING_ALIASES = {"type": "rope_type", "original_len": "original_max_position_embeddings"}  # nanoFoPE's short names
+LENGTH_DEPENDENT = ("dynamic", "longrope")  # their frequencies depend on the current sequence length
 
 
 def check_scaling(scaling):
-    """Validate a HF-style rope_scaling dict; returns a normalised copy (or None)."""
+    """Validate a rope_scaling dict (HF's keys, or the short names type / original_len / attn_temperature);
+    returns it normalised to HF's keys (or None). attn_temperature=False means attention_factor=1.0."""
     if scaling is None:
         return None
-    allowed = {"type", "factor", "original_len", "beta_fast", "beta_slow", "attn_temperature"}
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rope_scaling must be a dict like {{'rope_type': 'yarn', 'factor': 8.0}}, got {scaling!r}")
+    scaling = {SCALING_ALIASES.get(k, k): v for k, v in scaling.items()}
+    kind = scaling.get("rope_type")
+    if kind not in SCALING_KEYS:
+        raise ValueError(f"rope_scaling rope_type must be one of {SCALING_TYPES}, got {kind!r}")
+    if "attn_temperature" in scaling:
+        if kind != "yarn":
+            raise ValueError("rope_scaling attn_temperature applies to yarn only")
+        if not scaling.pop("attn_temperature"):
+            scaling.setdefault("attention_factor", 1.0)
+    allowed = {"rope_type", "factor", "original_max_position_embeddings", *SCALING_KEYS[kind]}
     unknown = set(scaling) - allowed
     if unknown:
-        raise ValueError(f"rope_scaling has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if scaling.get("type") not in SCALING_TYPES:
-        raise ValueError(f"rope_scaling type must be one of {SCALING_TYPES}, got {scaling.get('type')!r}")
-    if float(scaling.get("factor", 0)) < 1:
-        raise ValueError(f"rope_scaling factor must be >= 1, got {scaling.get('factor')}")
-    return {"beta_fast": 32.0, "beta_slow": 1.0, "attn_temperature": True, **scaling}
+        raise ValueError(f"rope_scaling has unknown keys {sorted(unknown)} for rope_type {kind!r}; allowed: {sorted(allowed)}")
+    if kind in ("linear", "ntk", "dynamic", "yarn", "llama3"):
+        if not isinstance(scaling.get("factor"), (int, float)) or scaling["factor"] < 1:
+            raise ValueError(f"rope_scaling {kind} needs a factor >= 1, got {scaling.get('factor')!r}")
+    if kind == "llama3" and not {"low_freq_factor", "high_freq_factor"} <= set(scaling):
+        raise ValueError("rope_scaling llama3 needs low_freq_factor and high_freq_factor (Llama 3.1: 1 and 4)")
+    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise ValueError("rope_scaling llama3 needs high_freq_factor > low_freq_factor")
+    if kind == "longrope" and not {"short_factor", "long_factor"} <= set(scaling):
+        raise ValueError("rope_scaling longrope needs short_factor and long_factor (one per frequency, head_dim/2 each)")
+    if kind == "yarn" and scaling.get("ramp", "index") not in ("index", "ratio"):
+        raise ValueError(f"rope_scaling yarn ramp must be 'index' (HF, the YaRN and FoPE code) or 'ratio' "
+                         f"(the YaRN paper's Eq. 18), got {scaling['ramp']!r}")
+    orig = scaling.get("original_max_position_embeddings")
+    if orig is not None and (not isinstance(orig, int) or orig < 1):
+        raise ValueError(f"rope_scaling original_max_position_embeddings must be a positive int, got {orig!r}")
+    return scaling
 
 
-def rescale_inv_freq(inv_freq, exponents, rot_dim, scaling, seq_len):
-    """Context extension: rescale frequencies for sequences longer than the original length.
+def _linear(inv_freq, index, rot_dim, theta, p, seq_len):
+    """PI (Chen et al. 2023): positions t -> t / s."""
+    return inv_freq / p["factor"], 1.0
 
-    inv_freq: (D,) float64 frequencies (after FoPE's clamp); exponents: (D,) their 2m/rot_dim.
-    Returns (inv_freq, attn_factor): attn_factor multiplies both tables, so q.k is scaled by its
-    square (YaRN's temperature sqrt(1/t) = 0.1 ln(s) + 1, applied to q and k as in HF).
-    """
+
+def _ntk(inv_freq, index, rot_dim, theta, p, seq_len, factor=None):
+    """NTK-aware (bloc97 2023): the base theta -> theta * s^(d / (d - 2)), i.e. w_m * s^(-2m/(d-2))."""
+    alpha = (factor or p["factor"]) ** (rot_dim / (rot_dim - 2))
+    return inv_freq * alpha ** (-2.0 * index / rot_dim), 1.0
+
+
+def _dynamic(inv_freq, index, rot_dim, theta, p, seq_len):
+    """Dynamic NTK: NTK with s' = s L / L_orig - (s - 1) for a sequence of L > L_orig tokens (HF)."""
+    orig, s = p["original_max_position_embeddings"], p["factor"]
+    length = max(seq_len or orig, orig)
+    return _ntk(inv_freq, index, rot_dim, theta, p, seq_len, factor=s * length / orig - (s - 1))
+
+
+def _mscale(s, mscale=1.0):
+    """YaRN's sqrt(1/t) = 0.1 ln(s) + 1 (YaRN paper Eq. 22; DeepSeek's mscale generalises it)."""
+    return 0.1 * mscale * math.log(s) + 1.0 if s > 1 else 1.0
+
+
+def _yarn(inv_freq, index, rot_dim, theta, p, seq_len):
+    """YaRN (Peng et al. 2023): keep the frequencies that turn more than beta_fast times within the
+    original length, interpolate (w / s) those that turn fewer than beta_slow times, blend in between.
+
+    ramp="index" (default; HF, the YaRN authors' and the official FoPE code): the blend is linear in the
+    frequency index m between the correction dims d(beta) = rot_dim ln(L / (2 pi beta)) / (2 ln theta),
+    floored / ceiled when truncate (HF's default) and clamped to [0, rot_dim - 1] as HF clamps them.
+    ramp="ratio": linear in r = L w / 2 pi, the YaRN paper's Eq. 18 (an option; no code we compare with
+    runs it). The official FoPE code runs the index ramp with no attention factor: attention_factor=1.0."""
+    s, orig = p["factor"], p["original_max_position_embeddings"]
+    beta_fast, beta_slow = p.get("beta_fast") or 32.0, p.get("beta_slow") or 1.0
+    if p.get("ramp", "index") == "index":
+        def correction_dim(rotations):
+            return rot_dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+        if p.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, rot_dim - 1)
+        if low == high:
+            high += 0.001  # as HF: avoid dividing by zero
+        keep = 1 - ((index.double() - low) / (high - low)).clamp(0, 1)  # 1: extrapolate (keep w)
+    else:
+        r = orig * inv_freq / (2 * math.pi)
+        keep = ((r - beta_slow) / (beta_fast - beta_slow)).clamp(0, 1)
+    inv_freq = (1 - keep) * inv_freq / s + keep * inv_freq
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:
+        if p.get("mscale") and p.get("mscale_all_dim"):
+            attention_factor = _mscale(s, p["mscale"]) / _mscale(s, p["mscale_all_dim"])
+        else:
+            attention_factor = _mscale(s)
+    return inv_freq, float(attention_factor)
+
+
+def _llama3(inv_freq, index, rot_dim, theta, p, seq_len):
+    """Llama 3.1: wavelengths longer than L_orig / low_freq_factor are interpolated (w / s), shorter than
+    L_orig / high_freq_factor kept, and the band between blended by L_orig / wavelength."""
+    s, orig = p["factor"], p["original_max_position_embeddings"]
+    low, high = p["low_freq_factor"], p["high_freq_factor"]
+    wavelen = 2 * math.pi / inv_freq  # inf for a clamped (zero) frequency: stays zero
+    smooth = ((orig / wavelen - low) / (high - low)).clamp(0, 1)
+    return (1 - smooth) * inv_freq / s + smooth * inv_freq, 1.0
+
+
+def _longrope(inv_freq, index, rot_dim, theta, p, seq_len):
+    """LongRoPE (Ding et al. 2024): a searched factor per frequency, short_factor up to the original
+    length and long_factor past it; attention factor sqrt(1 + ln s / ln L_orig)."""
+    orig = p["original_max_position_embeddings"]
+    factors = p["long_factor"] if seq_len and seq_len > orig else p["short_factor"]
+    factors = torch.tensor(factors, dtype=torch.float64, device=inv_freq.device)[index]
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:
+        s = p.get("factor") or 1.0
+        attention_factor = math.sqrt(1 + math.log(s) / math.log(orig)) if s > 1 else 1.0
+    return inv_freq / factors, float(attention_factor)
+
+
+ROPE_SCALING = {  # rope_type -> function; a new rescaling is one function and one line here
+    "default": lambda inv_freq, *args: (inv_freq, 1.0),
+    "linear": _linear,
+    "ntk": _ntk,
+    "dynamic": _dynamic,
+    "yarn": _yarn,
+    "llama3": _llama3,
+    "longrope": _longrope,
+}
+
+
+def rescale_inv_freq(inv_freq, index, rot_dim, theta, scaling, seq_len=None):
+    """Context extension. inv_freq: (D,) float64 frequencies; index: (D,) their m in theta^(-2m/rot_dim);
+    seq_len: the current length (dynamic and longrope depend on it). -> (inv_freq, attention_factor)."""
     if scaling is None:
         return inv_freq, 1.0
-    kind, s, orig = scaling["type"], float(scaling["factor"]), scaling["original_len"]
-    if kind == "linear":  # PI: positions t -> t / s
-        return inv_freq / s, 1.0
-    if kind in ("ntk", "dynamic"):  # base change theta -> theta * alpha^(d / (d - 2))
-        if kind == "dynamic":  # alpha from the current length, only once it exceeds the original
-            s = max(1.0, s * seq_len / orig - (s - 1))
-        alpha = s ** (rot_dim / (rot_dim - 2))
-        return inv_freq * alpha ** (-exponents), 1.0
-    # YaRN (paper Eq. 19-20): r = L_orig / wavelength; keep w where r > beta_fast, interpolate
-    # w / s where r < beta_slow, and blend linearly in between.
-    r = orig * inv_freq / (2 * math.pi)
-    gamma = ((r - scaling["beta_slow"]) / (scaling["beta_fast"] - scaling["beta_slow"])).clamp(0, 1)
-    inv_freq = (1 - gamma) * inv_freq / s + gamma * inv_freq
-    attn_factor = yarn_attn_factor(s) if scaling["attn_temperature"] else 1.0
-    return inv_freq, attn_factor
-
-
-def yarn_attn_factor(factor):
-    """YaRN's sqrt(1/t) = 0.1 ln(s) + 1 (paper Eq. 22), applied to both q and k."""
-    return 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return ROPE_SCALING[scaling["rope_type"]](inv_freq, index, rot_dim, theta, scaling, seq_len)
 
 
 def alibi_slopes(n_head):
@@ -134,27 +252,34 @@ _compiled_apply_rotary = None
 
 
 def resolve_backend(backend):
-    """'auto' -> 'c' when the C extension is built (it is compiled on first use), else 'eager'.
-    A CUDA tensor takes the 'compile' path at call time (the C kernel is CPU only)."""
+    """'auto' -> 'c' when the C extension is built (it is compiled on first use), else 'eager'."""
     if backend not in BACKENDS:
         raise ValueError(f"rotary_backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    try:
-        import fope_ext
-    except ImportError:
-        return "eager"
+    import fope_ext
     return "c" if fope_ext.available() else "eager"
+
+
+def rotation_path(backend, device):
+    """The path a tensor on `device` takes. The C kernel runs on CPU only: a CUDA tensor takes the
+    compiled path (the GPU path), any other device (mps, xpu, ...) the eager reference, which runs
+    wherever torch does."""
+    device_type = torch.device(device).type
+    if backend == "c" and device_type != "cpu":
+        return "compile" if device_type == "cuda" else "eager"
+    return backend
 
 
 def rotate(x, cos, sin, backend="eager"):
     """The one function the model rotates q and k through."""
-    if backend == "c" and x.is_cuda:
-        backend = "compile"
-    if backend == "c":
-        import fope_ext
-        return fope_ext.rotate(x, cos, sin)
-    if backend == "compile":
+    path = rotation_path(backend, x.device)
+    if path == "c":
+        import fope_ext  # fope_ext never imports fope: the fallback to the reference lives here
+        if fope_ext.available():
+            return fope_ext.rotate(x, cos, sin)
+        path = "eager"  # no C compiler: fope_ext has warned once, with the compiler's output
+    if path == "compile":
         global _compiled_apply_rotary
         if _compiled_apply_rotary is None:
             _compiled_apply_rotary = torch.compile(apply_rotary, dynamic=False)
@@ -167,31 +292,47 @@ def rotate(x, cos, sin, backend="eager"):
 
 
 class RotaryPositionEmbedding(nn.Module):
-    """RoPE. Tables (1, N, hd//2) are built once (float32) for the training length and extended
-    when a longer sequence arrives; buffers follow the module across devices."""
+    """RoPE, and with clamp_floor=True the paper's clamp-only ablation ("FoPE w/o FS", Fig. 6a: the
+    official rope_clamp_floor_freq + rope_clamp_floor_to_zero without fourier): every frequency below
+    2 pi / train_len is set to zero, so its dimension pair passes through unrotated.
 
-    def __init__(self, head_dim, theta=10000.0, scaling=None, train_len=None, backend="eager"):
+    Tables (H or 1, N, hd//2) are built once in float64, stored as float32 for the training length and
+    extended when a longer sequence arrives. They are plain attributes, not buffers: nothing to save,
+    and DDP's buffer broadcast does not resend them every step; they follow x to its device."""
+
+    learnable = False
+
+    def __init__(self, head_dim, theta=10000.0, scaling=None, train_len=None, backend="eager", clamp_floor=False):
         super().__init__()
-        self._setup(head_dim, theta, train_len, scaling, backend, rot_dim=head_dim,
-                    inv_freq=rope_inv_freq(head_dim, theta), exponents=rope_exponents(head_dim))
+        inv_freq = rope_inv_freq(head_dim, theta)
+        if clamp_floor:
+            if train_len is None:
+                raise ValueError("clamp_floor needs train_len (the training length)")
+            inv_freq[~floor_clamp_mask(inv_freq, train_len)] = 0.0
+        self._setup(head_dim, theta, train_len, scaling, backend, rot_dim=head_dim, inv_freq=inv_freq,
+                    freq_index=torch.arange(head_dim // 2))
         self._build_initial()
 
-    def _setup(self, head_dim, theta, train_len, scaling, backend, rot_dim, inv_freq, exponents):
-        """What RoPE and FoPE share: the frequencies (D,), their exponents 2m/rot_dim, scaling."""
+    def _setup(self, head_dim, theta, train_len, scaling, backend, rot_dim, inv_freq, freq_index):
+        """What RoPE and FoPE share: the frequencies (D,), their index m in theta^(-2m/rot_dim), scaling."""
         self.head_dim, self.theta, self.train_len, self.rot_dim = head_dim, theta, train_len, rot_dim
         self.backend = resolve_backend(backend)
         self.scaling = check_scaling(scaling)
         if self.scaling is not None:
-            self.scaling.setdefault("original_len", train_len)
-            if self.scaling["original_len"] is None:
-                raise ValueError("rope_scaling needs 'original_len' (the training length)")
+            if self.scaling.get("original_max_position_embeddings") is None:
+                if train_len is None:
+                    raise ValueError("rope_scaling needs original_max_position_embeddings (the training length)")
+                self.scaling["original_max_position_embeddings"] = train_len
+            for key in ("short_factor", "long_factor"):
+                if key in self.scaling and len(self.scaling[key]) != rot_dim // 2:
+                    raise ValueError(f"rope_scaling {key} needs {rot_dim // 2} values (one per frequency), "
+                                     f"got {len(self.scaling[key])}")
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("exponents", exponents, persistent=False)
+        self.register_buffer("freq_index", freq_index, persistent=False)
 
     def _build_initial(self):
-        self.register_buffer("cos_cached", None, persistent=False)
-        self.register_buffer("sin_cached", None, persistent=False)
-        self._dynamic = None  # (length, cos, sin) for dynamic NTK, whose tables depend on the length
+        self.cos_cached = self.sin_cached = None  # (H or 1, N, hd//2) float32, positions 0 .. N-1
+        self._long = None  # (length, cos, sin): dynamic / longrope tables past the original length
         if self.train_len is not None:
             self._build(self.train_len)
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear_cache())
@@ -201,43 +342,52 @@ class RotaryPositionEmbedding(nn.Module):
         return sin_basis[None], cos_basis[None]
 
     def _compute(self, start, end, seq_len):
-        """(cos, sin) in float64 for positions start .. end-1; seq_len drives dynamic NTK."""
-        inv_freq, attn_factor = rescale_inv_freq(self.inv_freq.double(), self.exponents.double(),
-                                                 self.rot_dim, self.scaling, seq_len)
+        """(cos, sin) in float64 for positions start .. end-1; seq_len drives dynamic NTK / longrope."""
+        inv_freq, attn_factor = rescale_inv_freq(self.inv_freq.double(), self.freq_index, self.rot_dim,
+                                                 self.theta, self.scaling, seq_len)
         pos = torch.arange(start, end, device=inv_freq.device, dtype=torch.float64)
         angle = pos[:, None] * inv_freq[None, :]  # (T, D)
         sin, cos = self.mix(angle.sin(), angle.cos())
         return attn_factor * cos, attn_factor * sin
 
+    def _length_dependent(self, end):
+        """True when a sequence ending at `end` needs tables of its own length (dynamic NTK, LongRoPE)."""
+        s = self.scaling
+        return s is not None and s["rope_type"] in LENGTH_DEPENDENT and end > s["original_max_position_embeddings"]
+
     @torch.no_grad()
     def _build(self, length):
-        cos, sin = self._compute(0, length, length)
+        # the cache serves every sequence up to the original length, so it is built for that length:
+        # a length-dependent rescaling leaves such sequences as they were trained
+        cos, sin = self._compute(0, length, seq_len=None)
         self.cos_cached, self.sin_cached = cos.float(), sin.float()
 
     def clear_cache(self):
         """Rebuild the tables (after the frequencies or frozen coefficients changed)."""
-        self._dynamic = None
+        self._long = None
         if self.cos_cached is not None:
             self._build(self.cos_cached.shape[1])
 
     def tables(self, offset, T, device=None, dtype=torch.float32):
-        """(cos, sin), each (H or 1, T, hd//2), for positions offset .. offset+T-1."""
+        """(cos, sin), each (H or 1, T, hd//2), for positions offset .. offset+T-1 of a sequence
+        that ends at offset+T."""
         end = offset + T
-        if self.scaling is not None and self.scaling["type"] == "dynamic" and end > self.scaling["original_len"]:
-            if self._dynamic is None or self._dynamic[0] != end:
-                cos, sin = self._compute(0, end, end)
-                self._dynamic = (end, cos.float(), sin.float())
-            cos, sin = self._dynamic[1:]
-        elif getattr(self, "learnable", False):  # tables depend on parameters: mix every call
-            cos, sin = self._compute(offset, end, end)
-            offset, end = 0, T
+        device = torch.device(device) if device is not None else self.inv_freq.device
+        if self.learnable:  # the tables depend on parameters: mix every call, cache no autograd graph
+            cos, sin = self._compute(offset, end, seq_len=end)
+        elif self._length_dependent(end):
+            if self._long is None or self._long[0] != end:
+                with torch.no_grad():
+                    cos, sin = self._compute(0, end, seq_len=end)
+                self._long = (end, cos.float(), sin.float())
+            cos, sin = self._long[1][:, offset:end], self._long[2][:, offset:end]
         else:
             if self.cos_cached is None or self.cos_cached.shape[1] < end:
                 current = 0 if self.cos_cached is None else self.cos_cached.shape[1]
                 self._build(max(end, 2 * current))
-            cos, sin = self.cos_cached, self.sin_cached
-        cos, sin = cos[:, offset:end], sin[:, offset:end]
-        device = device or cos.device
+            if self.cos_cached.device != device:  # move once, not every call
+                self.cos_cached, self.sin_cached = self.cos_cached.to(device), self.sin_cached.to(device)
+            cos, sin = self.cos_cached[:, offset:end], self.sin_cached[:, offset:end]
         return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
 
     def forward(self, x, offset=0):
@@ -251,9 +401,15 @@ class FourierPositionEmbedding(RotaryPositionEmbedding):
 
     head_dim, n_head: attention shape. train_len: the training length L_train (clamp threshold).
     sigma: xavier-normal gain of the random coefficients (official configs: 0.3 for 60M, 0.4 for
-      180M, 0.6 for 1.2B); sigma=0 leaves the identity only (the clamp-only ablation).
+      180M, 0.6 for 1.2B). sigma=0 leaves the step identity alone, which is NOT the clamp-only
+      ablation when D > head_dim/4 (the identity then keeps only some kept frequencies): the
+      clamp-only arm is RotaryPositionEmbedding(clamp_floor=True).
     fourier_dim: draw the input frequencies from theta^(-2m/fourier_dim) instead (a richer basis).
-    clamp_floor: drop frequencies w < 2 pi / train_len.
+    clamp_floor: drop frequencies w < 2 pi / train_len. With it (FoPE, the official
+      `ignore_clamp_zero` configs) the series fill d_out = min(D, head_dim/4) dimension pairs and the
+      rest are position-free; without it ("Fourier series only", Fig. 6a's "w/o CF") no frequency is
+      dropped and every pair is a series, d_out = head_dim/2 (the official layout when no zero
+      frequency is ignored); with sigma=0 and no fourier_dim that is RoPE exactly.
     learnable: train the coefficients (frozen by default, as in the paper).
     zero_pad: how the position-free dimensions beyond d_out are filled: "official" puts 1 in both
       the cos and sin tables (the official code's zero frequency at a 45-degree phase: y = x1 - x2,
@@ -265,18 +421,21 @@ class FourierPositionEmbedding(RotaryPositionEmbedding):
         super(RotaryPositionEmbedding, self).__init__()
         if zero_pad not in ("official", "identity"):
             raise ValueError(f"zero_pad must be 'official' or 'identity', got {zero_pad!r}")
-        rot_dim = max(head_dim, fourier_dim or 0)
-        inv_freq, exponents = rope_inv_freq(rot_dim, theta), rope_exponents(rot_dim)
+        if sigma < 0:
+            raise ValueError(f"fope sigma (the coefficients' xavier gain) must be >= 0, got {sigma}")
         rope_exponents(head_dim)  # checks head_dim is even
+        rot_dim = max(head_dim, fourier_dim or 0)
+        inv_freq, freq_index = rope_inv_freq(rot_dim, theta), torch.arange(rot_dim // 2)
         if clamp_floor:
             keep = floor_clamp_mask(inv_freq, train_len)
-            inv_freq, exponents = inv_freq[keep], exponents[keep]
+            inv_freq, freq_index = inv_freq[keep], freq_index[keep]
         if inv_freq.numel() == 0:
             raise ValueError(f"no frequency survives the floor clamp at train_len={train_len}; raise train_len")
-        self._setup(head_dim, theta, train_len, scaling, backend, rot_dim, inv_freq, exponents)
+        self._setup(head_dim, theta, train_len, scaling, backend, rot_dim, inv_freq, freq_index)
         self.n_head, self.sigma, self.zero_pad, self.learnable = n_head, sigma, zero_pad, learnable
         D = inv_freq.numel()
-        self.d_out = min(D, head_dim // 4)  # official: the Fourier dims fill a quarter of head_dim
+        # official: with the clamp, the series fill a quarter of head_dim (fourier_ignore_zero)
+        self.d_out = min(D, head_dim // 4) if clamp_floor else head_dim // 2
         sin_coef = fope_coefficients(n_head, D, self.d_out, sigma)
         cos_coef = fope_coefficients(n_head, D, self.d_out, sigma)
         if learnable:
@@ -296,22 +455,26 @@ class FourierPositionEmbedding(RotaryPositionEmbedding):
         return sin, cos
 
 
+def step_identity(D, d_out):
+    """The official code's identity-like part of the coefficients (get_step_eye): column i has a 1 at
+    row i * ceil(D / d_out) when that row is < D, and no 1 otherwise. D == d_out: the identity.
+    E.g. D=18, d_out=16 (head_dim 64 at L_train 1024): step 2, ones in columns 0..8 only."""
+    eye = torch.zeros(D, d_out)
+    step = math.ceil(D / d_out)
+    for i in range(d_out):
+        if i * step < D:
+            eye[i * step, i] = 1.0
+    return eye
+
+
 def fope_coefficients(n_head, D, d_out, sigma):
     """(n_head, D, d_out): torch's xavier_normal_(gain=sigma) on the 3-D tensor (so std =
     sigma * sqrt(2 / (fan_in + fan_out)) with torch's fans for 3-D: fan_in = D * d_out,
-    fan_out = n_head * d_out), plus a step identity: 1 at [i * ceil(D / d_out), i] (official), or at
-    [i * D // d_out, i] when that step would run past D."""
-    coef = torch.empty(n_head, D, d_out)
+    fan_out = n_head * d_out), plus the step identity (every head)."""
+    coef = torch.zeros(n_head, D, d_out)
     if sigma > 0:
         nn.init.xavier_normal_(coef, gain=sigma)
-    else:
-        coef.zero_()
-    cols = torch.arange(d_out)
-    rows = cols * math.ceil(D / d_out)
-    if rows[-1] >= D:  # e.g. D=5, d_out=4: the step overshoots; spread the ones evenly instead
-        rows = cols * D // d_out
-    coef[:, rows, cols] += 1.0
-    return coef
+    return coef + step_identity(D, d_out)
 
 
 class AlibiBias(nn.Module):

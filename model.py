@@ -37,12 +37,13 @@ class GPTConfig:
     norm: str = "layernorm"  # layernorm | rmsnorm
     mlp: str = "gelu"  # gelu | swiglu
     rope_theta: float = 10000.0
-    fope_sigma: float = 0.3  # xavier gain of FoPE's coefficients; 0 = clamp-only ablation
+    fope_sigma: float = 0.3  # xavier gain of FoPE's coefficients (0: the step identity alone)
     fope_dim: int = None  # draw FoPE's frequencies from this many dims (> head_dim: richer basis)
     fope_clamp: bool = True  # zero frequencies whose period exceeds block_size
+    fope_fourier: bool = True  # False: no Fourier series (with fope_clamp: the clamp-only ablation)
     fope_learnable: bool = False
     fope_zero_pad: str = "official"  # official | identity
-    rope_scaling: dict = None  # e.g. {"type": "yarn", "factor": 8.0}; original_len defaults to block_size
+    rope_scaling: dict = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0}; see fope.check_scaling
     rotary_backend: str = "auto"  # auto | eager | c | compile
 
     def __post_init__(self):
@@ -53,7 +54,9 @@ class GPTConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        check_scaling(self.rope_scaling)
+        if self.fope_sigma < 0:
+            raise ValueError(f"fope_sigma (the xavier gain of FoPE's coefficients) must be >= 0, got {self.fope_sigma}")
+        self.rope_scaling = check_scaling(self.rope_scaling)  # stored in HF's spelling
 
     @classmethod
     def from_dict(cls, args):
@@ -86,6 +89,9 @@ class CausalSelfAttention(nn.Module):
         if config.pos_emb == "rope":
             self.rotary = RotaryPositionEmbedding(head_dim, config.rope_theta, config.rope_scaling,
                                                   config.block_size, config.rotary_backend)
+        elif config.pos_emb == "fope" and not config.fope_fourier:  # clamp only, or RoPE when fope_clamp=False
+            self.rotary = RotaryPositionEmbedding(head_dim, config.rope_theta, config.rope_scaling,
+                                                  config.block_size, config.rotary_backend, config.fope_clamp)
         elif config.pos_emb == "fope":
             self.rotary = FourierPositionEmbedding(
                 head_dim, config.n_head, config.block_size, config.rope_theta, config.fope_sigma,

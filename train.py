@@ -63,12 +63,13 @@ pos_emb = "fope"  # learned | nope | rope | fope | alibi
 norm = "layernorm"  # layernorm | rmsnorm
 mlp = "gelu"  # gelu | swiglu
 rope_theta = 10000.0
-fope_sigma = 0.3  # 0.0: FoPE's floor clamp alone (no Fourier coefficients)
+fope_sigma = 0.3  # xavier gain of FoPE's random coefficients
 fope_dim = None
-fope_clamp = True
+fope_clamp = True  # False: the Fourier series alone (config/laptop_fourier_only.py)
+fope_fourier = True  # False: the floor clamp alone (config/laptop_clamp_only.py)
 fope_learnable = False
 fope_zero_pad = "official"
-rope_scaling = None  # e.g. {"type": "yarn", "factor": 8.0}
+rope_scaling = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0} (fope.check_scaling)
 rotary_backend = "auto"  # auto | eager | c | compile
 # AdamW, with a linear warmup then a cosine decay of the learning rate to min_lr at lr_decay_iters
 learning_rate = 1e-3
@@ -240,8 +241,12 @@ def train(cfg, rank, world_size, device, ckpt_path):
     elif cfg.init_from != "scratch":
         raise SystemExit(f"init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
 
-    torch.manual_seed(cfg.seed + rank)  # dropout differs per process; DDP copies rank 0's initial weights
+    # every process builds the same model, frozen FoPE coefficients included (they agree by construction,
+    # not by DDP's broadcast from rank 0), then draws its own dropout masks
+    torch.manual_seed(cfg.seed)
     raw_model = GPT(gptconf).to(device)
+    if world_size > 1:
+        torch.manual_seed(cfg.seed + 1 + rank)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     data_rng = np.random.default_rng(cfg.seed)  # the same on every process: the global batch stream
     iter_num, best_val_loss = 0, float("inf")

@@ -10,8 +10,11 @@ copy of x (bench.py measures both). The reference it is tested against is fope.a
 
     import fope_ext
     y = fope_ext.rotate(x, cos, sin)   # float32, float64 or bfloat16 on CPU
-    fope_ext.available()               # False when no C compiler: rotate() falls back to eager
+    fope_ext.available()               # False when no C compiler (fope.rotate then runs the reference)
     fope_ext.build_error()             # why not, or None
+
+fope.py imports this package, never the other way round: the fallback to the eager reference lives in
+fope.rotate, so this file holds the kernel and nothing else.
 
 The C library is compiled on first use (fope_ext/build.py, a cffi API-mode build cached in
 fope_ext/_build/). Backward: the gradient of a rotation is the inverse rotation of the gradient,
@@ -87,8 +90,7 @@ def rotate(x, cos, sin):
     """Eq. (1) of fope.py: x (B, H, T, hd), cos/sin (H or 1, T, hd//2) -> y, contiguous (B, H, T, hd)."""
     check_inputs(x, cos, sin)
     if not available():
-        import fope
-        return fope.apply_rotary(x, cos, sin)
+        _unbuilt()
     if torch.compiler.is_compiling():
         return rotate_op(x, cos, sin)  # what the compiler traces: fake kernel + registered autograd
     return _EagerRotate.apply(x, cos, sin, False)
@@ -136,7 +138,7 @@ def _rotate_backward(grad, x, cos, sin, inverse):
 
 def _unbuilt():
     raise RuntimeError(f"fope_ext: the C library is not built ({_error}); "
-                       "call fope_ext.rotate, which falls back")
+                       "use fope.rotate or rotary_backend='eager', which run the eager reference")
 
 
 # -----------------------------------------------------------------------------

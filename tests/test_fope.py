@@ -6,8 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from fope import (FourierPositionEmbedding, RotaryPositionEmbedding, alibi_slopes, apply_rotary,
-                  fope_coefficients, rope_inv_freq)
+from fope import (AlibiBias, FourierPositionEmbedding, RotaryPositionEmbedding, alibi_slopes, apply_rotary,
+                  check_scaling, fope_coefficients, rescale_inv_freq, rope_inv_freq, rotation_path)
 
 
 def rotate_at(pe, x, offset):
@@ -50,18 +50,84 @@ def test_rope_scores_depend_only_on_relative_position():
     assert not torch.allclose(rotate_at(pe, q, 5) @ rotate_at(pe, k, 2), rotate_at(pe, q, 9) @ rotate_at(pe, k, 2), atol=1e-3)
 
 
-def test_fope_with_sigma_zero_equals_rope_minus_its_clamped_frequencies():
-    head_dim, train_len = 64, 128
-    fope = FourierPositionEmbedding(head_dim, 4, train_len, sigma=0.0, zero_pad="identity")
-    assert fope.inv_freq.numel() == 11 and fope.d_out == 11  # D <= head_dim // 4
+def test_clamp_only_arm_is_rope_with_its_low_frequencies_set_to_zero():
+    # the paper's "w/o FS" arm (official rope_clamp_floor_freq + rope_clamp_floor_to_zero, no fourier)
+    head_dim, train_len = 64, 1024
+    clamp = RotaryPositionEmbedding(head_dim, train_len=train_len, clamp_floor=True)
+    plain = rope_inv_freq(head_dim)
+    kept = plain >= 2 * math.pi / train_len
+    assert int(kept.sum()) == 18
+    assert torch.equal(clamp.inv_freq[kept], plain[kept]) and (clamp.inv_freq[~kept] == 0).all()
+    x = torch.randn(2, 3, 50, head_dim, dtype=torch.float64)
+    y = clamp(x, offset=300)
+    half = head_dim // 2
+    dropped = torch.cat([torch.arange(half)[~kept], half + torch.arange(half)[~kept]])
+    assert torch.equal(y[..., dropped], x[..., dropped])  # the clamped pairs pass through unrotated
     rope = RotaryPositionEmbedding(head_dim, train_len=train_len)
-    rope.inv_freq[rope.inv_freq < 2 * math.pi / train_len] = 0.0
-    rope.clear_cache()
-    x = torch.randn(2, 4, 300, head_dim)
-    for offset in (0, 77):
-        assert torch.allclose(fope(x, offset), rope(x, offset), atol=1e-5)
-    # and it differs from full RoPE: the clamped frequencies matter
-    assert not torch.allclose(fope(x), RotaryPositionEmbedding(head_dim, train_len=train_len)(x), atol=1e-3)
+    keep_dims = torch.cat([torch.arange(half)[kept], half + torch.arange(half)[kept]])
+    assert torch.allclose(y[..., keep_dims], rope(x, offset=300)[..., keep_dims], atol=1e-6)
+
+
+def test_fope_at_sigma_zero_is_not_the_clamp_only_arm_when_more_frequencies_are_kept_than_d_out():
+    # head_dim 64 at L_train 1024: D = 18 kept, d_out = 16; the step identity keeps 9 of them only
+    fope = FourierPositionEmbedding(64, 2, 1024, sigma=0.0, zero_pad="identity")
+    clamp = RotaryPositionEmbedding(64, train_len=1024, clamp_floor=True)
+    x = torch.randn(1, 2, 40, 64)
+    assert not torch.allclose(fope(x, 100), clamp(x, 100), atol=1e-3)
+
+
+def test_fourier_only_arm_with_sigma_zero_is_rope_and_with_sigma_mixes_every_frequency():
+    # the paper's "w/o CF" arm: no clamp, every dimension pair a series over all head_dim/2 frequencies
+    head_dim, train_len = 32, 64
+    identity = FourierPositionEmbedding(head_dim, 2, train_len, sigma=0.0, clamp_floor=False)
+    assert identity.inv_freq.numel() == 16 and identity.d_out == 16
+    x = torch.randn(2, 2, 300, head_dim)
+    assert torch.allclose(identity(x), RotaryPositionEmbedding(head_dim, train_len=train_len)(x), atol=1e-5)
+    mixed = FourierPositionEmbedding(head_dim, 2, train_len, sigma=0.3, clamp_floor=False)
+    assert mixed.sin_coef.shape == (2, 16, 16) and (mixed.sin_coef != torch.eye(16)).all()
+
+
+def test_the_four_ablation_arms_are_named_config_files():
+    from configurator import configure
+    from model import GPT, GPTConfig
+    import train
+    arms = {}
+    for name in ("laptop_rope", "laptop_clamp_only", "laptop_fourier_only", "laptop_fope"):
+        cfg = configure(train.DEFAULTS, [f"config/{name}.py"])
+        args = {f: cfg[f] for f in GPTConfig.__dataclass_fields__ if f in cfg}
+        arms[name] = GPT(GPTConfig(**{**args, "block_size": 64, "n_layer": 1})).transformer.h[0].attn.rotary
+    rope, clamp, fourier, fope = arms.values()
+    assert type(rope) is RotaryPositionEmbedding and (rope.inv_freq > 0).all()
+    assert type(clamp) is RotaryPositionEmbedding and (clamp.inv_freq == 0).sum() == 11  # 5 of 16 kept at 64
+    assert isinstance(fourier, FourierPositionEmbedding) and fourier.inv_freq.numel() == 16 and fourier.sigma > 0
+    assert isinstance(fope, FourierPositionEmbedding) and fope.inv_freq.numel() == 5 and fope.sigma > 0
+
+
+# The official rule (get_step_eye in olmo/model.py): column i of (D, d_out) has a 1 at row i * ceil(D / d_out)
+# when that row is < D. Written out for the official configs' shapes: (head_dim, L_train) -> (D, rows of the
+# ones in columns 0, 1, ...); the columns after the listed ones have no 1.
+OFFICIAL_STEP_IDENTITY = {
+    (64, 512): (16, list(range(16))),
+    (64, 1024): (18, [0, 2, 4, 6, 8, 10, 12, 14, 16]),
+    (64, 2048): (21, [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20]),
+    (64, 4096): (23, [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22]),
+    (128, 512): (31, list(range(31))),
+    (128, 1024): (36, [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34]),
+    (128, 2048): (41, [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40]),
+    (128, 4096): (46, [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44]),
+}
+
+
+@pytest.mark.parametrize("head_dim,train_len", list(OFFICIAL_STEP_IDENTITY))
+def test_step_identity_puts_its_ones_where_the_official_code_does(head_dim, train_len):
+    D, rows = OFFICIAL_STEP_IDENTITY[(head_dim, train_len)]
+    pe = FourierPositionEmbedding(head_dim, 2, train_len, sigma=0.0)
+    d_out = min(D, head_dim // 4)
+    assert pe.sin_coef.shape == pe.cos_coef.shape == (2, D, d_out)
+    expected = torch.zeros(D, d_out)
+    expected[rows, list(range(len(rows)))] = 1.0
+    for coef in (pe.sin_coef, pe.cos_coef):
+        assert torch.equal(coef, expected.expand(2, D, d_out))
 
 
 @pytest.mark.parametrize("zero_pad", ["official", "identity"])
@@ -94,9 +160,8 @@ def test_fope_coefficients_are_xavier_normal_plus_step_identity():
     n_head, D, d_out, sigma = 48, 64, 32, 0.5
     coef = fope_coefficients(n_head, D, d_out, sigma)
     identity = fope_coefficients(n_head, D, d_out, 0.0)
-    step = math.ceil(D / d_out)
     expected_identity = torch.zeros(D, d_out)
-    expected_identity[torch.arange(d_out) * step, torch.arange(d_out)] = 1.0
+    expected_identity[torch.arange(d_out) * 2, torch.arange(d_out)] = 1.0  # step ceil(64 / 32) = 2
     assert torch.equal(identity, expected_identity.expand(n_head, D, d_out))
     noise = coef - identity
     # torch's fans for a 3-D tensor (n_head, D, d_out): fan_in = D * d_out, fan_out = n_head * d_out
@@ -155,6 +220,14 @@ def test_load_state_dict_rebuilds_cached_tables():
 
 def test_alibi_slopes_for_a_power_of_two_are_geometric():
     assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -i for i in range(1, 9)]))
+
+
+def test_alibi_bias_is_minus_slope_times_distance_and_masks_the_future():
+    bias = AlibiBias(2)(3, "cpu", torch.float32)  # slopes of 2 heads: 2^-4, 2^-8
+    inf = float("-inf")
+    expected = torch.tensor([[[0.0, inf, inf], [-1 / 16, 0.0, inf], [-2 / 16, -1 / 16, 0.0]],
+                             [[0.0, inf, inf], [-1 / 256, 0.0, inf], [-2 / 256, -1 / 256, 0.0]]])
+    assert torch.equal(bias, expected)
 
 
 def test_alibi_slopes_for_twelve_heads_follow_the_non_power_of_two_rule():
@@ -233,8 +306,163 @@ def test_rescalings_apply_to_fope_kept_frequencies_after_the_clamp():
 
 
 def test_unknown_rescaling_is_a_one_line_error():
-    with pytest.raises(ValueError, match="rope_scaling type must be one of"):
-        RotaryPositionEmbedding(64, scaling={"type": "longrope", "factor": 2.0}, train_len=128)
+    for bad, match in [({"type": "rotary2", "factor": 2.0}, "rope_type must be one of"),
+                       ({"rope_type": "yarn", "factor": 2.0, "beta_fastest": 3}, "unknown keys"),
+                       ({"rope_type": "llama3", "factor": 8.0}, "needs low_freq_factor"),
+                       ({"rope_type": "longrope", "factor": 2.0}, "needs short_factor"),
+                       ({"rope_type": "linear", "factor": 0.5}, "factor >= 1"),
+                       ({"rope_type": "yarn", "factor": 2.0, "ramp": "log"}, "ramp must be")]:
+        with pytest.raises(ValueError, match=match) as err:
+            RotaryPositionEmbedding(64, scaling=bad, train_len=128)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="short_factor needs 32 values"):
+        RotaryPositionEmbedding(64, scaling={"rope_type": "longrope", "short_factor": [1.0] * 4,
+                                             "long_factor": [1.0] * 32}, train_len=128)
+
+
+# Expected values from HF transformers 5.23's ROPE_INIT_FUNCTIONS (modeling_rope_utils.py), written out so
+# these tests run without it; the full grid (head_dim, theta, original length, factor) was checked against
+# transformers itself (see the README). (rope_scaling, head_dim, theta, seq_len) -> (inv_freq, attention_factor)
+HF_EXPECTED = {
+    "yarn_demo": (({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 64}, 32, 1e4, None),
+                  ([1.0, 0.46393159, 0.205548048, 0.0844682679, 0.0300000012, 0.0070292661, 0.00395284733,
+                    0.00222284929, 0.00124999997, 0.000702926656, 0.000395284733, 0.000222284929, 0.000125000006,
+                    7.02926627e-05, 3.95284733e-05, 2.22284925e-05], 1.2079441541679836)),
+    "yarn_official_fope": (({"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 512}, 64, 1e4, None),
+                           ([1.0, 0.749894202, 0.562341332, 0.421696514, 0.293422878, 0.202934861, 0.139355555,
+                             0.0948851854, 0.0639423057, 0.0425420739, 0.0278467052, 0.0178410038, 0.0110983783,
+                             0.00661248341, 0.00367625058, 0.00179512496, 0.000624999986, 0.000468683895,
+                             0.000351463328, 0.000263560301, 0.000197642366, 0.000148210864, 0.000111142464,
+                             8.33450904e-05, 6.2500003e-05, 4.68683866e-05, 3.51463314e-05, 2.63560305e-05,
+                             1.97642366e-05, 1.48210866e-05, 1.11142463e-05, 8.3345094e-06], 1.2772588722239782)),
+    "llama3": (({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64,
+                 "low_freq_factor": 1.0, "high_freq_factor": 4.0}, 32, 5e5, None),
+               ([1.0, 0.440366626, 0.079403013, 0.0106746377, 0.00470075384, 0.00207005511, 0.000911583134,
+                 0.000401430763, 0.000176776681, 7.78465546e-05, 3.42810235e-05, 1.50962178e-05, 6.64786967e-06,
+                 2.92749974e-06, 1.28917316e-06, 5.6770881e-07], 1.0)),
+    "dynamic_4x": (({"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": 64}, 32, 1e4, 256),
+                   ([1.0, 0.473954976, 0.224633351, 0.1064661, 0.0504601374, 0.0239158347, 0.0113350293,
+                     0.00537229376, 0.00254622544, 0.00120679627, 0.000571967161, 0.000271086697, 0.00012848289,
+                     6.08951123e-05, 2.88615411e-05, 1.36790723e-05], 1.0)),
+    "longrope_past_original": (({"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 64,
+                                 "short_factor": [1.0, 1.5, 2.0, 3.0], "long_factor": [1.0, 2.0, 4.0, 8.0]}, 8, 1e4, 65),
+                               ([1.0, 0.0500000007, 0.00249999994, 0.000125000006], 1.1547005383792517)),
+    "longrope_within_original": (({"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 64,
+                                   "short_factor": [1.0, 1.5, 2.0, 3.0], "long_factor": [1.0, 2.0, 4.0, 8.0]}, 8, 1e4, 64),
+                                 ([1.0, 0.0666666701, 0.00499999989, 0.00033333333], 1.1547005383792517)),
+}
+
+
+@pytest.mark.parametrize("case", list(HF_EXPECTED))
+def test_rescaled_frequencies_and_attention_factor_equal_hf_transformers(case):
+    (scaling, head_dim, theta, seq_len), (inv_freq, attention_factor) = HF_EXPECTED[case]
+    got, got_factor = rescale_inv_freq(rope_inv_freq(head_dim, theta), torch.arange(head_dim // 2), head_dim,
+                                       theta, check_scaling(scaling), seq_len)
+    torch.testing.assert_close(got, torch.tensor(inv_freq, dtype=torch.float64), rtol=1e-6, atol=0)
+    assert got_factor == pytest.approx(attention_factor, rel=1e-9)
+    # the module's tables use exactly these frequencies and factor
+    pe = RotaryPositionEmbedding(head_dim, theta, scaling, train_len=scaling["original_max_position_embeddings"])
+    cos, sin = pe.tables(0, seq_len or 2)
+    torch.testing.assert_close(cos[0, 0], torch.full((head_dim // 2,), attention_factor, dtype=torch.float32))
+    angle = torch.atan2(sin[0, 1], cos[0, 1]).double()
+    torch.testing.assert_close(angle, torch.tensor(inv_freq, dtype=torch.float64), rtol=1e-5, atol=1e-7)
+
+
+def test_hf_spelled_and_short_rope_scaling_dicts_are_the_same_rescaling():
+    hf = {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 512, "attention_factor": 1.0,
+          "beta_fast": 32, "beta_slow": 1, "truncate": True}
+    short = {"type": "yarn", "factor": 16.0, "original_len": 512, "attn_temperature": False}
+    a, b = RotaryPositionEmbedding(64, scaling=hf, train_len=1024), RotaryPositionEmbedding(64, scaling=short, train_len=1024)
+    for got, want in zip(a.tables(0, 300), b.tables(0, 300)):
+        assert torch.equal(got, want)
+    for key in ("mscale", "mscale_all_dim"):  # DeepSeek's spelling of the attention factor is read too
+        check_scaling({"rope_type": "yarn", "factor": 4.0, key: 1.0})
+
+
+def test_yarn_ramps_over_frequency_indices_by_default_and_over_rotations_on_request():
+    # head_dim 64, L_orig 512, s 16: the index ramp runs between the correction dims floor(3.25) = 3 and
+    # ceil(15.29) = 16 (d(beta) = 64 ln(512 / (2 pi beta)) / (2 ln 1e4)); the ratio ramp between r = 1 and 32
+    s, orig, head_dim = 16.0, 512, 64
+    base = rope_inv_freq(head_dim)
+    index = torch.arange(head_dim // 2)
+    scaling = check_scaling({"rope_type": "yarn", "factor": s, "original_max_position_embeddings": orig})
+    by_index, _ = rescale_inv_freq(base, index, head_dim, 1e4, scaling)
+    keep = 1 - ((index - 3) / 13).clamp(0, 1).double()
+    torch.testing.assert_close(by_index, keep * base + (1 - keep) * base / s)
+    by_ratio, _ = rescale_inv_freq(base, index, head_dim, 1e4, {**scaling, "ramp": "ratio"})
+    r = orig * base / (2 * math.pi)
+    keep = ((r - 1) / 31).clamp(0, 1)
+    torch.testing.assert_close(by_ratio, keep * base + (1 - keep) * base / s)
+    assert (by_index - by_ratio).abs().max() / base.max() > 0.01  # they are different rescalings
+
+
+def test_fope_yarn_after_the_clamp_follows_the_official_formula():
+    # the official continued-training arm (configs/c4/length-1024/ce-extra/x+yarn, 60M FoPE): head_dim 64,
+    # max_sequence_length 1024 (the clamp), len_extra_orig_length 512, yarn scale 16, betas 32 / 1, no
+    # temperature. Its extra_yarn ramps over all 32 indices (low floor(3.25) = 3, high ceil(15.29) = 16) and
+    # keeps the clamped zeros at zero; the 18 frequencies that survive the clamp at 1024 are m = 0 .. 17:
+    #   w_m = theta^(-m/32), keep_m = 1 - clamp((m - 3) / 13, 0, 1), w'_m = keep_m w_m + (1 - keep_m) w_m / 16
+    pe = FourierPositionEmbedding(64, 2, 1024, sigma=0.0, scaling={"rope_type": "yarn", "factor": 16.0,
+                                  "original_max_position_embeddings": 512, "attention_factor": 1.0})
+    got, factor = rescale_inv_freq(pe.inv_freq, pe.freq_index, pe.rot_dim, pe.theta, pe.scaling)
+    m = torch.arange(18, dtype=torch.float64)
+    w = 10000.0 ** (-m / 32)
+    keep = 1 - ((m - 3) / 13).clamp(0, 1)
+    torch.testing.assert_close(got, keep * w + (1 - keep) * w / 16)
+    assert factor == 1.0
+
+
+def test_dynamic_ntk_leaves_sequences_within_the_original_length_unscaled_whatever_came_before():
+    plain = RotaryPositionEmbedding(32, train_len=128)
+    pe = RotaryPositionEmbedding(32, scaling={"rope_type": "dynamic", "factor": 2.0,
+                                              "original_max_position_embeddings": 200}, train_len=128)
+    pe.tables(0, 150)  # the cache doubles to 256, past the original length
+    pe.tables(0, 300)  # a sequence past the original length: its own rescaled tables
+    for got, want in zip(pe.tables(0, 160), plain.tables(0, 160)):
+        torch.testing.assert_close(got, want)
+    fresh = RotaryPositionEmbedding(32, scaling={"rope_type": "dynamic", "factor": 2.0,
+                                                 "original_max_position_embeddings": 200}, train_len=128)
+    for got, want in zip(fresh.tables(0, 150), plain.tables(0, 150)):  # first call past train_len
+        torch.testing.assert_close(got, want)
+
+
+def test_learnable_fope_with_dynamic_ntk_follows_every_optimizer_step():
+    torch.manual_seed(0)
+    pe = FourierPositionEmbedding(32, 2, 64, learnable=True,
+                                  scaling={"rope_type": "dynamic", "factor": 2.0})
+    opt = torch.optim.SGD(pe.parameters(), lr=0.1)
+    x = torch.randn(1, 2, 100, 32)
+    for _ in range(2):  # a second backward through fresh tables, not a cached graph
+        before = pe(x)
+        before.square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    assert not torch.allclose(pe(x), before.detach())  # the tables follow the new coefficients
+
+
+# --- devices -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device,path", [("cpu", "c"), ("cuda", "compile"), ("cuda:1", "compile"),
+                                         ("mps", "eager"), ("xpu", "eager"), ("meta", "eager")])
+def test_only_cpu_tensors_take_the_c_kernel(device, path):
+    assert rotation_path("c", device) == path
+    assert rotation_path("eager", device) == "eager"
+
+
+def test_a_non_cpu_tensor_with_the_c_backend_runs_on_its_own_device(monkeypatch):
+    import fope_ext
+    monkeypatch.setattr(fope_ext, "rotate", lambda *a: pytest.fail("the CPU kernel got a non-CPU tensor"))
+    pe = FourierPositionEmbedding(32, 2, 64, backend="c")
+    y = pe(torch.empty(2, 2, 10, 32, device="meta"))  # meta: a device that is neither CPU nor CUDA
+    assert y.device.type == "meta" and y.shape == (2, 2, 10, 32)
+
+
+def test_position_tables_are_not_buffers_so_ddp_does_not_resend_them():
+    for pe in (RotaryPositionEmbedding(32, train_len=64), FourierPositionEmbedding(32, 2, 64)):
+        names = {n for n, _ in pe.named_buffers()}
+        assert not any("cached" in n for n in names), names
+        assert pe.cos_cached is not None  # still built once, at train_len
 
 
 # --- the rotation ---------------------------------------------------------------

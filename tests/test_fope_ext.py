@@ -2,6 +2,10 @@
 op (opcheck, gradcheck, torch.compile fullgraph), refuses bad inputs in one line, and falls back to
 the reference when no C compiler is there."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,8 +13,8 @@ import fope_ext
 from fope import apply_rotary
 from fope_ext import build
 
-pytestmark = pytest.mark.skipif(not fope_ext.available(),
-                                reason=f"C kernel not built: {fope_ext.build_error()}")
+# every test that calls the kernel; the fallback tests below run with or without a compiler
+needs_kernel = pytest.mark.skipif(not fope_ext.available(), reason=f"C kernel not built: {fope_ext.build_error()}")
 
 
 def make_inputs(B, H, T, hd, table_heads, dtype=torch.float32, transposed=False, sliced_tables=False,
@@ -43,6 +47,7 @@ CASES = {  # (B, H, T, hd, table_heads, transposed, sliced_tables)
 }
 
 
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", list(CASES))
 def test_c_matches_eager_reference_values_and_all_gradients(case, dtype):
@@ -63,6 +68,7 @@ def test_c_matches_eager_reference_values_and_all_gradients(case, dtype):
     torch.testing.assert_close(fope_ext.rotate(x, cos, sin), results[2][0], **tol)  # no grad at all
 
 
+@needs_kernel
 @pytest.mark.parametrize("table_heads", [1, 3])
 def test_frozen_tables_take_the_dx_only_backward_and_match(table_heads):
     x, cos, sin = make_inputs(2, 3, 5, 8, table_heads)
@@ -72,6 +78,7 @@ def test_frozen_tables_take_the_dx_only_backward_and_match(table_heads):
     torch.testing.assert_close(dx, dx_ref)
 
 
+@needs_kernel
 def test_bfloat16_is_the_float32_result_rounded_once():
     x, cos, sin = make_inputs(2, 3, 9, 16, 3, torch.bfloat16)
     y = fope_ext.rotate(x, cos, sin)
@@ -88,6 +95,7 @@ def test_bfloat16_is_the_float32_result_rounded_once():
         torch.testing.assert_close(a.float(), b, rtol=2e-2, atol=2e-2)
 
 
+@needs_kernel
 @pytest.mark.parametrize("table_heads", [1, 3])
 def test_gradcheck_in_float64(table_heads):
     x, cos, sin = make_inputs(2, 3, 4, 6, table_heads, torch.float64, transposed=True)
@@ -98,6 +106,7 @@ def test_gradcheck_in_float64(table_heads):
     assert torch.autograd.gradgradcheck(lambda x: fope_ext.rotate_op(x, cos, sin), (inputs[0],))
 
 
+@needs_kernel
 def test_opcheck_passes_for_both_ops():
     x, cos, sin = make_inputs(2, 3, 5, 8, 3, torch.float64, transposed=True)
     torch.library.opcheck(fope_ext.rotate_op, (x.requires_grad_(), cos, sin))
@@ -107,6 +116,7 @@ def test_opcheck_passes_for_both_ops():
     torch.library.opcheck(fope_ext.rotate_backward_op, (torch.randn(2, 3, 5, 8), x1, cos1, sin1, False))
 
 
+@needs_kernel
 def test_torch_compile_fullgraph_runs_a_gpt_with_the_c_backend():
     from model import GPT, GPTConfig
 
@@ -138,6 +148,7 @@ def test_torch_compile_fullgraph_runs_a_gpt_with_the_c_backend():
     ("three_dims", r"x must be \(B, H, T, head_dim\)"),
     ("tables_differ", "cos and sin must have one shape"),
 ])
+@needs_kernel
 def test_bad_inputs_give_a_one_line_value_error(bad, match):
     x, cos, sin = make_inputs(2, 3, 5, 8, 3)
     if bad == "float16":
@@ -159,7 +170,8 @@ def test_bad_inputs_give_a_one_line_value_error(bad, match):
     assert "\n" not in str(err.value)
 
 
-def test_without_a_compiler_rotate_warns_once_and_returns_the_reference(monkeypatch, tmp_path):
+def test_without_a_compiler_the_model_warns_once_and_runs_the_reference(monkeypatch, tmp_path):
+    import fope
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("FOPE_EXT_BUILD_DIR", str(tmp_path))
     monkeypatch.setattr(fope_ext, "_lib", None)  # forget the loaded library (restored afterwards)
@@ -167,9 +179,21 @@ def test_without_a_compiler_rotate_warns_once_and_returns_the_reference(monkeypa
     with pytest.warns(RuntimeWarning, match="C kernel not built"):
         assert fope_ext.available() is False
     assert "nonexistent" in fope_ext.build_error() and "\n" not in fope_ext.build_error()
+    assert fope.resolve_backend("auto") == "eager"
     x, cos, sin = make_inputs(2, 3, 5, 8, 1)
-    torch.testing.assert_close(fope_ext.rotate(x, cos, sin), apply_rotary(x, cos, sin), rtol=0, atol=0)
+    torch.testing.assert_close(fope.rotate(x, cos, sin, "c"), apply_rotary(x, cos, sin), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="not built") as err:  # the kernel itself never pretends
+        fope_ext.rotate(x, cos, sin)
+    assert "\n" not in str(err.value)
     assert not list(tmp_path.glob("*.so"))
+
+
+def test_fope_ext_never_imports_fope():
+    # the dependency is one-way: fope.py imports fope_ext (lazily), fope_ext stands alone
+    code = "import sys, fope_ext; fope_ext.available(); print('fope' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "False"
 
 
 def test_library_name_changes_when_source_or_flags_change(monkeypatch):

@@ -236,9 +236,6 @@ def test_config_file_applies_and_builds_a_valid_model(path):
         assert int(stated.group(1).replace(",", "")) == tokens
 
 
-def test_laptop_fope_clamp_is_fope_without_fourier_coefficients():
-    config = configure(train.DEFAULTS, [str(ROOT / "config" / "laptop_fope_clamp.py")])
-    assert config["pos_emb"] == "fope" and config["fope_sigma"] == 0.0 and config["fope_clamp"]
 
 
 def test_sample_continues_the_prompt_with_the_checkpoint_tokenizer(tiny_data, tmp_path, capsys):
