@@ -1,0 +1,88 @@
+"""
+Check fope.py's context-extension rescalings against HF transformers' ROPE_INIT_FUNCTIONS.
+
+    pip install transformers     # not a dependency of nanoFoPE: only this check needs it
+    python compare_hf.py         # prints the largest relative difference per rope_type
+
+Over head_dim {32, 64, 128}, theta {1e4, 5e5}, original length {64, 512, 2048}, factor {1, 2, 4, 8, 16}:
+default, linear, yarn (with its options), llama3, dynamic (at lengths below, at and above the original)
+and longrope (random per-frequency factors, below and above the original length). Both the inverse
+frequencies and the attention factor are compared. HF computes in float32, nanoFoPE in float64, so
+differences of a few 1e-7 are float32 rounding. tests/test_fope.py carries a few of these cases written
+out, so the test suite runs without transformers.
+"""
+
+import itertools
+import sys
+
+import torch
+
+from fope import check_scaling, rescale_inv_freq, rope_inv_freq
+
+GRID = dict(head_dim=(32, 64, 128), theta=(1e4, 5e5), original=(64, 512, 2048), factor=(1, 2, 4, 8, 16))
+
+
+def hf_rescaling(rope_type, head_dim, theta, original, seq_len, params):
+    """(inv_freq, attention_factor) from transformers, with max_position_embeddings = the original length."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type == "default":  # HF has no init function for it: the plain formula
+        return 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim), 1.0
+    config = LlamaConfig(hidden_size=2 * head_dim, num_attention_heads=2, head_dim=head_dim,
+                         max_position_embeddings=original,
+                         rope_parameters={"rope_type": rope_type, "rope_theta": theta, **params})
+    if rope_type in ("dynamic", "longrope"):
+        return ROPE_INIT_FUNCTIONS[rope_type](config, "cpu", seq_len=seq_len)
+    return ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
+
+
+def cases(head_dim, original, factor):
+    """(rope_type, seq_len, extra params) for one point of the grid."""
+    g = torch.Generator().manual_seed(head_dim * 100_000 + original * 100 + factor)
+    yield "default", None, {}
+    yield "linear", None, {}
+    for extra in ({}, {"beta_fast": 16, "beta_slow": 2}, {"truncate": False}, {"attention_factor": 1.0},
+                  {"mscale": 0.707, "mscale_all_dim": 1.0}):
+        yield "yarn", None, extra
+    yield "llama3", None, {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    for seq_len in (original // 2, original, 3 * original, 16 * original + 7):
+        yield "dynamic", seq_len, {}
+    short = (1 + torch.rand(head_dim // 2, generator=g)).tolist()
+    long = (1 + factor * torch.rand(head_dim // 2, generator=g)).tolist()
+    for seq_len in (original // 2, original, original + 1, 4 * original):
+        yield "longrope", seq_len, {"short_factor": short, "long_factor": long}
+
+
+def main():
+    try:
+        import transformers
+    except ImportError:
+        raise SystemExit("compare_hf.py needs transformers: pip install transformers (nanoFoPE itself does not)")
+    worst, count = {}, 0
+    for head_dim, theta, original, factor in itertools.product(*GRID.values()):
+        for rope_type, seq_len, extra in cases(head_dim, original, factor):
+            params = {} if rope_type == "default" else {
+                "factor": float(factor), "original_max_position_embeddings": original, **extra}
+            if rope_type == "dynamic":  # HF's dynamic reads max_position_embeddings, not this key
+                params.pop("original_max_position_embeddings")
+            want, want_factor = hf_rescaling(rope_type, head_dim, theta, original, seq_len, params)
+            scaling = check_scaling({"rope_type": rope_type, **params, "original_max_position_embeddings": original})
+            got, got_factor = rescale_inv_freq(rope_inv_freq(head_dim, theta), torch.arange(head_dim // 2),
+                                               head_dim, theta, scaling, seq_len)
+            want = want.double()
+            rel = max(((got - want).abs() / want.abs()).max().item(), abs(got_factor - want_factor) / want_factor)
+            if rel > worst.get(rope_type, (0.0,))[0]:
+                options = {k: v for k, v in extra.items() if k not in ("short_factor", "long_factor")}
+                worst[rope_type] = (rel, f"head_dim {head_dim}, theta {theta:g}, original {original}, "
+                                         f"factor {factor}, seq_len {seq_len} {options or ''}")
+            count += 1
+    print(f"transformers {transformers.__version__}: {count} cases; largest relative difference per rope_type "
+          "(inverse frequencies and attention factor):")
+    for rope_type, (rel, where) in worst.items():
+        print(f"  {rope_type:9s} {rel:.2e}  at {where}")
+    return 0 if max(rel for rel, _ in worst.values()) < 2e-6 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
