@@ -477,6 +477,24 @@ def fope_coefficients(n_head, D, d_out, sigma):
     return coef + step_identity(D, d_out)
 
 
+def resize_coefficients(coef, D, d_out, sigma, fill="fresh"):
+    """FoPE coefficients of a run trained at one length, for training at another (paper Sec. 5.3, the
+    official checkpoint loader): at a longer length the floor 2 pi / L moves down and more frequencies
+    are kept (head_dim 64: D 16 at 512, 18 at 1024). Growing, the old (n_head, D, d_out) block is copied
+    into the top-left and the new entries are a fresh FoPE init (fill="fresh": xavier-normal gain sigma
+    plus the step identity, the official `len_extra_fourier_expand`) or zero (fill="zero", the official
+    default). Shrinking keeps the top-left block."""
+    if fill not in ("fresh", "zero"):
+        raise ValueError(f"fill must be 'fresh' or 'zero', got {fill!r}")
+    n_head, old_D, old_d_out = coef.shape
+    if old_D >= D and old_d_out >= d_out:
+        return coef[:, :D, :d_out].clone()
+    new = fope_coefficients(n_head, D, d_out, sigma) if fill == "fresh" else torch.zeros(n_head, D, d_out)
+    keep_D, keep_d_out = min(old_D, D), min(old_d_out, d_out)
+    new[:, :keep_D, :keep_d_out] = coef[:, :keep_D, :keep_d_out]
+    return new.to(coef.dtype)
+
+
 class AlibiBias(nn.Module):
     """ALiBi's additive causal bias -slope_h * (i - j), built once per length and shared by all
     layers (it has no parameters)."""

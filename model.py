@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fope import AlibiBias, FourierPositionEmbedding, RotaryPositionEmbedding, check_scaling
+from fope import AlibiBias, FourierPositionEmbedding, RotaryPositionEmbedding, check_scaling, resize_coefficients
 
 POS_EMBS = ("learned", "nope", "rope", "fope", "alibi")
 
@@ -67,6 +67,41 @@ class GPTConfig:
             raise ValueError(f"checkpoint model_args has unknown fields {sorted(unknown)}: "
                              "it was written by another model.py")
         return cls(**args)
+
+
+# what a parent run must share with the model it starts (load_parent_weights); everything else may change
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "norm", "mlp")
+
+
+def load_parent_weights(model, parent_state, parent_args, fourier_expand="fresh"):
+    """Start `model` from another run's weights, for continued training with a new block_size,
+    position embedding or rope_scaling (the paper's context extension, Fig. 4). Every weight is copied.
+    FoPE coefficients are resized to the model's kept frequencies (fope.resize_coefficients, new entries
+    `fourier_expand` = "fresh" or "zero"); a parent without them (RoPE -> FoPE) leaves the model's freshly
+    drawn ones. Raises a one-line ValueError for what cannot be carried over."""
+    config = model.config
+    differ = [f"{k} {parent_args.get(k)} -> {getattr(config, k)}" for k in SHAPE_FIELDS if parent_args.get(k) != getattr(config, k)]
+    if differ:
+        raise ValueError(f"the parent run has another shape ({', '.join(differ)}): only block_size, the position "
+                         "embedding and rope_scaling may change when starting from it")
+    learned = (parent_args["pos_emb"] == "learned", config.pos_emb == "learned")
+    if any(learned) and (not all(learned) or parent_args["block_size"] != config.block_size):
+        raise ValueError("learned positions cannot be carried to another block_size or position embedding "
+                         f"(parent: {parent_args['pos_emb']} at {parent_args['block_size']}); pick rope, fope, alibi or nope")
+    state = model.state_dict()
+    for key, own in state.items():
+        parent = parent_state.get(key)
+        if key.endswith(("sin_coef", "cos_coef")):
+            if parent is not None:
+                rotary = model.get_submodule(key.rsplit(".", 1)[0])
+                state[key] = resize_coefficients(parent, own.shape[1], own.shape[2], rotary.sigma, fourier_expand)
+        elif parent is None or parent.shape != own.shape:
+            raise ValueError(f"the parent run has {'no ' + key if parent is None else f'{key} of shape {tuple(parent.shape)}'}"
+                             f" where this model has {tuple(own.shape)}: it was written by another model.py")
+        else:
+            state[key] = parent
+    model.load_state_dict(state)
+    return model
 
 
 def make_norm(config):

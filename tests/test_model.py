@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from model import GPT, GPTConfig, POS_EMBS
+from model import GPT, GPTConfig, POS_EMBS, load_parent_weights
 
 TINY = dict(block_size=32, vocab_size=17, n_layer=2, n_head=2, n_embd=32, rotary_backend="eager")
 
@@ -116,3 +116,73 @@ def test_generate_appends_tokens():
     model = tiny("alibi")
     out = model.generate(torch.zeros(1, 3, dtype=torch.long), 40, top_k=5)
     assert out.shape == (1, 43) and out.max() < 17
+
+
+# --- starting a run from another run's weights (context extension) ---------------------------
+
+
+def fope_model(block_size, **kw):
+    return GPT(GPTConfig(block_size=block_size, vocab_size=11, n_layer=2, n_head=2, n_embd=64, pos_emb="fope", **kw))
+
+
+@pytest.mark.parametrize("fill", ["fresh", "zero"])
+def test_fope_coefficients_grow_with_the_training_length_keeping_the_parent_block(fill):
+    # head_dim 32: 5 frequencies kept at L_train 64, 6 at 128 (d_out = D while D <= head_dim / 4 = 8)
+    torch.manual_seed(0)
+    parent = fope_model(64)
+    torch.manual_seed(1)
+    child = load_parent_weights(fope_model(128, fope_sigma=0.0), parent.state_dict(), vars(parent.config), fill)
+    for p_layer, c_layer in zip(parent.transformer.h, child.transformer.h):
+        for name in ("sin_coef", "cos_coef"):
+            old, new = getattr(p_layer.attn.rotary, name), getattr(c_layer.attn.rotary, name)
+            assert old.shape == (2, 5, 5) and new.shape == (2, 6, 6)
+            assert torch.equal(new[:, :5, :5], old)  # bit-exact
+            fresh = torch.zeros(6, 6)
+            if fill == "fresh":  # sigma 0 here: the fresh init is the step identity (step 1: the diagonal)
+                fresh[5, 5] = 1.0
+            assert torch.equal(new[:, 5, :], fresh[5].expand(2, 6)) and torch.equal(new[:, :, 5], fresh[:, 5].expand(2, 6))
+
+
+def test_fresh_new_coefficients_are_xavier_noise_plus_the_step_identity():
+    torch.manual_seed(0)
+    parent = fope_model(64)
+    child = load_parent_weights(fope_model(128, fope_sigma=0.5), parent.state_dict(), vars(parent.config))
+    new = child.transformer.h[0].attn.rotary.sin_coef
+    edge = torch.cat([new[:, 5, :5].flatten(), new[:, :5, 5].flatten()])
+    assert edge.std() > 0.05 and new[:, 5, 5].sub(1).abs().max() < 1  # noise, and 1 + noise on the diagonal
+
+
+def test_fope_coefficients_shrink_to_the_top_left_block_at_a_shorter_length():
+    parent = fope_model(128)
+    child = load_parent_weights(fope_model(64), parent.state_dict(), vars(parent.config))
+    for name in ("sin_coef", "cos_coef"):
+        old, new = getattr(parent.transformer.h[1].attn.rotary, name), getattr(child.transformer.h[1].attn.rotary, name)
+        assert new.shape == (2, 5, 5) and torch.equal(new, old[:, :5, :5])
+
+
+def test_rope_parent_into_fope_keeps_every_weight_and_draws_fresh_coefficients():
+    torch.manual_seed(0)
+    rope = GPT(GPTConfig(block_size=64, vocab_size=11, n_layer=2, n_head=2, n_embd=64, pos_emb="rope"))
+    torch.manual_seed(1)
+    child = fope_model(128)
+    drawn = child.transformer.h[0].attn.rotary.sin_coef.clone()
+    load_parent_weights(child, rope.state_dict(), vars(rope.config))
+    own = child.state_dict()
+    for key, value in rope.state_dict().items():
+        assert torch.equal(own[key], value), key
+    assert torch.equal(child.transformer.h[0].attn.rotary.sin_coef, drawn)
+    idx = torch.randint(0, 11, (2, 100))
+    assert torch.isfinite(child(idx, idx)[1])
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(n_embd=32), "another shape"),
+    (dict(pos_emb="learned", block_size=128), "learned positions cannot"),
+])
+def test_what_cannot_be_carried_over_is_a_one_line_error(change, match):
+    parent = GPT(GPTConfig(block_size=64, vocab_size=11, n_layer=2, n_head=2, n_embd=64, pos_emb="learned"))
+    args = dict(block_size=64, vocab_size=11, n_layer=2, n_head=2, n_embd=64, pos_emb="rope")
+    child = GPT(GPTConfig(**{**args, **change}))
+    with pytest.raises(ValueError, match=match) as err:
+        load_parent_weights(child, parent.state_dict(), vars(parent.config))
+    assert "\n" not in str(err.value)
