@@ -3,8 +3,9 @@ Benchmark the rotary rotation, eq. (1) of fope.py, on CPU: how close each path g
 of the same bytes (the memory-bandwidth roof), then what it means for a training step.
 
 (1) Rotation, forward and forward+backward, FoPE's per-head tables, float32:
-    eager_official  tables rebuilt on every call (sin/cos of t*w, the per-head einsum with the
-                    coefficients, padding), then the eager rotation: the official FoPE code's form
+    eager_official  the official FoPE code's per-call work (olmo/model.py, FourierEmbedding): sin/cos
+                    of t*w cached once (its BufferCache), then on every call the per-head einsum with
+                    the coefficients, the padding to head_dim/2 and the eager rotation
     eager_cached    fope.apply_rotary on cached tables (about five passes over x)
     compile         torch.compile(fope.apply_rotary)
     c               fope_ext.rotate (one pass of OpenMP C)
@@ -13,14 +14,20 @@ of the same bytes (the memory-bandwidth roof), then what it means for a training
 (2) Training step of the laptop GPT (4 layers, 4 heads, 128 wide, T=128, batch 32, AdamW) for
     RoPE and FoPE with each rotary_backend.
 
-Methods are interleaved (round-robin each repeat), so drifting machine load hits all alike, and
-medians over repeats are reported. Results, ratios and the machine go to bench.json.
+Methods, forward and forward+backward alike, are interleaved (round-robin each repeat), so drifting
+machine load hits all alike, and medians over repeats are reported. Every method allocates its outputs
+and temporaries per call, as in use, but from warm memory: glibc's malloc is told to keep freed memory
+(no mmap per large block, no trim), and each method is warmed up first, so a timed call measures the
+method's passes over memory, not the kernel zeroing fresh pages (page faults per call are reported).
+Results, ratios, how allocation was treated and the machine go to bench.json.
 
 $ python bench.py            # the full run (a few minutes; run it alone on the machine)
 $ python bench.py --quick    # the same in under a minute, fewer repeats
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import datetime
 import json
 import os
@@ -46,16 +53,24 @@ STEP_CONFIGS = [(pos_emb, backend) for pos_emb in ("rope", "fope") for backend i
 # rotation microbenchmark
 
 
-def official_form(x, pe):
-    """The official FoPE code's per-call work: tables from scratch, then the eager rotation."""
-    T, half = x.shape[2], x.shape[3] // 2
-    pos = torch.arange(T, dtype=x.dtype)
-    angle = pos[:, None] * pe.inv_freq.to(x.dtype)[None, :]  # (T, D)
-    sin = torch.einsum("td,hde->hte", angle.sin(), pe.sin_coef)  # (H, T, d_out)
-    cos = torch.einsum("td,hde->hte", angle.cos(), pe.cos_coef)
-    sin = F.pad(sin, (0, half - pe.d_out), value=1.0)  # the official zero-frequency padding
-    cos = F.pad(cos, (0, half - pe.d_out), value=1.0)
-    return fope.apply_rotary(x, cos, sin)
+class OfficialForm:
+    """What the official FoPE code does per call (olmo/model.py: FourierEmbedding.apply_rotary_pos_emb),
+    with the sin/cos of t*w it caches once per length (get_rotary_embedding's BufferCache) built here
+    once, in float32 as there: per call, the einsum of the cached basis with each head's coefficients,
+    the padding of the position-free dimensions with ones, and the eager rotation."""
+
+    def __init__(self, pe, T):
+        angle = torch.arange(T, dtype=torch.float32)[:, None] * pe.inv_freq.float()[None, :]  # (T, D)
+        self.sin_basis, self.cos_basis = angle.sin(), angle.cos()
+        self.sin_coef, self.cos_coef = pe.sin_coef.float(), pe.cos_coef.float()  # (H, D, d_out)
+        self.pad = pe.head_dim // 2 - pe.d_out
+
+    def __call__(self, x):
+        sin = torch.einsum("td,hde->hte", self.sin_basis, self.sin_coef)  # (H, T, d_out)
+        cos = torch.einsum("td,hde->hte", self.cos_basis, self.cos_coef)
+        sin = F.pad(sin, (0, self.pad), value=1.0)  # the official zero-frequency padding
+        cos = F.pad(cos, (0, self.pad), value=1.0)
+        return fope.apply_rotary(x, cos, sin)
 
 
 def copy(x):
@@ -72,7 +87,7 @@ def rotation_methods(shape):
     x_grad = x.clone().requires_grad_()
     g = torch.randn(shape)
     rotations = {
-        "eager_official": lambda x: official_form(x, pe),
+        "eager_official": OfficialForm(pe, T),
         "eager_cached": lambda x: fope.apply_rotary(x, cos, sin),
         "compile": lambda x: fope.rotate(x, cos, sin, "compile"),
         "c": lambda x: fope_ext.rotate(x, cos, sin),
@@ -85,12 +100,28 @@ def rotation_methods(shape):
     return methods
 
 
+def keep_freed_memory():
+    """Tell glibc's malloc to serve every block from its heap and never hand memory back (mallopt
+    M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB): a freed tensor's pages stay mapped, and a later tensor
+    reuses them instead of faulting in fresh zeroed pages. Returns how allocation is treated."""
+    treatment = ("outputs and temporaries allocated per call as in use; each method warmed up; timed calls "
+                 "reuse warm memory")
+    libc_name = ctypes.util.find_library("c")
+    if platform.libc_ver()[0] != "glibc" or libc_name is None:
+        return treatment + f" (not glibc: {platform.libc_ver()[0] or 'unknown'} libc left as it is)"
+    libc = ctypes.CDLL(libc_name)
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
+    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**30)):
+        return treatment + " (mallopt refused: glibc defaults)"
+    return treatment + " (glibc mallopt: M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB: freed memory stays mapped)"
+
+
 def interleaved_medians(fns, repeats, burst, warmup):
     """Median seconds per call of each fn, and its page faults per call (first touches of freshly
-    mapped memory, a cost every method that allocates can pay); every repeat runs a burst of each
-    fn in turn."""
-    for fn in fns.values():
-        for _ in range(warmup):
+    mapped memory: with keep_freed_memory() and the warm-up, only a call that raises the heap's
+    high-water mark pays them); every repeat runs a burst of each fn in turn."""
+    for _ in range(warmup):  # round-robin too: the heap settles on the mix the timing will see
+        for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
     faults = dict.fromkeys(fns, 0)
@@ -106,20 +137,24 @@ def interleaved_medians(fns, repeats, burst, warmup):
     return medians, {name: f / (repeats * burst) for name, f in faults.items()}
 
 
-def bench_rotation(shape, repeats, burst):
+MODES = (("fwd", 0, 2), ("fwd_bwd", 1, 4))  # (name, index in a method's pair, bytes moved / size of x)
+
+
+def bench_rotation(shape, repeats, burst, warmup):
     methods = rotation_methods(shape)
     nbytes = torch.Size(shape).numel() * 4
+    t0 = time.perf_counter()
+    fns = {(m, mode): pair[index] for m, pair in methods.items() for mode, index, _ in MODES}
+    medians, faults = interleaved_medians(fns, repeats, burst, warmup)
+    print(f"  measured in {time.perf_counter() - t0:.0f} s (compile warm-up included)")
     result = {}
-    for mode, index, passes in (("fwd", 0, 2), ("fwd_bwd", 1, 4)):  # passes: bytes moved / size of x
-        t0 = time.perf_counter()
-        fns = {m: pair[index] for m, pair in methods.items()}
-        medians, faults = interleaved_medians(fns, repeats, burst, warmup=5)
-        print(f"  {mode}: measured in {time.perf_counter() - t0:.0f} s (compile warm-up included)")
+    for mode, _, passes in MODES:
         for m in METHODS:
-            result[f"{m}_{mode}_ms"] = medians[m] * 1e3
-            result[f"{m}_{mode}_page_faults_per_call"] = faults[m]
-            result[f"{m}_{mode}_GBps"] = passes * nbytes / medians[m] / 1e9
-            result[f"{m}_{mode}_over_copy"] = medians[m] / medians["copy"]
+            result[f"{m}_{mode}_ms"] = medians[m, mode] * 1e3
+            result[f"{m}_{mode}_page_faults_per_call"] = faults[m, mode]
+            result[f"{m}_{mode}_GBps"] = passes * nbytes / medians[m, mode] / 1e9
+            result[f"{m}_{mode}_over_copy"] = medians[m, mode] / medians["copy", mode]
+    result["forward_below_forward_backward"] = {m: medians[m, "fwd"] < medians[m, "fwd_bwd"] for m in METHODS}
     return result
 
 
@@ -131,15 +166,19 @@ def print_rotation(name, shape, r):
         fwd, fwd_bwd = (f"{r[f'{m}_{mode}_GBps']:6.1f} {r[f'{m}_{mode}_over_copy']:6.2f}"
                         for mode in ("fwd", "fwd_bwd"))
         print(f"  {m:16s} {r[f'{m}_fwd_ms']:8.3f} {fwd}   {r[f'{m}_fwd_bwd_ms']:10.3f} {fwd_bwd}")
+    slower = [m for m, below in r["forward_below_forward_backward"].items() if not below]
+    if slower:
+        print(f"  WARNING: forward not below forward+backward for {', '.join(slower)}: the machine was busy "
+              "or allocation leaked into the timing; rerun alone")
 
-def bench_modules(shape, repeats, burst):
+def bench_modules(shape, repeats, burst, warmup):
     """Forward of the FoPE module against the RoPE module (cached tables), for each backend."""
     B, H, T, hd = shape
     x = torch.randn(shape)
     modules = {f"{name}_{backend}": make(backend) for backend in ("eager", "c") for name, make in (
         ("rope", lambda b: RotaryPositionEmbedding(hd, train_len=T, backend=b)),
         ("fope", lambda b: FourierPositionEmbedding(hd, H, T, backend=b)))}
-    medians, _ = interleaved_medians({k: (lambda m=m: m(x)) for k, m in modules.items()}, repeats, burst, warmup=3)
+    medians, _ = interleaved_medians({k: (lambda m=m: m(x)) for k, m in modules.items()}, repeats, burst, warmup)
     result = {f"module_{k}_fwd_ms": v * 1e3 for k, v in medians.items()}
     print(f"position modules {shape}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in medians.items()))
     return result
@@ -171,9 +210,9 @@ def training_steps(batch_size=32, block_size=128):
     return steps
 
 
-def bench_training(repeats, burst, batch_size=32, block_size=128):
+def bench_training(repeats, burst, warmup, batch_size=32, block_size=128):
     t0 = time.perf_counter()
-    medians, _ = interleaved_medians(training_steps(batch_size, block_size), repeats, burst, warmup=3)
+    medians, _ = interleaved_medians(training_steps(batch_size, block_size), repeats, burst, warmup)
     print(f"training step, laptop GPT (4 x 128, 4 heads, T={block_size}), batch {batch_size}, AdamW "
           f"(measured in {time.perf_counter() - t0:.0f} s)")
     result = {}
@@ -205,20 +244,26 @@ def main():
     if not fope_ext.available():
         raise SystemExit(f"fope_ext is not built ({fope_ext.build_error()}): install a C compiler "
                          "with OpenMP (e.g. apt-get install gcc) and run make ext")
-    repeats, burst, step_repeats = (3, 3, 5) if args.quick else (30, 5, 40)
+    repeats, burst, warmup, step_repeats = (3, 3, 3, 5) if args.quick else (30, 5, 20, 40)
+    allocation = keep_freed_memory()  # before the first tensor
     m = machine()
     run = "quick" if args.quick else "full"
     print(f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['threads']} threads; "
-          f"{run} run: {repeats} repeats x {burst} calls per method, interleaved")
+          f"{run} run: {repeats} repeats x {burst} calls per method, interleaved, after {warmup} warm-up calls")
+    print(f"allocation: {allocation}")
 
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-           "command": " ".join(["python"] + sys.argv), "quick": args.quick}
+           "command": " ".join(["python"] + sys.argv), "quick": args.quick,
+           "timing": {"statistic": "median", "repeats": repeats, "calls_per_repeat": burst, "warmup_calls": warmup,
+                      "order": "methods (forward and forward+backward) round-robin within each repeat"},
+           "allocation": allocation}
+    t_start = time.perf_counter()
     for name, shape in SHAPES.items():
         print(f"rotation {name} {shape} ...")
-        out[f"rotation_{name}"] = r = {"shape": shape, **bench_rotation(shape, repeats, burst)}
+        out[f"rotation_{name}"] = r = {"shape": shape, **bench_rotation(shape, repeats, burst, warmup)}
         print_rotation(name, shape, r)
-    out["modules"] = mods = bench_modules(SHAPES["gpt2_small"], repeats, burst)
-    out["training"] = t = bench_training(step_repeats, burst=1)
+    out["modules"] = mods = bench_modules(SHAPES["gpt2_small"], repeats, burst, warmup)
+    out["training"] = t = bench_training(step_repeats, burst=1, warmup=min(warmup, 5))
 
     big = out["rotation_gpt2_small"]
     out["speedup_c_over_eager_official_fwd_bwd"] = big["eager_official_fwd_bwd_ms"] / big["c_fwd_bwd_ms"]
@@ -236,9 +281,13 @@ def main():
     for key, value in out.items():
         if key.startswith(("speedup", "c_fwd", "fope_over")):
             print(f"  {key:38s} {value:6.2f}")
+    out["forward_below_forward_backward_everywhere"] = all(
+        below for name in SHAPES for below in out[f"rotation_{name}"]["forward_below_forward_backward"].values())
+    out["seconds"] = round(time.perf_counter() - t_start)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} ({out['seconds']} s; forward below forward+backward for every method: "
+          f"{out['forward_below_forward_backward_everywhere']})")
 
 
 if __name__ == "__main__":

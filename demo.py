@@ -2,8 +2,8 @@
 The laptop reproduction of FoPE's length curves, end to end (what `make demo` runs):
 
   1. data:  char-level Shakespeare (data/shakespeare/prepare.py), if not prepared yet
-  2. train: rope, fope, fope-clamp (sigma=0: the clamp-only ablation), alibi and nope, each with
-            several seeds (config/demo.py), into out/demo/<variant>_s<seed>
+  2. train: rope, fope, clamp-only (FoPE's floor clamp without its Fourier series), alibi and nope,
+            each with several seeds (config/demo.py), into out/demo/<variant>_s<seed>
   3. eval:  the length sweep (eval_length.py) at L_train x {1, 2, 4, 8, 16}, then again with YaRN
             (factor 8) on the rotary variants
   4. write: results/demo.{csv,json,png}, results/demo_positions.png, results/demo_yarn.*, and
@@ -12,8 +12,11 @@ The laptop reproduction of FoPE's length curves, end to end (what `make demo` ru
     python demo.py            # the full run (~25 minutes on 2 CPU cores)
     python demo.py --quick    # a smoke run of the same pipeline in a few minutes (results/quick/)
 
-A finished training run (its checkpoint at max_iters, made with the current config/demo.py) is kept and
-not trained again; --fresh retrains.
+A finished training run is kept and not trained again only if it is current: its checkpoint is at
+max_iters, records the same resolved config as train.py would resolve now (train.py's defaults,
+config/demo.py, the variant's flags) and was made by the same sources (checkpoint.SOURCES: model.py,
+fope.py, fope_ext/, passkey.py, train.py, data/...). Otherwise it is trained again and the demo says
+why; --fresh retrains everything.
 """
 
 import argparse
@@ -26,16 +29,18 @@ import time
 
 import torch
 
-from configurator import parse, read_config_file
+import train
+from checkpoint import CheckpointError, changed_sources, load_checkpoint, source_hashes
+from configurator import configure
 
-VARIANTS = {  # name -> train.py overrides
+VARIANTS = {  # name (the label of its row in the tables) -> train.py overrides
     "rope": ["--pos_emb=rope"],
     "fope": ["--pos_emb=fope"],
-    "fope-clamp": ["--pos_emb=fope", "--fope_sigma=0.0"],
+    "clamp-only": ["--pos_emb=fope", "--fope_fourier=False"],  # the ablation: RoPE with the floor clamp alone
     "alibi": ["--pos_emb=alibi"],
     "nope": ["--pos_emb=nope"],
 }
-ROTARY = ("rope", "fope", "fope-clamp")
+ROTARY = ("rope", "fope", "clamp-only")
 
 
 def run(cmd, log):
@@ -48,24 +53,29 @@ def run(cmd, log):
         raise SystemExit(f"demo: '{' '.join(cmd)}' failed ({tail[0]}); full log: {log}")
 
 
-def expected_config(flags):
-    """The settings a run gets from config/demo.py and its --key=value flags (as train.py parses them)."""
-    expected = read_config_file("config/demo.py")
-    for flag in flags:
-        key, value = flag[2:].split("=", 1)
-        expected[key] = parse(value, expected.get(key))
-    return expected
-
-
-def finished(out_dir, flags):
-    """True if out_dir holds a run that completed with these settings; a run made with other settings
-    (config/demo.py edited since) is trained again, so results/ never mixes stale runs in."""
+def stale_reason(out_dir, train_args):
+    """None if out_dir holds a finished run of `python train.py *train_args` made by today's code, else why
+    it must be trained (again): results/ never mixes in a run made with other settings or sources."""
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.isfile(path):
-        return False
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    expected, saved = expected_config(flags), ckpt.get("config", {})
-    return ckpt["iter_num"] >= expected["max_iters"] and all(saved.get(k) == v for k, v in expected.items())
+        return "not trained yet"
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        return f"unreadable ({e})"
+    expected = configure(train.DEFAULTS, train_args, train.OPTIONAL_TYPES)  # as train.py resolves it now
+    saved = ckpt["config"]
+    changed = sorted(k for k in expected.keys() | saved.keys() if k not in saved or k not in expected or saved[k] != expected[k])
+    if changed:
+        return f"config changed ({', '.join(changed)})"
+    if ckpt["iter_num"] < expected["max_iters"]:
+        return f"unfinished (iter {ckpt['iter_num']} of {expected['max_iters']})"
+    sources, current = ckpt.get("sources") or [], source_hashes()
+    if len(sources) > 1:
+        return "resumed across a code change"
+    if sources != [current]:
+        return f"code changed ({', '.join(changed_sources(sources[0] if sources else {}, current))})"
+    return None
 
 
 def main(argv=None):
@@ -103,22 +113,25 @@ def main(argv=None):
         for seed in seeds:
             out_dir = f"{out}/{variant}_s{seed}"
             ckpts.setdefault(variant, []).append(out_dir)
-            run_flags = [*flags, f"--seed={seed}", *train_extra]
-            if not args.fresh and finished(out_dir, run_flags):
-                print(f"  {out_dir}: already trained, kept", flush=True)
+            train_args = ["config/demo.py", *flags, f"--seed={seed}", *train_extra, f"--out_dir={out_dir}",
+                          f"--wandb_run_name={variant}_s{seed}"]
+            reason = "--fresh" if args.fresh else stale_reason(out_dir, train_args)
+            if reason is None:
+                print(f"  {out_dir}: already trained with this config and code, kept", flush=True)
                 continue
             t1 = time.time()
-            run([py, "train.py", "config/demo.py", *run_flags, f"--out_dir={out_dir}",
-                 f"--wandb_run_name={variant}_s{seed}"], f"{out_dir}.log")
+            run([py, "train.py", *train_args], f"{out_dir}.log")
             stages[f"train {variant}_s{seed}"] = time.time() - t1
-            print(f"  {out_dir}: {time.time() - t1:.0f} s", flush=True)
+            print(f"  {out_dir}: trained ({reason}), {time.time() - t1:.0f} s", flush=True)
     stages[name] = time.time() - t0
 
     name, t0 = stage("eval", "3/4 eval: length sweep, then YaRN x8 on the rotary variants")
-    every = [d for dirs in ckpts.values() for d in dirs]
-    rotary = [d for v in ROTARY for d in ckpts[v]]
-    run([py, "eval_length.py", "--ckpt", *every, "--out", f"{results}/demo", *sweep], f"{out}/eval.log")
-    run([py, "eval_length.py", "--ckpt", *rotary, "--rope_scaling", "yarn", "--factor", "8",
+    def ckpts_and_labels(variants):  # the rows are named after the variants
+        return ["--ckpt", *[d for v in variants for d in ckpts[v]],
+                *[f"--label={v}={','.join(ckpts[v])}" for v in variants]]
+
+    run([py, "eval_length.py", *ckpts_and_labels(VARIANTS), "--out", f"{results}/demo", *sweep], f"{out}/eval.log")
+    run([py, "eval_length.py", *ckpts_and_labels(ROTARY), "--rope_scaling", "yarn", "--factor", "8",
          "--out", f"{results}/demo_yarn", *sweep], f"{out}/eval_yarn.log")
     stages[name] = time.time() - t0
 

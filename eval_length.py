@@ -3,6 +3,7 @@ Length generalization sweep: perplexity and passkey retrieval against evaluation
 
     python eval_length.py --ckpt out/demo/rope_s0 out/demo/fope_s0 out/demo/alibi_s0
     python eval_length.py --ckpt out/demo/* --rope_scaling yarn --factor 8 --out results/yarn
+    python eval_length.py --ckpt out/a_s1 out/a_s2 out/b_s1 --label mine=out/a_s1,out/a_s2
 
 Protocol (the README states it too):
 - Perplexity: non-overlapping windows of each length over the val split, the same token budget at
@@ -12,8 +13,17 @@ Protocol (the README states it too):
 - Passkey (passkey.py): documents of exactly `length` tokens with a random 5-digit key at each depth
   in --depths, --trials per (length, depth), fixed seed. Scored by exact match of the greedy answer
   (teacher forcing: the greedy answer is the key iff the argmax is right at every answer token).
-- Checkpoints sharing a label (pos_emb, clamp-only, scaling) are seeds of one variant: tables and
-  plots show their mean and min-max.
+- Checkpoints whose runs differ only in what does not change the trained model (seed, out_dir, wandb
+  names, device, rotary_backend, compile, log/eval intervals: NOT_THE_MODEL) are seeds of one run:
+  tables and plots show their mean and min-max. Any other difference (a model field, the learning
+  rate, the iteration reached, ...) makes another row.
+- A row is labelled by its pos_emb and what sets it apart from the other rows (e.g. "fope" and
+  "fope fope_sigma=0.1": the settings that vary between rows, where they differ from train.py's
+  default), then "+yarn8" etc. for eval-time scaling. --label NAME=CKPT[,CKPT...] names the row those
+  checkpoints are in (repeat it for several rows).
+- A length is skipped only where it cannot be measured, and the table says so: longer than the
+  split's longest shard (perplexity and passkey), past block_size for learned positions, shorter
+  than a passkey document (passkey only). Any other error stops the sweep.
 
 Outputs <out>.csv (a row per checkpoint and length), <out>.json (rows, per-position losses, summary),
 <out>.png (ppl and passkey accuracy vs length) and <out>_positions.png (loss vs token position at the
@@ -22,56 +32,112 @@ longest length).
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
 import resource
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from checkpoint import build_model, checkpoint_file, load_checkpoint
+from configurator import resolve_device
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig
 from passkey import PasskeyDocs, score
+from train import DEFAULTS as TRAIN_DEFAULTS
 
 # -----------------------------------------------------------------------------
 # loading
 
 
-def load_checkpoint(path, scaling=None, device="cpu"):
+ROTARY = ("rope", "fope")
+
+
+def load_model(path, scaling=None, device="cpu"):
     """-> (model, checkpoint) from an out_dir or a ckpt.pt, with rope_scaling applied at eval time."""
-    file = os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise SystemExit(f"no checkpoint at {path}: train one with python train.py --out_dir={path}")
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    for key in ("model", "model_args", "config", "meta"):
-        if key not in checkpoint:
-            raise SystemExit(f"{file} has no '{key}': not a checkpoint written by train.py")
+    checkpoint = load_checkpoint(path)
     args = dict(checkpoint["model_args"])
-    if scaling is not None and args["pos_emb"] in ("rope", "fope"):
+    if scaling is not None and args["pos_emb"] in ROTARY:
         args["rope_scaling"] = {**scaling, "original_len": args["block_size"]}
-    try:
-        model = GPT(GPTConfig.from_dict(args))
-        model.load_state_dict(checkpoint["model"])
-    except (ValueError, RuntimeError) as e:
-        raise SystemExit(f"{file}: {str(e).splitlines()[0]}")
     checkpoint["path"] = path
-    return model.to(device).eval(), checkpoint
+    return build_model(checkpoint, path, args).to(device).eval(), checkpoint
 
 
-def variant_label(model_args):
-    """The variant a checkpoint belongs to; seeds of one variant share it."""
-    pos_emb = model_args["pos_emb"]
-    label = "fope-clamp" if pos_emb == "fope" and model_args["fope_sigma"] == 0 else pos_emb
-    scaling = model_args.get("rope_scaling")
-    if scaling and pos_emb in ("rope", "fope"):
-        label += f"+{scaling['rope_type']}{scaling['factor']:g}"
-    return label
+# -----------------------------------------------------------------------------
+# which checkpoints are seeds of one run, and what to call each run
+
+# train.py settings that do not change the trained model: checkpoints differing only in these are seeds
+NOT_THE_MODEL = ("seed", "out_dir", "wandb_log", "wandb_project", "wandb_run_name", "init_from", "device",
+                 "rotary_backend", "compile", "log_interval", "eval_interval", "eval_iters", "always_save_checkpoint")
+
+
+def run_settings(checkpoint, model):
+    """Everything that makes the evaluated model what it is: the train config minus NOT_THE_MODEL, the
+    model's fields (eval-time rope_scaling included) and the iteration reached. Settings the position
+    embedding never reads are left out, so two rope runs that differ only in fope_sigma are one run."""
+    settings = {k: v for k, v in checkpoint["config"].items() if k not in NOT_THE_MODEL}
+    settings.update((k, v) for k, v in dataclasses.asdict(model.config).items() if k not in NOT_THE_MODEL)
+    settings["iter_num"] = checkpoint["iter_num"]
+    pos_emb = settings["pos_emb"]
+    for key in list(settings):
+        if (key.startswith("fope_") and pos_emb != "fope"
+                or key in ("rope_theta", "rope_scaling") and pos_emb not in ROTARY):
+            del settings[key]
+    return settings
+
+
+def differences(a, b):
+    return [k for k in {**a, **b} if a.get(k) != b.get(k)]
+
+
+def label_runs(settings_by_ckpt, names, suffix=""):
+    """{ckpt: settings}, {ckpt: --label name} -> {ckpt: label}; equal settings share a label (seeds).
+
+    A run without a --label name is called by its pos_emb and, of the settings that vary between the
+    runs, those where it differs from train.py's default (all of them for a setting without a default,
+    such as iter_num). suffix (e.g. "+yarn8") follows the label of rotary runs."""
+    runs = defaultdict(list)  # settings as JSON -> the checkpoints of that run
+    for ckpt, settings in settings_by_ckpt.items():
+        runs[json.dumps(settings, sort_keys=True, default=str)].append(ckpt)
+    settings_of = {run: settings_by_ckpt[ckpts[0]] for run, ckpts in runs.items()}
+    values = defaultdict(list)  # setting -> its value in each run that has it
+    for settings in settings_of.values():
+        for key, value in settings.items():
+            values[key].append(json.dumps(value, sort_keys=True, default=str))
+    varying = {k for k, v in values.items() if len(set(v)) > 1} - {"pos_emb", "rope_scaling"}
+
+    def shown(key, value):  # a setting without a train.py default (iter_num, vocab_size) is always shown
+        return key in varying and (key not in TRAIN_DEFAULTS or value != TRAIN_DEFAULTS[key])
+
+    labels = {}
+    for run, ckpts in runs.items():
+        settings = settings_of[run]
+        given = {names[c] for c in ckpts if c in names}
+        if len(given) > 1:
+            raise SystemExit(f"--label gives one run two names ({', '.join(sorted(given))}): {', '.join(ckpts)} "
+                             "differ only in seed or output names")
+        if given:
+            label = given.pop()
+        else:
+            apart = [f"{k}={v}" for k, v in settings.items() if shown(k, v)]
+            label = " ".join([settings["pos_emb"], *apart])
+        labels[run] = label + (suffix if settings["pos_emb"] in ROTARY else "")
+    for name in set(names.values()):
+        named = [run for run, ckpts in runs.items() if any(names.get(c) == name for c in ckpts)]
+        if len(named) > 1:
+            differ = differences(settings_of[named[0]], settings_of[named[1]])
+            raise SystemExit(f"--label {name} names checkpoints of different runs (they differ in "
+                             f"{', '.join(differ)}): give each run its own label")
+    repeated = [label for label, n in Counter(labels.values()).items() if n > 1]
+    if repeated:
+        raise SystemExit(f"two different runs would both be labelled {repeated[0]!r}: name them apart with --label")
+    return {ckpt: labels[run] for run, ckpts in runs.items() for ckpt in ckpts}
 
 
 # -----------------------------------------------------------------------------
@@ -88,8 +154,8 @@ def perplexity(model, data, length, train_len, tokens, device, batch_tokens=1638
         windows.append(w)
         if len(windows) == n_windows:
             break
-    if not windows:
-        raise ValueError(f"the {data.split} split has {data.num_tokens} tokens, fewer than one window of {length + 1}")
+    if not windows:  # main() skips such lengths before calling: here it is a caller's mistake
+        raise ValueError(f"the {data.split} split has no window of {length + 1} tokens")
     per_position = torch.zeros(length, dtype=torch.float64)
     batch = max(1, batch_tokens // length)
     for i in range(0, len(windows), batch):
@@ -131,8 +197,13 @@ def passkey_accuracy(model, docs, tok, length, depths, trials, seed, device, bat
 # aggregation and outputs
 
 
+def longest_length(data):
+    """The longest evaluation length the split can fill: a window needs length + 1 tokens of one shard."""
+    return max(len(shard) for shard in data.shards) - 1
+
+
 def summarize(rows):
-    """label -> length -> {metric: (mean, min, max, n)} over seeds."""
+    """label -> length -> {metric: {mean, min, max, n}} over seeds, and "note": why a length was skipped."""
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         groups[r["label"]][r["length"]].append(r)
@@ -145,6 +216,9 @@ def summarize(rows):
                 values = [r[metric] for r in rs if r[metric] is not None and not math.isnan(r[metric])]
                 if values:
                     stats[metric] = {"mean": float(np.mean(values)), "min": min(values), "max": max(values), "n": len(values)}
+            notes = sorted({r["note"] for r in rs if r["note"]})
+            if notes:
+                stats["note"] = "; ".join(notes)
             summary[label][length] = stats
     return summary
 
@@ -169,6 +243,10 @@ def format_table(summary, lengths):
         for r in [header] + body:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         lines.append("")
+    skipped = [f"  {label} at {L}: {s['note']}" for label, by_length in summary.items()
+               for L, s in sorted(by_length.items()) if "note" in s]
+    if skipped:
+        lines += ["-: not measured", *skipped, ""]
     return "\n".join(lines)
 
 
@@ -222,6 +300,8 @@ def plot(summary, per_position, train_len, path):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", nargs="+", required=True, help="out_dirs or ckpt.pt files")
+    p.add_argument("--label", action="append", default=[], metavar="NAME=CKPT[,CKPT...]",
+                   help="name the run these checkpoints belong to (repeatable); default: what sets it apart")
     p.add_argument("--multipliers", type=float, nargs="+", default=[1, 2, 4, 8, 16], help="lengths as multiples of L_train")
     p.add_argument("--lengths", type=int, nargs="+", help="explicit lengths (override --multipliers)")
     p.add_argument("--tokens", type=int, default=65536, help="perplexity token budget per length")
@@ -234,51 +314,108 @@ def parse_args(argv):
     p.add_argument("--data_dir", help="default: data/<dataset> of each checkpoint's config")
     p.add_argument("--out", default="results/length")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu) | cpu | cuda | cuda:N | mps")
+    args = p.parse_args(argv)
+    checks = [("--multipliers", args.multipliers, all(0 < m < math.inf for m in args.multipliers), "must be > 0"),
+              ("--lengths", args.lengths, not args.lengths or min(args.lengths) >= 1, "must be >= 1"),
+              ("--tokens", args.tokens, args.tokens >= 1, "must be >= 1"),
+              ("--trials", args.trials, args.trials >= 0, "must be >= 0 (0 skips passkey)"),
+              ("--depths", args.depths, all(0 <= d <= 1 for d in args.depths), "must be in [0, 1]"),
+              ("--factor", args.factor, args.factor >= 1, "must be >= 1"),
+              ("--no_attn_temperature", True, not args.no_attn_temperature or args.rope_scaling == "yarn",
+               "applies to --rope_scaling yarn only"),
+              ("--out", args.out, bool(os.path.basename(args.out)), "must name files (results/NAME), not a directory")]
+    for flag, value, ok, requirement in checks:
+        if not ok:
+            raise SystemExit(f"{flag} {requirement}, got {value}")
+    return args
+
+
+def parse_labels(label_args, ckpts):
+    """--label NAME=CKPT[,CKPT...] -> {ckpt as given in --ckpt: NAME}."""
+    given = {os.path.abspath(checkpoint_file(c)): c for c in ckpts}
+    names = {}
+    for arg in label_args:
+        name, eq, paths = arg.partition("=")
+        if not (name and eq and paths):
+            raise SystemExit(f"--label {arg}: write --label NAME=CKPT[,CKPT...]")
+        for path in paths.split(","):
+            ckpt = given.get(os.path.abspath(checkpoint_file(path)))
+            if ckpt is None:
+                raise SystemExit(f"--label {arg}: {path} is not one of the --ckpt checkpoints")
+            names[ckpt] = name
+    return names
+
+
+def prepare_out(out):
+    """Make the output directory and check it takes files, before the sweep's work is done."""
+    folder = os.path.dirname(out) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"cannot make {folder} for --out {out} ({e.strerror}): pick another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"{folder} is not writable: pick another --out")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    scaling = None
+    device = resolve_device(args.device)
+    files = [os.path.abspath(checkpoint_file(c)) for c in args.ckpt]
+    for path, file in zip(args.ckpt, files):
+        if files.count(file) > 1:
+            raise SystemExit(f"--ckpt lists {path} twice: it would count as two seeds")
+    names = parse_labels(args.label, args.ckpt)
+    scaling, suffix = None, ""
     if args.rope_scaling:
-        scaling = {"type": args.rope_scaling, "factor": args.factor, "attn_temperature": not args.no_attn_temperature}
-    models = [load_checkpoint(path, scaling, args.device) for path in args.ckpt]
+        scaling = {"type": args.rope_scaling, "factor": args.factor}
+        if args.no_attn_temperature:
+            scaling["attn_temperature"] = False
+        suffix = f"+{args.rope_scaling}{args.factor:g}"
+    models = [load_model(path, scaling, device) for path in args.ckpt]
     train_lens = {ckpt["model_args"]["block_size"] for _, ckpt in models}
     if len(train_lens) > 1:
         raise SystemExit(f"the checkpoints were trained at different lengths {sorted(train_lens)}: sweep them separately")
     train_len = train_lens.pop()
     lengths = args.lengths or sorted({int(round(m * train_len)) for m in args.multipliers})
+    if min(lengths) < 1:
+        raise SystemExit(f"--multipliers {' '.join(f'{m:g}' for m in args.multipliers)} give length "
+                         f"{min(lengths)} at L_train {train_len}: use multipliers >= {1 / train_len:.3g}")
+    labels = label_runs({ckpt["path"]: run_settings(ckpt, model) for model, ckpt in models}, names, suffix)
 
-    data_cache, rows, per_position = {}, [], defaultdict(list)
+    data_of = {}  # checkpoint path -> its split
+    for _, ckpt in models:
+        data_dir = args.data_dir or os.path.join("data", ckpt["config"]["dataset"])
+        if data_dir not in data_of:
+            try:
+                data_of[data_dir] = TokenShards(data_dir, args.split)
+            except ShardError as e:
+                raise SystemExit(str(e))
+        data_of[ckpt["path"]] = data_of[data_dir]
+    longest = max(longest_length(data_of[ckpt["path"]]) for _, ckpt in models)
+    if min(lengths) > longest:
+        raise SystemExit(f"no length in {lengths} fits the {args.split} split (its longest shard fills "
+                         f"{longest} tokens and a target): pass --lengths <= {longest}")
+    prepare_out(args.out)
+
+    rows, per_position = [], defaultdict(list)
     tasks = [(m, L) for m in models for L in lengths]
     t0 = time.time()
     for (model, ckpt), length in tqdm(tasks, desc="sweep", unit="run", file=sys.stderr):
-        margs = ckpt["model_args"]
-        label = variant_label(model.config.__dict__)
-        data_dir = args.data_dir or os.path.join("data", ckpt["config"]["dataset"])
-        if data_dir not in data_cache:
-            try:
-                data_cache[data_dir] = TokenShards(data_dir, args.split)
-            except ShardError as e:
-                raise SystemExit(str(e))
-        data = data_cache[data_dir]
+        margs, data, label = ckpt["model_args"], data_of[ckpt["path"]], labels[ckpt["path"]]
         row = {"ckpt": ckpt["path"], "label": label, "pos_emb": margs["pos_emb"], "seed": ckpt["config"].get("seed"),
                "scaling": json.dumps(model.config.rope_scaling) if model.config.rope_scaling else "",
                "train_len": train_len, "length": length, "ppl": None, "ppl_beyond": None, "windows": 0,
                "passkey": None, "passkey_digits": None, "passkey_by_depth": None, "note": ""}
+        rows.append(row)
+        # the only lengths skipped: those that cannot be measured, each said in the row and the table
         if margs["pos_emb"] == "learned" and length > margs["block_size"]:
             row["note"] = f"skipped: learned positions stop at block_size {margs['block_size']}"
-            tqdm.write(f"{ckpt['path']}: {row['note']} (length {length})", file=sys.stderr)
-            rows.append(row)
             continue
-        try:
-            ppl = perplexity(model, data, length, train_len, args.tokens, args.device)
-        except ValueError as e:
-            row["note"] = f"skipped: {e}"
-            tqdm.write(f"{ckpt['path']}: {row['note']}", file=sys.stderr)
-            rows.append(row)
+        if length > longest_length(data):
+            row["note"] = f"skipped: no {args.split} shard fills {length} tokens and a target"
             continue
+        ppl = perplexity(model, data, length, train_len, args.tokens, device)
         row.update(ppl=math.exp(ppl["loss"]), ppl_beyond=math.exp(ppl["loss_beyond"]) if length > train_len else None,
                    windows=ppl["windows"])
         if length == max(lengths):
@@ -287,13 +424,16 @@ def main(argv=None):
             tok = get_tokenizer(ckpt["meta"])
             docs = PasskeyDocs(tok)
             if length >= docs.min_length:
-                row.update(passkey_accuracy(model, docs, tok, length, args.depths, args.trials, args.seed, args.device))
-        rows.append(row)
+                row.update(passkey_accuracy(model, docs, tok, length, args.depths, args.trials, args.seed, device))
+            else:
+                row["note"] = f"passkey skipped: a passkey document needs {docs.min_length} tokens"
+    for row in rows:
+        if row["note"]:
+            tqdm.write(f"{row['ckpt']} at {row['length']}: {row['note']}", file=sys.stderr)
 
     summary = summarize(rows)
     table = format_table(summary, lengths)
     print(table)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".csv", "w", newline="") as f:
         fields = [k for k in rows[0] if k != "passkey_by_depth"] + ["passkey_by_depth"]
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -301,10 +441,13 @@ def main(argv=None):
         for r in rows:
             writer.writerow({**r, "passkey_by_depth": json.dumps(r["passkey_by_depth"]) if r["passkey_by_depth"] else ""})
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    groups = defaultdict(list)
+    for _, ckpt in models:
+        groups[labels[ckpt["path"]]].append(ckpt["path"])
     info = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python eval_length.py " + " ".join(argv or sys.argv[1:]),
             "train_len": train_len, "lengths": lengths, "tokens_per_length": args.tokens, "passkey_trials": args.trials,
             "passkey_depths": args.depths, "seconds": round(time.time() - t0, 1), "peak_rss_mb": round(peak_mb, 1),
-            "scaling": scaling}
+            "scaling": scaling, "groups": groups}
     with open(args.out + ".json", "w") as f:
         json.dump({"info": info, "rows": rows, "summary": summary,
                    "per_position": {"length": max(lengths), "loss": {k: np.mean(v, 0).tolist() for k, v in per_position.items()}}},

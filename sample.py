@@ -7,16 +7,15 @@ Sample text from a checkpoint written by train.py, decoded with the checkpoint's
 After Karpathy's nanoGPT sample.py.
 """
 
-import os
 import sys
 from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
 
-from configurator import configure
+from checkpoint import build_model, load_checkpoint
+from configurator import configure, resolve_device, resolve_dtype
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig
 
 _names_before_config = set(globals())
 # -----------------------------------------------------------------------------
@@ -24,34 +23,33 @@ out_dir = "out/laptop_fope"  # reads out_dir/ckpt.pt
 start = "\n"  # the prompt, or FILE:path to read it from a file
 num_samples = 3
 max_new_tokens = 500
-temperature = 0.8  # 1.0: the model's distribution; lower is more conservative
+temperature = 0.8  # 1.0: the model's distribution; lower is more conservative; 0: greedy
 top_k = None  # e.g. 200: sample only among the top_k most likely tokens
 seed = 1337
 device = "auto"  # auto (cuda, mps, then cpu) | cpu | cuda | mps
 dtype = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_config and not k.startswith("_")}
+LIMITS = {  # key: (what it must be, test)
+    "num_samples": (">= 1", lambda v: v >= 1),
+    "max_new_tokens": (">= 1", lambda v: v >= 1),
+    "temperature": (">= 0 (0: greedy)", lambda v: 0 <= v < float("inf")),
+    "top_k": ("None or >= 1", lambda v: v is None or v >= 1),
+}
 
 
 def main(argv):
-    cfg = SimpleNamespace(**configure(DEFAULTS, argv))
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    if not os.path.exists(ckpt_path):
-        raise SystemExit(f"no checkpoint at {ckpt_path}: train one with python train.py --out_dir={cfg.out_dir}")
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device.startswith("cuda") else "float32"
+    cfg = SimpleNamespace(**configure(DEFAULTS, argv, optional_types={"top_k": int}))
+    for key, (requirement, ok) in LIMITS.items():
+        if not ok(getattr(cfg, key)):
+            raise SystemExit(f"{key} must be {requirement}, got {getattr(cfg, key)!r}")
+    device = resolve_device(cfg.device)
+    checkpoint = load_checkpoint(cfg.out_dir)
+    margs = checkpoint["model_args"]
+    dtype = resolve_dtype(cfg.dtype, device, margs.get("rotary_backend") if margs["pos_emb"] in ("rope", "fope") else None)
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=ptdtype)
-
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-    try:
-        model = GPT(GPTConfig.from_dict(checkpoint["model_args"]))
-    except ValueError as e:
-        raise SystemExit(f"{ckpt_path}: {e}")
-    model.load_state_dict(checkpoint["model"])
-    model.eval().to(device)
+    model = build_model(checkpoint, cfg.out_dir).eval().to(device)
     tokenizer = get_tokenizer(checkpoint["meta"])
 
     prompt = cfg.start

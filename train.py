@@ -4,6 +4,7 @@ Train a small GPT with a chosen position embedding (FoPE by default), the nanoGP
     python train.py                                         # laptop default: FoPE, shakespeare/char, minutes on a CPU
     python train.py config/laptop_rope.py --max_iters=2000  # a config file, then --key=value overrides
     python train.py config/laptop_rope.py --init_from=resume --max_iters=4000 --lr_decay_iters=4000
+    python train.py config/laptop_fope.py --init_from=out/laptop_fope --block_size=256 --out_dir=out/fope_256
     torchrun --standalone --nproc_per_node=8 train.py config/owt_fope.py
 
 The config is the globals below; config files and --key=value override them (configurator.py).
@@ -12,6 +13,7 @@ written atomically and holds everything needed to resume exactly and to decode s
 After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
 """
 
+import atexit
 import dataclasses
 import math
 import os
@@ -26,10 +28,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
+from checkpoint import changed_sources, file_sha256, load_checkpoint, save_checkpoint, source_hashes
+from configurator import configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig
+from fope import BACKENDS
+from model import GPT, GPTConfig, load_parent_weights
 from passkey import PasskeyDocs
 
 _names_before_config = set(globals())
@@ -40,7 +44,10 @@ eval_interval = 100  # iterations between val evaluations (a checkpoint may foll
 eval_iters = 10  # val batches per evaluation: the same batches every time (fixed seed)
 log_interval = 10
 always_save_checkpoint = True  # save at every evaluation, not only when val loss improves
-init_from = "scratch"  # "scratch" or "resume" (from out_dir/ckpt.pt)
+init_from = "scratch"  # "scratch", "resume" (from out_dir/ckpt.pt, exactly), or another run's out_dir or ckpt.pt:
+# its weights start the model this config describes (new block_size, pos_emb, rope_scaling), with a fresh
+# optimizer and schedule (context extension by continued training: make extend)
+fourier_expand = "fresh"  # init_from a run: new FoPE coefficient entries "fresh" (official len_extra_fourier_expand) or "zero"
 # wandb logging (wandb is imported only when this is on)
 wandb_log = False
 wandb_project = "nanofope"
@@ -88,6 +95,58 @@ dtype = "auto"  # auto: bfloat16 autocast on CUDA (float16 if unsupported), floa
 compile = False  # torch.compile the model
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_config and not k.startswith("_")}
+OPTIONAL_TYPES = {"fope_dim": int, "rope_scaling": dict, "lr_decay_iters": int}  # the types of the None defaults
+
+# What each number must be, checked before anything runs: a bad value is one line, not a ZeroDivisionError
+# or a silently odd run later. (The model's own fields are checked again by GPTConfig.)
+LIMITS = {
+    "eval_interval": (">= 1", lambda v: v >= 1),
+    "eval_iters": (">= 1", lambda v: v >= 1),
+    "log_interval": (">= 1", lambda v: v >= 1),
+    "gradient_accumulation_steps": (">= 1", lambda v: v >= 1),
+    "batch_size": (">= 1", lambda v: v >= 1),
+    "block_size": (">= 1", lambda v: v >= 1),
+    "seed": (">= 0", lambda v: v >= 0),
+    "passkey_frac": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "passkey_warmup": (">= 0", lambda v: v >= 0),
+    "n_layer": (">= 1", lambda v: v >= 1),
+    "n_head": (">= 1", lambda v: v >= 1),
+    "n_embd": (">= 1", lambda v: v >= 1),
+    "dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "rope_theta": ("> 0", lambda v: v > 0),
+    "fope_sigma": (">= 0", lambda v: v >= 0),
+    "fope_dim": ("None or >= 2", lambda v: v is None or v >= 2),
+    "learning_rate": ("> 0", lambda v: v > 0),
+    "max_iters": (">= 0", lambda v: v >= 0),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "grad_clip": (">= 0 (0: off)", lambda v: v >= 0),
+    "warmup_iters": (">= 0", lambda v: v >= 0),
+    "lr_decay_iters": ("None or >= 1", lambda v: v is None or v >= 1),
+    "min_lr": (">= 0", lambda v: v >= 0),
+}
+
+
+def check_config(cfg):
+    """One-line exit for a value out of range (LIMITS) or not finite; returns cfg."""
+    for key, value in vars(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SystemExit(f"{key} must be a finite number, got {value}")
+        if key in LIMITS and not LIMITS[key][1](value):
+            raise SystemExit(f"{key} must be {LIMITS[key][0]}, got {value!r}")
+    if cfg.pos_emb in ("rope", "fope") and cfg.n_head >= 1 and (cfg.n_embd // cfg.n_head) % 2:
+        raise SystemExit(f"pos_emb={cfg.pos_emb} rotates pairs of dimensions: n_embd / n_head = "
+                         f"{cfg.n_embd}/{cfg.n_head} must be even")
+    if cfg.rotary_backend not in BACKENDS:
+        raise SystemExit(f"rotary_backend must be one of {', '.join(BACKENDS)}, got {cfg.rotary_backend!r}")
+    if not cfg.init_from:
+        raise SystemExit("init_from is empty: use scratch, resume, or another run's out_dir")
+    if cfg.fourier_expand not in ("fresh", "zero"):
+        raise SystemExit(f"fourier_expand must be 'fresh' or 'zero', got {cfg.fourier_expand!r}")
+    if not cfg.out_dir:
+        raise SystemExit("out_dir is empty: name the directory for the checkpoint")
+    return cfg
 
 
 def get_lr(it, cfg):
@@ -125,29 +184,10 @@ def estimate_val_loss(model, val_data, cfg, ctx, device, rank, world_size):
     return total.item() / cfg.eval_iters
 
 
-def save_checkpoint(checkpoint, path):
-    """Atomic: write a temp file in the same directory, fsync it, then rename over the old one.
-    An interruption at any point leaves the previous checkpoint whole."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def load_checkpoint(path, model_args):
+def resume_checkpoint(path, model_args):
     """The checkpoint to resume from, if it holds the model the config asks for (else a one-line exit)."""
-    if not os.path.exists(path):
-        raise SystemExit(f"no checkpoint at {path} to resume from: drop --init_from=resume or pick its --out_dir")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SystemExit(f"cannot read {path} ({type(e).__name__}): delete it or use a new out_dir")
+    checkpoint = load_checkpoint(path, missing="drop --init_from=resume or pick its --out_dir",
+                                 require=("optimizer", "rng"))
     ignore = ("dropout", "rotary_backend")  # may change on resume: they do not change the weights
     saved = checkpoint["model_args"]
     diff = [k for k in model_args if k not in ignore and saved.get(k) != model_args[k]]
@@ -165,26 +205,33 @@ def checkpoint_status(path):
     """One phrase on what a reader will find at path."""
     if not os.path.exists(path):
         return "no checkpoint was written"
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = load_checkpoint(path, mmap=True)
     return f"last checkpoint: {path} (iter {checkpoint['iter_num']}, val loss {checkpoint['best_val_loss']:.4f})"
 
 
-def pick_device(name, local_rank):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and local_rank is not None:
-        name = f"cuda:{local_rank}"
-    return name
+def prepare_out_dir(cfg):
+    """Make out_dir now and check it takes files, so a mistake costs nothing, not a run's first eval_interval."""
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"cannot make out_dir {cfg.out_dir} ({e.strerror}): pick another --out_dir")
+    if not os.access(cfg.out_dir, os.W_OK | os.X_OK):
+        raise SystemExit(f"out_dir {cfg.out_dir} is not writable: pick another --out_dir")
 
 
 def main(argv):
     """Train; returns the training loss of every iteration run (tests compare them)."""
-    cfg = SimpleNamespace(**configure(DEFAULTS, argv))
+    cfg = check_config(SimpleNamespace(**configure(DEFAULTS, argv, OPTIONAL_TYPES)))
+    if cfg.wandb_log:
+        try:
+            import wandb  # noqa: F401  (here, not after the first eval_interval)
+        except ImportError:
+            raise SystemExit("wandb_log=True needs wandb: pip install wandb, or drop --wandb_log")
     ddp = "RANK" in os.environ  # launched by torchrun
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    device = pick_device(cfg.device, local_rank if ddp else None)
+    device = resolve_device(cfg.device, local_rank if ddp else None)
     if ddp:
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
@@ -208,13 +255,8 @@ def train(cfg, rank, world_size, device, ckpt_path):
                          f"of the {world_size} processes")
     accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-batches of this process per step
     device_type = device.split(":")[0]
-    dtype = cfg.dtype
-    if dtype == "auto":
-        dtype = "float32" if device_type != "cuda" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise SystemExit(f"dtype must be auto or one of {', '.join(dtypes)}, got {dtype!r}")
-    ptdtype = dtypes[dtype]
+    dtype = resolve_dtype(cfg.dtype, device, cfg.rotary_backend if cfg.pos_emb in ("rope", "fope") else None)
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     if device_type == "cuda":
@@ -225,7 +267,17 @@ def train(cfg, rank, world_size, device, ckpt_path):
         train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     except ShardError as e:
         raise SystemExit(str(e))
-    passkey_docs = PasskeyDocs(get_tokenizer(train_data.meta)) if cfg.passkey_frac or cfg.passkey_warmup else None
+    for data in (train_data, val_data):  # now, not as a ShardError at the first batch
+        longest = max(h.num_tokens for h in data.headers)
+        if longest <= cfg.block_size:
+            raise SystemExit(f"no {data.split} shard of {data_dir} has block_size + 1 = {cfg.block_size + 1} tokens "
+                             f"(longest: {longest}): use a smaller block_size")
+    passkey_docs = None
+    if cfg.passkey_frac or cfg.passkey_warmup:
+        try:
+            passkey_docs = PasskeyDocs(get_tokenizer(train_data.meta))
+        except ValueError as e:  # a char vocabulary without the passkey's characters
+            raise SystemExit(f"{data_dir} cannot spell passkey documents ({e}): set passkey_frac=0 and passkey_warmup=0")
     if passkey_docs is not None and passkey_docs.min_length > cfg.block_size + 1:
         raise SystemExit(f"passkey documents need block_size >= {passkey_docs.min_length - 1}: raise block_size or set passkey_frac=0")
     model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
@@ -235,16 +287,40 @@ def train(cfg, rank, world_size, device, ckpt_path):
     except ValueError as e:
         raise SystemExit(str(e))
     model_args = dataclasses.asdict(gptconf)
-    checkpoint = None
+    sources = [source_hashes()]  # the code versions that trained this run (an earlier one first if resumed)
+    checkpoint = parent = lineage = None
+    if cfg.init_from not in ("scratch", "resume"):
+        parent = load_checkpoint(cfg.init_from, missing="pass init_from=scratch, resume, or the out_dir of a finished run")
+        if parent["meta"] != train_data.meta:
+            raise SystemExit(f"init_from={cfg.init_from} was trained on another tokenizer ({parent['config'].get('dataset')}): "
+                             f"pass --dataset={parent['config'].get('dataset')} or another run")
+        lineage = {"init_from": cfg.init_from, "iter_num": parent["iter_num"], "model_args": parent["model_args"],
+                   "sha256": file_sha256(cfg.init_from)}  # which weights this run started from
     if cfg.init_from == "resume":
-        checkpoint = load_checkpoint(ckpt_path, model_args)
-    elif cfg.init_from != "scratch":
-        raise SystemExit(f"init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
+        checkpoint = resume_checkpoint(ckpt_path, model_args)
+        saved = checkpoint.get("sources") or [{}]
+        if saved[-1] != sources[0]:
+            changed = changed_sources(saved[-1], sources[0])
+            if master:
+                print(f"resuming with other sources than the run was trained with ({', '.join(changed)}); "
+                      "the checkpoint records both", file=sys.stderr)
+            sources = saved + sources
+        else:
+            sources = saved
 
     # every process builds the same model, frozen FoPE coefficients included (they agree by construction,
     # not by DDP's broadcast from rank 0), then draws its own dropout masks
     torch.manual_seed(cfg.seed)
-    raw_model = GPT(gptconf).to(device)
+    try:
+        raw_model = GPT(gptconf)
+        if parent is not None:
+            load_parent_weights(raw_model, parent["model"], parent["model_args"], cfg.fourier_expand)
+    except ValueError as e:  # what the config asks that the position module or the parent cannot give
+        raise SystemExit(f"init_from={cfg.init_from}: {e}" if parent is not None else str(e))
+    raw_model = raw_model.to(device)
+    parent = None  # free the memory
+    if master:
+        prepare_out_dir(cfg)  # after every check that may refuse the config: a refused run leaves nothing behind
     if world_size > 1:
         torch.manual_seed(cfg.seed + 1 + rank)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
@@ -253,7 +329,10 @@ def train(cfg, rank, world_size, device, ckpt_path):
     if checkpoint is not None:
         raw_model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler") and scaler.is_enabled():  # float16's loss scale, so the resume is exact
+            scaler.load_state_dict(checkpoint["scaler"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+        lineage = checkpoint.get("parent")
         rng = checkpoint["rng"]
         data_rng.bit_generator.state = rng["numpy"]
         random.setstate(rng["python"])
@@ -271,7 +350,6 @@ def train(cfg, rank, world_size, device, ckpt_path):
 
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
         print(f"{cfg.pos_emb}: {raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter "
               f"({world_size} processes x {accum_steps} micro-batches x {cfg.batch_size} x {cfg.block_size}), "
               f"{device} {dtype}, {train_data.num_tokens:,} train tokens")
@@ -282,8 +360,9 @@ def train(cfg, rank, world_size, device, ckpt_path):
     def save(iter_num, best_val_loss):
         rng = {"numpy": data_rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
-        save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
-                         "config": vars(cfg), "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
+        save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict(), "model_args": model_args, "config": vars(cfg),
+                         "sources": sources, "parent": lineage, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
                          "meta": train_data.meta}, ckpt_path)
 
     losses, start_iter, t_start = [], iter_num, time.time()
@@ -347,5 +426,20 @@ def train(cfg, rank, world_size, device, ckpt_path):
     return losses
 
 
+def end_torchrun_process():
+    """End a finished torchrun process without finalizing the interpreter. torch's DDP keeps the gloo
+    process group and its worker threads alive past destroy_process_group; a worker still releasing
+    the last collective's tensors while the interpreter finalizes needs the GIL, is ended inside a
+    noexcept destructor, and std::terminate aborts the process (SIGABRT, "terminate called without an
+    active exception") after the run finished -- on a busy machine, typically the rank that skips the
+    checkpoint write. The atexit handlers (wandb, logging) still run."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])
+    if "RANK" in os.environ:
+        end_torchrun_process()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiktoken
+import tiktoken.load
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -198,15 +199,21 @@ def test_offline_gpt2_encoding_gives_gpt2_ids():
 def r50k_base_from_seeded_cache(monkeypatch, tmp_path):
     """tiktoken's own r50k_base (GPT-2's ranks and pattern), loaded from a cache seeded with our ranks file.
 
-    load_tiktoken_bpe checks the file's sha256, so this is tiktoken's definition, not ours.
+    load_tiktoken_bpe checks the file's sha256, so this is tiktoken's definition, not ours. If tiktoken
+    changes its url or cache layout this fails (no skip): the offline encoding would go unchecked.
     """
     url = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
     shutil.copy(tokenizer_module.gpt2_ranks_file(), tmp_path / hashlib.sha1(url.encode()).hexdigest())
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    try:
-        return tiktoken.get_encoding("r50k_base")
-    except Exception as e:  # tiktoken changed its url or cache layout
-        pytest.skip(f"tiktoken did not load r50k_base from its cache: {e}")
+    read_file = tiktoken.load.read_file
+
+    def read_local_file(blobpath):
+        if blobpath.startswith(("http://", "https://")):
+            raise AssertionError(f"tiktoken did not find {blobpath} in the seeded cache (url or cache layout changed?)")
+        return read_file(blobpath)
+
+    monkeypatch.setattr(tiktoken.load, "read_file", read_local_file)  # from the cache, never the network
+    return tiktoken.get_encoding("r50k_base")
 
 
 def test_offline_gpt2_encoding_equals_tiktokens_r50k_base(monkeypatch, tmp_path):

@@ -1,11 +1,18 @@
-"""make demo QUICK=1: the whole laptop pipeline (data, 5 variants, sweeps, report) end to end, small."""
+"""make demo QUICK=1: the whole laptop pipeline (data, 5 variants, sweeps, report) end to end, small;
+and which finished runs the demo keeps."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+
+import demo
+import train
+from data.shards import write_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,35 +25,57 @@ def test_quick_demo_runs_end_to_end_and_reports_every_variant():
         assert stage in proc.stdout
     results = ROOT / "results" / "quick"
     plain = json.loads((results / "demo.json").read_text())
-    assert set(plain["summary"]) == {"rope", "fope", "fope-clamp", "alibi", "nope"}
+    assert set(plain["summary"]) == {"rope", "fope", "clamp-only", "alibi", "nope"}
+    assert plain["info"]["groups"]["clamp-only"] == ["out/demo_quick/clamp-only_s1"]
     assert plain["info"]["lengths"] == [64, 128, 256]
     yarn = json.loads((results / "demo_yarn.json").read_text())
-    assert set(yarn["summary"]) == {"rope+yarn8", "fope+yarn8", "fope-clamp+yarn8"}
+    assert set(yarn["summary"]) == {"rope+yarn8", "fope+yarn8", "clamp-only+yarn8"}
     report = (results / "demo.md").read_text()
-    assert "passkey accuracy" in report and "Stage times" in report
+    assert "passkey accuracy" in report and "Stage times" in report and "clamp-only " in report
     timing = json.loads((results / "demo_timing.json").read_text())
     assert timing["total"] >= timing["train"] > 0
+    clamp_only = torch.load(ROOT / "out" / "demo_quick" / "clamp-only_s1" / "ckpt.pt", weights_only=True)
+    assert clamp_only["model_args"]["pos_emb"] == "fope" and clamp_only["model_args"]["fope_fourier"] is False
 
 
-def test_a_finished_run_is_kept_only_if_made_with_the_current_settings(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    sys.path.insert(0, str(ROOT))
-    import demo
-    flags = ["--pos_emb=fope", "--fope_sigma=0.0", "--seed=2"]
-    config = demo.expected_config(flags)
-    assert config["fope_sigma"] == 0.0 and config["seed"] == 2 and config["pos_emb"] == "fope"
-    run = tmp_path / "run"
-    run.mkdir()
+@pytest.fixture
+def finished_run(tmp_path):
+    """A finished tiny run and the train.py argv that made it."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    chars = "abcdefgh"
+    rng = np.random.default_rng(0)
+    write_shard(data_dir / "train_000000.bin", rng.integers(0, len(chars), 3000), len(chars))
+    write_shard(data_dir / "val_000000.bin", rng.integers(0, len(chars), 1000), len(chars))
+    (data_dir / "meta.json").write_text(json.dumps({"tokenizer": "char", "vocab_size": len(chars), "chars": chars}))
+    argv = [f"--dataset={data_dir}", f"--out_dir={tmp_path / 'run'}", "--n_layer=1", "--n_head=2", "--n_embd=16",
+            "--block_size=8", "--batch_size=2", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+            "--rotary_backend=eager"]
+    train.main(argv)
+    return str(tmp_path / "run"), argv
 
-    def save(iter_num, **changes):
-        torch.save({"iter_num": iter_num, "config": {**config, **changes}}, run / "ckpt.pt")
 
-    assert not demo.finished(str(run), flags)  # no checkpoint
-    save(config["max_iters"])
-    assert demo.finished(str(run), flags)
-    save(config["max_iters"] - 1)  # interrupted
-    assert not demo.finished(str(run), flags)
-    save(config["max_iters"], learning_rate=config["learning_rate"] * 3)  # config/demo.py edited since
-    assert not demo.finished(str(run), flags)
-    save(config["max_iters"])
-    assert not demo.finished(str(run), ["--pos_emb=fope", "--fope_sigma=0.3", "--seed=2"])  # another variant
+def test_a_finished_run_is_kept_only_while_its_resolved_config_and_sources_are_unchanged(finished_run, monkeypatch):
+    out_dir, argv = finished_run
+    assert demo.stale_reason(out_dir, argv) is None  # kept
+    assert demo.stale_reason(out_dir, [*argv, "--seed=2"]) == "config changed (seed)"  # another run
+    assert demo.stale_reason(out_dir, [*argv, "--max_iters=3"]) == "config changed (max_iters)"
+    with monkeypatch.context() as patch:  # train.py's defaults edited: no flag and no config file says so
+        patch.setitem(train.DEFAULTS, "beta2", 0.95)
+        assert demo.stale_reason(out_dir, argv) == "config changed (beta2)"
+    with monkeypatch.context() as patch:  # model.py edited
+        edited = {**demo.source_hashes(), "model.py": "0" * 64}
+        patch.setattr(demo, "source_hashes", lambda: edited)
+        assert demo.stale_reason(out_dir, argv) == "code changed (model.py)"
+    assert demo.stale_reason(out_dir + "_never_trained", argv) == "not trained yet"
+
+
+def test_a_run_resumed_across_a_code_change_records_both_and_is_retrained(finished_run, monkeypatch):
+    out_dir, argv = finished_run
+    edited = {**train.source_hashes(), "fope.py": "0" * 64}
+    monkeypatch.setattr(train, "source_hashes", lambda: edited)
+    train.main([*argv, "--init_from=resume", "--max_iters=4"])
+    sources = torch.load(Path(out_dir) / "ckpt.pt", weights_only=True)["sources"]
+    assert sources == [demo.source_hashes(), edited]
+    monkeypatch.setattr(demo, "source_hashes", lambda: edited)
+    assert demo.stale_reason(out_dir, [*argv, "--init_from=resume", "--max_iters=4"]) == "resumed across a code change"

@@ -6,6 +6,7 @@ where that is the honest test (torchrun, SIGINT, the exit of a missing dataset).
 
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,8 +23,9 @@ import torch
 import sample
 import train
 from configurator import configure
-from data.shards import write_shard
-from model import GPTConfig
+from checkpoint import file_sha256
+from data.shards import TokenShards, write_shard
+from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARS = "abcdefghijklmnop"
@@ -84,18 +87,149 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tiny_data, tmp_path):
     assert a["iter_num"] == b["iter_num"] == 10
 
 
-def test_two_ddp_processes_match_one_process_accumulating_the_same_micro_batches(tiny_data, tmp_path):
-    args = tiny_args(tiny_data, tmp_path / "ddp", gradient_accumulation_steps=2, max_iters=3)
-    result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                         str(ROOT / "train.py"), *args], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    single = train.main(tiny_args(tiny_data, tmp_path / "single", gradient_accumulation_steps=2, max_iters=3))
-    logged = [float(v) for v in re.findall(r"^iter \d+: loss ([\d.]+),", result.stdout, re.M)]
+# train.py under torchrun, with DDP wrapped to save the model each process built before DDP's first
+# broadcast from rank 0 could make them agree
+DDP_PROBE = """
+import sys
+import torch
+import torch.distributed as dist
+import train
+
+real_ddp = train.DDP
+
+
+def ddp_saving_the_model_as_built(module, **kwargs):
+    torch.save(module.state_dict(), f"{sys.argv[1]}/built_by_rank{dist.get_rank()}.pt")
+    return real_ddp(module, **kwargs)
+
+
+train.DDP = ddp_saving_the_model_as_built
+train.main(sys.argv[2:])
+train.end_torchrun_process()  # as train.py's __main__ does under torchrun
+"""
+
+
+class TorchrunResult:
+    """A finished torchrun launch and each rank's own stdout and stderr (torchrun --redirects)."""
+
+    def __init__(self, returncode, launcher_stderr, log_dir, nproc):
+        self.returncode, self.launcher_stderr = returncode, launcher_stderr
+        self.stdout, self.stderr = {}, {}
+        for rank in range(nproc):
+            for stream, logs in (("stdout", self.stdout), ("stderr", self.stderr)):
+                found = sorted(Path(log_dir).glob(f"*/attempt_*/{rank}/{stream}.log"))
+                logs[rank] = found[-1].read_text() if found else f"(no {stream}.log under {log_dir})"
+
+    def report(self):
+        """What to read when a launch failed: every rank's stderr, then the launcher's summary."""
+        parts = [f"torchrun exited {self.returncode}"]
+        parts += [f"--- rank {rank} stderr ---\n{text[-3000:]}" for rank, text in self.stderr.items()]
+        parts.append(f"--- launcher stderr ---\n{self.launcher_stderr[-1500:]}")
+        return "\n".join(parts)
+
+
+def torchrun(script, args, cwd, nproc=2, timeout=600):
+    """Launch script on nproc local processes; each rank's output goes to its own files in cwd/logs."""
+    log_dir = Path(cwd) / "logs"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               f"--log-dir={log_dir}", "--redirects=3", str(script), *args]
+    proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)  # a guard against a hang, far above a normal run
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # torchrun ends its ranks (each in its own session) on SIGTERM
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+        stderr += f"\n(stopped after {timeout} s)"
+    return TorchrunResult(proc.returncode, stderr, log_dir, nproc)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_data, tmp_path_factory):
+    """Two DDP processes, 2 micro-batches per step (one each), FoPE with frozen coefficients."""
+    run_dir = tmp_path_factory.mktemp("ddp")
+    probe = run_dir / "ddp_probe.py"
+    probe.write_text(DDP_PROBE)
+    args = tiny_args(tiny_data, run_dir / "out", gradient_accumulation_steps=2, max_iters=3, pos_emb="fope")
+    result = torchrun(probe, [str(run_dir), *args], cwd=run_dir)
+    result.dir = run_dir
+    return result
+
+
+def test_two_ddp_processes_match_one_process_accumulating_the_same_micro_batches(ddp_run, tiny_data, tmp_path):
+    assert ddp_run.returncode == 0, ddp_run.report()
+    single = train.main(tiny_args(tiny_data, tmp_path / "single", gradient_accumulation_steps=2, max_iters=3,
+                                  pos_emb="fope"))
+    logged = [float(v) for v in re.findall(r"^iter \d+: loss ([\d.]+),", ddp_run.stdout[0], re.M)]
     np.testing.assert_allclose(logged, single, atol=1e-4)  # the log prints 4 decimals
-    ddp, one = load(tmp_path / "ddp" / "ckpt.pt"), load(tmp_path / "single" / "ckpt.pt")
+    ddp, one = load(ddp_run.dir / "out" / "ckpt.pt"), load(tmp_path / "single" / "ckpt.pt")
     assert ddp["iter_num"] == one["iter_num"] == 3
     for name, value in one["model"].items():
         torch.testing.assert_close(ddp["model"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_every_ddp_process_builds_the_same_model_frozen_fope_coefficients_included(ddp_run):
+    assert ddp_run.returncode == 0, ddp_run.report()
+    rank0, rank1 = (load(ddp_run.dir / f"built_by_rank{rank}.pt") for rank in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    assert any(name.endswith("rotary.sin_coef") for name in rank0)  # frozen: a buffer, never trained
+    differ = [name for name, value in rank0.items() if not torch.equal(value, rank1[name])]
+    assert not differ, f"built differently on rank 0 and rank 1: {differ}"
+
+
+def test_failed_ddp_launch_shows_each_rank_own_error(tmp_path):
+    script = tmp_path / "fail_on_rank1.py"
+    script.write_text("import os, sys\n"
+                      "print(f'rank {os.environ[\"RANK\"]} here', file=sys.stderr)\n"
+                      "if os.environ['RANK'] == '1':\n"
+                      "    raise SystemExit('rank 1 gave up: its own message')\n")
+    result = torchrun(script, [], cwd=tmp_path)
+    assert result.returncode != 0
+    report = result.report()
+    assert "rank 0 here" in result.stderr[0] and "rank 1 here" in result.stderr[1]
+    assert "rank 1 gave up: its own message" in result.stderr[1] and "rank 1 gave up" in report
+
+
+@pytest.fixture
+def single_process_group():
+    """A gloo process group of one process: enough for DDP to wrap a model and run its buffer sync."""
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def buffers_ddp_broadcasts_per_forward(model, lengths):
+    """For each length T, {name: bytes} of the tensors DDP sends from rank 0 at the start of a training
+    forward of T tokens."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ddp = DDP(model)
+    sent = []
+    ddp._distributed_broadcast_coalesced = lambda tensors, *args, **kwargs: sent.append(list(tensors))
+    names = {}
+    for T in lengths:
+        idx = torch.zeros(2, T, dtype=torch.long)
+        ddp(idx, idx)
+        names.update({buffer.data_ptr(): name for name, buffer in model.named_buffers()})
+    return [{names[t.data_ptr()]: t.numel() * t.element_size() for t in tensors} for tensors in sent]
+
+
+@pytest.mark.parametrize("pos_emb, per_layer", [("rope", {"inv_freq", "freq_index"}),
+                                                ("fope", {"inv_freq", "freq_index", "sin_coef", "cos_coef"}),
+                                                ("alibi", {"slopes"})])
+def test_ddp_syncs_only_frequencies_and_coefficients_never_the_cos_sin_tables(single_process_group, pos_emb,
+                                                                              per_layer):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=16, n_layer=2, n_head=2, n_embd=32, pos_emb=pos_emb,
+                          rotary_backend="eager"))
+    # the second forward runs past block_size: the rotary tables grow (x4), what DDP sends must not
+    at_16, at_64 = buffers_ddp_broadcasts_per_forward(model, (16, 64))
+    n_modules = 1 if pos_emb == "alibi" else 2  # ALiBi's one module is shared by the layers
+    assert {name.rsplit(".", 1)[1] for name in at_16} == per_layer and len(at_16) == n_modules * len(per_layer), at_16
+    assert at_64 == at_16
 
 
 # -----------------------------------------------------------------------------
@@ -258,3 +392,234 @@ def test_sample_without_a_checkpoint_says_how_to_train_one(tmp_path):
         sample.main([f"--out_dir={tmp_path / 'nothing'}"])
     assert_one_line(str(stop.value.code))
     assert "no checkpoint at" in str(stop.value.code) and "python train.py --out_dir=" in str(stop.value.code)
+
+
+# -----------------------------------------------------------------------------
+# the learning-rate schedule and a float16 resume
+
+
+def test_get_lr_warms_up_linearly_then_decays_on_a_cosine_to_min_lr():
+    cfg = SimpleNamespace(decay_lr=True, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110,
+                          max_iters=500)
+    # warmup: lr * (it + 1) / (warmup + 1); then min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2
+    expected = {0: 1 / 11, 4: 5 / 11, 9: 10 / 11, 10: 1.0, 35: 0.868198052, 60: 0.55, 85: 0.231801948,
+                110: 0.1, 400: 0.1}
+    assert {it: round(train.get_lr(it, cfg), 9) for it in expected} == {it: round(v, 9) for it, v in expected.items()}
+    cfg.lr_decay_iters = None  # decays over max_iters instead: halfway between 10 and 500 at 255
+    assert train.get_lr(255, cfg) == pytest.approx(0.55) and train.get_lr(500, cfg) == 0.1
+    cfg.decay_lr = False
+    assert {train.get_lr(it, cfg) for it in (0, 9, 60, 400)} == {1.0}
+
+
+class OverflowAtFullScale(torch.autograd.Function):
+    """The identity on the loss, whose gradient overflows (inf) while the loss scale is 2**16 or more: a
+    model whose float16 gradients fit only below GradScaler's initial scale. Its backward receives the
+    scale itself (d(scale * loss)/d loss)."""
+
+    @staticmethod
+    def forward(ctx, loss):
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf") if grad.abs().item() >= 2**16 else grad
+
+
+def test_float16_resume_keeps_the_loss_scale_and_continues_exactly(tiny_data, tmp_path, monkeypatch):
+    real_forward = train.GPT.forward
+
+    def forward_overflowing_at_full_scale(self, idx, targets=None, reduction="mean"):
+        logits, loss = real_forward(self, idx, targets, reduction)
+        return logits, OverflowAtFullScale.apply(loss) if self.training else loss
+
+    monkeypatch.setattr(train.GPT, "forward", forward_overflowing_at_full_scale)
+    common = dict(dtype="float16", lr_decay_iters=10)  # on CPU, with tiny_args' eager rotation
+    full = train.main(tiny_args(tiny_data, tmp_path / "full", max_iters=10, **common))
+    first = train.main(tiny_args(tiny_data, tmp_path / "split", max_iters=5, **common))
+    assert load(tmp_path / "split" / "ckpt.pt")["scaler"]["scale"] == 2.0**15  # iter 0 overflowed and backed off
+    second = train.main(tiny_args(tiny_data, tmp_path / "split", max_iters=10, init_from="resume", **common))
+    assert first + second == full  # a fresh scaler would skip iter 5 again
+    a, b = load(tmp_path / "full" / "ckpt.pt"), load(tmp_path / "split" / "ckpt.pt")
+    assert a["scaler"] == b["scaler"]
+    for name, value in a["model"].items():
+        assert torch.equal(b["model"][name], value), name
+
+
+# -----------------------------------------------------------------------------
+# every bad input: one line, a non-zero exit, and nothing made
+
+
+def assert_refused(argv, message, out_dir):
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv)
+    assert_one_line(str(stop.value.code))
+    assert str(stop.value.code) == message
+    assert not os.path.exists(out_dir)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("block_size=0", "block_size must be >= 1, got 0"),
+    ("learning_rate=-1", "learning_rate must be > 0, got -1.0"),
+    ("learning_rate=1e999", "learning_rate must be a finite number, got inf"),
+    ("batch_size=0", "batch_size must be >= 1, got 0"),
+    ("eval_iters=0", "eval_iters must be >= 1, got 0"),
+    ("eval_interval=0", "eval_interval must be >= 1, got 0"),
+    ("log_interval=0", "log_interval must be >= 1, got 0"),
+    ("gradient_accumulation_steps=0", "gradient_accumulation_steps must be >= 1, got 0"),
+    ("fope_sigma=-1", "fope_sigma must be >= 0, got -1.0"),
+    ("dropout=1.0", "dropout must be in [0, 1), got 1.0"),
+    ("beta2=1.5", "beta2 must be in [0, 1), got 1.5"),
+    ("min_lr=-0.1", "min_lr must be >= 0, got -0.1"),
+    ("seed=-3", "seed must be >= 0, got -3"),
+    ("passkey_frac=2", "passkey_frac must be in [0, 1], got 2.0"),
+    ("n_head=0", "n_head must be >= 1, got 0"),
+    ("n_embd=30", "pos_emb=fope rotates pairs of dimensions: n_embd / n_head = 30/2 must be even"),
+    ("n_embd=33", "n_embd (33) must be divisible by n_head (2)"),
+    ("rotary_backend=fast", "rotary_backend must be one of auto, eager, c, compile, got 'fast'"),
+    ("init_from=gpt2", "no checkpoint at gpt2: pass init_from=scratch, resume, or the out_dir of a finished run"),
+    ("fourier_expand=random", "fourier_expand must be 'fresh' or 'zero', got 'random'"),
+    ("lr_decay_iters=0", "lr_decay_iters must be None or >= 1, got 0"),
+])
+def test_config_value_out_of_range_is_one_line(tiny_data, tmp_path, override, message):
+    key, value = override.split("=")
+    assert_refused(tiny_args(tiny_data, tmp_path / "out", **{key: value}), message, tmp_path / "out")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("fope_dim=abc", "--fope_dim=abc: fope_dim must be None or int, got str 'abc'"),
+    ("rope_scaling=yarn", "--rope_scaling=yarn: rope_scaling must be None or dict, got str 'yarn'"),
+    ("lr_decay_iters=2.5", "--lr_decay_iters=2.5: lr_decay_iters must be None or int, got float 2.5"),
+    ("learning_rate=fast", "--learning_rate=fast: learning_rate must be float like its default 0.001, got str 'fast'"),
+])
+def test_config_value_of_the_wrong_type_is_one_line_even_where_the_default_is_none(tiny_data, tmp_path, override,
+                                                                                   message):
+    key, value = override.split("=")
+    assert_refused(tiny_args(tiny_data, tmp_path / "out", **{key: value}), message, tmp_path / "out")
+
+
+def test_bad_files_are_one_line(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.py"
+    broken.write_text("n_layer = 2\nbatch_size = 16 *\n")
+    assert_refused([str(broken), *tiny_args(tiny_data, out)],
+                   f"config file {broken}, line 2: SyntaxError: invalid syntax", out)
+    failing = tmp_path / "failing.py"
+    failing.write_text("n_layer = 2\nn_embd = n_layer * width\n")
+    assert_refused([str(failing), *tiny_args(tiny_data, out)],
+                   f"config file {failing}, line 2: NameError: name 'width' is not defined", out)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert_refused(tiny_args(tiny_data, a_file / "out"),
+                   f"cannot make out_dir {a_file / 'out'} (Not a directory): pick another --out_dir", a_file / "out")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    assert_refused(tiny_args(tiny_data, out, wandb_log=True),
+                   "wandb_log=True needs wandb: pip install wandb, or drop --wandb_log", out)
+
+
+def test_resuming_from_a_truncated_checkpoint_is_one_line_and_keeps_the_file(tiny_data, tmp_path):
+    train.main(tiny_args(tiny_data, tmp_path, max_iters=4))
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    kept = ckpt.read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        train.main(tiny_args(tiny_data, tmp_path, max_iters=8, init_from="resume"))
+    assert str(stop.value.code).startswith(f"{ckpt} is not a readable checkpoint (PytorchStreamReader failed")
+    assert_one_line(str(stop.value.code))
+    assert ckpt.read_bytes() == kept
+
+
+def test_data_too_short_for_block_size_or_unable_to_spell_passkeys_is_one_line(tiny_data, tmp_path):
+    out = tmp_path / "out"
+    assert_refused(tiny_args(tiny_data, out, block_size=7000),
+                   f"no val shard of {tiny_data} has block_size + 1 = 7001 tokens (longest: 6000): use a smaller "
+                   "block_size", out)
+    assert_refused(tiny_args(tiny_data, out, passkey_frac=0.5),
+                   f"{tiny_data} cannot spell passkey documents (character 'T' is not in this dataset's char "
+                   "vocabulary): set passkey_frac=0 and passkey_warmup=0", out)
+
+
+def test_devices_and_dtypes_this_machine_cannot_run_are_one_line(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    out = tmp_path / "out"
+    assert_refused(tiny_args(tiny_data, out, device="cuda"),
+                   f"device cuda: this torch ({torch.__version__}) sees no CUDA GPU; use --device=cpu (or auto)", out)
+    assert_refused(tiny_args(tiny_data, out, device="gpu"), "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'",
+                   out)
+    assert_refused(tiny_args(tiny_data, out, dtype="float64"),
+                   "dtype must be auto or one of float32, bfloat16, float16, got 'float64'", out)
+    # the C kernel takes float32 and bfloat16: float16 on CPU is refused where the rotation would go through it
+    assert_refused(tiny_args(tiny_data, out, dtype="float16", device="cpu", rotary_backend="auto"),
+                   "dtype float16 on CPU: the C rotation kernel (rotary_backend=auto) takes float32 and bfloat16; "
+                   "use --dtype=bfloat16 (CPU autocast's type) or float32", out)
+    losses = train.main(tiny_args(tiny_data, out, dtype="bfloat16", device="cpu", rotary_backend="auto", max_iters=2))
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)  # what the message says to use works
+
+
+@pytest.mark.parametrize("override, message", [
+    ("max_new_tokens=-5", "max_new_tokens must be >= 1, got -5"),
+    ("num_samples=0", "num_samples must be >= 1, got 0"),
+    ("temperature=-1", "temperature must be >= 0 (0: greedy), got -1.0"),
+    ("top_k=0", "top_k must be None or >= 1, got 0"),
+    ("top_k=many", "--top_k=many: top_k must be None or int, got str 'many'"),
+    ("device=cuda", "device cuda: this torch ({torch}) sees no CUDA GPU; use --device=cpu (or auto)"),
+])
+def test_sample_refuses_bad_settings_in_one_line(tiny_data, tmp_path_factory, monkeypatch, capsys, override, message):
+    out_dir = tmp_path_factory.getbasetemp() / "sample_run"
+    if not (out_dir / "ckpt.pt").exists():  # one run for every case
+        train.main(tiny_args(tiny_data, out_dir, max_iters=1))
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        sample.main([f"--out_dir={out_dir}", "--start=abc", f"--{override}"])
+    assert str(stop.value.code) == message.format(torch=torch.__version__)
+    assert capsys.readouterr().out == ""  # nothing sampled, nothing printed
+
+
+# -----------------------------------------------------------------------------
+# starting a run from another run's weights (init_from=<run>: context extension by continued training)
+
+
+def test_a_continued_run_with_nothing_changed_starts_at_the_parent_loss(tiny_data, tmp_path):
+    train.main(tiny_args(tiny_data, tmp_path / "parent", max_iters=6, pos_emb="fope"))
+    child = train.main(tiny_args(tiny_data, tmp_path / "child", max_iters=1, pos_emb="fope",
+                                 init_from=str(tmp_path / "parent"), seed=7))
+    # the child's first loss is the parent's weights on the child's first batch (seed 7)
+    parent = load(tmp_path / "parent" / "ckpt.pt")
+    model = GPT(GPTConfig(**parent["model_args"]))
+    model.load_state_dict(parent["model"])
+    seed = train.micro_batch_seeds(np.random.default_rng(7), 1)[0]
+    x, y = TokenShards(str(tiny_data), "train").get_batch(4, 16, np.random.default_rng(seed))
+    with torch.no_grad():
+        _, loss = model(x, y)
+    assert child[0] == pytest.approx(loss.item(), rel=1e-6)
+    saved = load(tmp_path / "child" / "ckpt.pt")
+    assert saved["parent"]["init_from"] == str(tmp_path / "parent") and saved["parent"]["iter_num"] == 6
+    assert saved["parent"]["sha256"] == file_sha256(tmp_path / "parent")
+    assert saved["optimizer"]["state"] and saved["iter_num"] == 1  # its own optimizer, its own schedule
+
+
+def test_a_continued_run_may_change_length_and_position_embedding_and_resume_keeps_its_parent(tiny_data, tmp_path):
+    train.main(tiny_args(tiny_data, tmp_path / "rope", max_iters=4, pos_emb="rope"))
+    yarn = "{'rope_type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 16, 'attention_factor': 1.0}"
+    losses = train.main(tiny_args(tiny_data, tmp_path / "fope32", max_iters=4, pos_emb="fope", block_size=32,
+                                  rope_scaling=yarn, init_from=str(tmp_path / "rope")))
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    child = load(tmp_path / "fope32" / "ckpt.pt")
+    rope = load(tmp_path / "rope" / "ckpt.pt")
+    assert child["model_args"]["block_size"] == 32 and child["model_args"]["rope_scaling"]["rope_type"] == "yarn"
+    assert child["parent"]["model_args"]["pos_emb"] == "rope"
+    train.main(tiny_args(tiny_data, tmp_path / "fope32", max_iters=6, pos_emb="fope", block_size=32,
+                         rope_scaling=yarn, init_from="resume"))
+    assert load(tmp_path / "fope32" / "ckpt.pt")["parent"] == child["parent"]
+    assert "transformer.h.0.attn.rotary.sin_coef" not in rope["model"]
+
+
+def test_a_parent_that_cannot_be_carried_over_is_one_line(tiny_data, tmp_path):
+    parent = tmp_path / "learned"
+    train.main(tiny_args(tiny_data, parent, max_iters=2, pos_emb="learned"))
+    for change, message in [(dict(pos_emb="learned", block_size=32), "learned positions cannot be carried to another "
+                             "block_size or position embedding (parent: learned at 16); pick rope, fope, alibi or nope"),
+                            (dict(n_embd=64), "the parent run has another shape (n_embd 32 -> 64): only block_size, "
+                             "the position embedding and rope_scaling may change when starting from it")]:
+        assert_refused(tiny_args(tiny_data, tmp_path / "out", max_iters=2, init_from=str(parent), **change),
+                       f"init_from={parent}: {message}", tmp_path / "out")
