@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test setup demo ext bench
+.PHONY: test setup demo ext bench lens
 
 setup: $(STAMP)
 
@@ -28,3 +28,10 @@ ext: $(STAMP)
 # rotation kernels vs eager, torch.compile and a plain copy; training step times -> bench.json
 bench: $(STAMP)
 	$(PY) bench.py $(if $(QUICK),--quick)
+
+# the lens on the demo's checkpoints (make demo first): q/k means, attention vs distance, spectrum,
+# Fig. 8 -> results/lens/ (QUICK=1: the quick demo's checkpoints -> results/quick/lens/)
+LENS_CKPTS = $(patsubst %/ckpt.pt,%,$(wildcard $(if $(QUICK),out/demo_quick,out/demo)/*/ckpt.pt))
+lens: $(STAMP)
+	@test -n "$(LENS_CKPTS)" || { echo "no checkpoints in $(if $(QUICK),out/demo_quick,out/demo): run make demo$(if $(QUICK), QUICK=1) first"; exit 1; }
+	$(PY) lens.py --ckpt $(LENS_CKPTS) --out $(if $(QUICK),results/quick/lens,results/lens)
