@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test setup demo ext bench lens
+.PHONY: test setup demo ext bench lens extend
 
 setup: $(STAMP)
 
@@ -35,3 +35,7 @@ LENS_CKPTS = $(patsubst %/ckpt.pt,%,$(wildcard $(if $(QUICK),out/demo_quick,out/
 lens: $(STAMP)
 	@test -n "$(LENS_CKPTS)" || { echo "no checkpoints in $(if $(QUICK),out/demo_quick,out/demo): run make demo$(if $(QUICK), QUICK=1) first"; exit 1; }
 	$(PY) lens.py --ckpt $(LENS_CKPTS) --out $(if $(QUICK),results/quick/lens,results/lens)
+
+# context extension by continued training (the paper's Fig. 4), from make demo's runs (~15 min after it)
+extend: $(STAMP)
+	$(PY) extend.py $(if $(QUICK),--quick)

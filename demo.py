@@ -30,7 +30,7 @@ import time
 import torch
 
 import train
-from checkpoint import CheckpointError, changed_sources, load_checkpoint, source_hashes
+from checkpoint import CheckpointError, changed_sources, checkpoint_file, file_sha256, load_checkpoint, source_hashes
 from configurator import configure
 
 VARIANTS = {  # name (the label of its row in the tables) -> train.py overrides
@@ -41,6 +41,7 @@ VARIANTS = {  # name (the label of its row in the tables) -> train.py overrides
     "nope": ["--pos_emb=nope"],
 }
 ROTARY = ("rope", "fope", "clamp-only")
+QUICK_TRAIN = ["--max_iters=200", "--passkey_warmup=100", "--eval_interval=100"]  # --quick: a smoke run
 
 
 def run(cmd, log):
@@ -75,7 +76,31 @@ def stale_reason(out_dir, train_args):
         return "resumed across a code change"
     if sources != [current]:
         return f"code changed ({', '.join(changed_sources(sources[0] if sources else {}, current))})"
+    parent = ckpt.get("parent")
+    if parent and (not os.path.isfile(checkpoint_file(parent["init_from"]))
+                   or file_sha256(parent["init_from"]) != parent["sha256"]):
+        return f"its parent {parent['init_from']} was trained again"
     return None
+
+
+def run_args(config, out, name, flags, seed, extra=()):
+    """(out_dir, train.py arguments) of one run: a config file, the run's flags, its seed, the mode's extras."""
+    out_dir = f"{out}/{name}_s{seed}"
+    return out_dir, [config, *flags, f"--seed={seed}", *extra, f"--out_dir={out_dir}", f"--wandb_run_name={name}_s{seed}"]
+
+
+def ensure_trained(out_dir, train_args, stages, fresh=False, why="--fresh"):
+    """Train `python train.py *train_args` into out_dir unless it holds a current finished run (stale_reason)
+    or fresh is set (`why` says why). Returns True if it trained."""
+    reason = why if fresh else stale_reason(out_dir, train_args)
+    if reason is None:
+        print(f"  {out_dir}: already trained with this config and code, kept", flush=True)
+        return False
+    t1 = time.time()
+    run([sys.executable, "train.py", *train_args], f"{out_dir}.log")
+    stages[f"train {os.path.basename(out_dir)}"] = time.time() - t1
+    print(f"  {out_dir}: trained ({reason}), {time.time() - t1:.0f} s", flush=True)
+    return True
 
 
 def main(argv=None):
@@ -87,7 +112,7 @@ def main(argv=None):
     py = sys.executable
     if args.quick:
         seeds = args.seeds[:1]
-        train_extra = ["--max_iters=200", "--passkey_warmup=100", "--eval_interval=100"]
+        train_extra = QUICK_TRAIN
         out, results = "out/demo_quick", "results/quick"
         sweep = ["--tokens=4096", "--trials=4", "--multipliers", "1", "2", "4"]
     else:
@@ -111,18 +136,9 @@ def main(argv=None):
     ckpts = {}
     for variant, flags in VARIANTS.items():
         for seed in seeds:
-            out_dir = f"{out}/{variant}_s{seed}"
+            out_dir, train_args = run_args("config/demo.py", out, variant, flags, seed, train_extra)
             ckpts.setdefault(variant, []).append(out_dir)
-            train_args = ["config/demo.py", *flags, f"--seed={seed}", *train_extra, f"--out_dir={out_dir}",
-                          f"--wandb_run_name={variant}_s{seed}"]
-            reason = "--fresh" if args.fresh else stale_reason(out_dir, train_args)
-            if reason is None:
-                print(f"  {out_dir}: already trained with this config and code, kept", flush=True)
-                continue
-            t1 = time.time()
-            run([py, "train.py", *train_args], f"{out_dir}.log")
-            stages[f"train {variant}_s{seed}"] = time.time() - t1
-            print(f"  {out_dir}: trained ({reason}), {time.time() - t1:.0f} s", flush=True)
+            ensure_trained(out_dir, train_args, stages, args.fresh)
     stages[name] = time.time() - t0
 
     name, t0 = stage("eval", "3/4 eval: length sweep, then YaRN x8 on the rotary variants")

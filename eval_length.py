@@ -31,6 +31,7 @@ longest length).
 """
 
 import argparse
+import ast
 import csv
 import dataclasses
 import json
@@ -49,6 +50,7 @@ from checkpoint import build_model, checkpoint_file, load_checkpoint
 from configurator import resolve_device
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
+from fope import check_scaling
 from passkey import PasskeyDocs, score
 from train import DEFAULTS as TRAIN_DEFAULTS
 
@@ -64,7 +66,7 @@ def load_model(path, scaling=None, device="cpu"):
     checkpoint = load_checkpoint(path)
     args = dict(checkpoint["model_args"])
     if scaling is not None and args["pos_emb"] in ROTARY:
-        args["rope_scaling"] = {**scaling, "original_len": args["block_size"]}
+        args["rope_scaling"] = {"original_max_position_embeddings": args["block_size"], **scaling}
     checkpoint["path"] = path
     return build_model(checkpoint, path, args).to(device).eval(), checkpoint
 
@@ -84,6 +86,9 @@ def run_settings(checkpoint, model):
     settings = {k: v for k, v in checkpoint["config"].items() if k not in NOT_THE_MODEL}
     settings.update((k, v) for k, v in dataclasses.asdict(model.config).items() if k not in NOT_THE_MODEL)
     settings["iter_num"] = checkpoint["iter_num"]
+    parent = checkpoint.get("parent")  # a continued run (init_from=<run>): what it started from counts too
+    if parent:
+        settings["parent"] = f"{parent['model_args']['pos_emb']}@{parent['model_args']['block_size']}:{parent['iter_num']}"
     pos_emb = settings["pos_emb"]
     for key in list(settings):
         if (key.startswith("fope_") and pos_emb != "fope"
@@ -307,8 +312,14 @@ def parse_args(argv):
     p.add_argument("--tokens", type=int, default=65536, help="perplexity token budget per length")
     p.add_argument("--trials", type=int, default=20, help="passkey documents per (length, depth); 0 skips passkey")
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--rope_scaling", choices=["linear", "ntk", "dynamic", "yarn"], help="eval-time context extension for rope/fope")
+    p.add_argument("--passkey_up_to", type=float, help="passkey only at lengths up to this multiple of L_train")
+    p.add_argument("--rope_scaling", help="eval-time context extension for rope/fope: linear, ntk, dynamic or yarn "
+                   "(with --factor), or a rope_scaling dict in HF's spelling, e.g. \"{'rope_type': 'llama3', "
+                   "'factor': 8, 'low_freq_factor': 1, 'high_freq_factor': 4}\"")
     p.add_argument("--factor", type=float, default=8.0)
+    p.add_argument("--train_len", type=int, help="the L_train of the multipliers and of the beyond-L_train view "
+                   "(default: the checkpoints' block_size, which must then agree; make extend sweeps runs "
+                   "continued at 2L against their parents' L)")
     p.add_argument("--no_attn_temperature", action="store_true", help="YaRN without its attention temperature")
     p.add_argument("--split", default="val")
     p.add_argument("--data_dir", help="default: data/<dataset> of each checkpoint's config")
@@ -324,11 +335,35 @@ def parse_args(argv):
               ("--factor", args.factor, args.factor >= 1, "must be >= 1"),
               ("--no_attn_temperature", True, not args.no_attn_temperature or args.rope_scaling == "yarn",
                "applies to --rope_scaling yarn only"),
+              ("--passkey_up_to", args.passkey_up_to, args.passkey_up_to is None or args.passkey_up_to > 0, "must be > 0"),
+              ("--train_len", args.train_len, args.train_len is None or args.train_len >= 1, "must be >= 1"),
               ("--out", args.out, bool(os.path.basename(args.out)), "must name files (results/NAME), not a directory")]
     for flag, value, ok, requirement in checks:
         if not ok:
             raise SystemExit(f"{flag} {requirement}, got {value}")
     return args
+
+
+def eval_scaling(args):
+    """--rope_scaling (a type name with --factor, or a dict) -> (normalised rope_scaling or None, label suffix)."""
+    if not args.rope_scaling:
+        return None, ""
+    if args.rope_scaling in ("linear", "ntk", "dynamic", "yarn"):
+        scaling = {"rope_type": args.rope_scaling, "factor": args.factor}
+        if args.no_attn_temperature:
+            scaling["attention_factor"] = 1.0
+    else:
+        try:
+            scaling = ast.literal_eval(args.rope_scaling)
+        except (ValueError, SyntaxError):
+            scaling = args.rope_scaling
+    try:
+        scaling = check_scaling(scaling)
+    except ValueError as e:
+        raise SystemExit(f"--rope_scaling: {e}")
+    kind, factor = scaling["rope_type"], scaling.get("factor")
+    sep = "x" if kind[-1].isdigit() else ""  # yarn8, but llama3x8
+    return scaling, f"+{kind}" + ("" if factor is None else f"{sep}{factor:g}")
 
 
 def parse_labels(label_args, ckpts):
@@ -366,17 +401,13 @@ def main(argv=None):
         if files.count(file) > 1:
             raise SystemExit(f"--ckpt lists {path} twice: it would count as two seeds")
     names = parse_labels(args.label, args.ckpt)
-    scaling, suffix = None, ""
-    if args.rope_scaling:
-        scaling = {"type": args.rope_scaling, "factor": args.factor}
-        if args.no_attn_temperature:
-            scaling["attn_temperature"] = False
-        suffix = f"+{args.rope_scaling}{args.factor:g}"
+    scaling, suffix = eval_scaling(args)
     models = [load_model(path, scaling, device) for path in args.ckpt]
     train_lens = {ckpt["model_args"]["block_size"] for _, ckpt in models}
-    if len(train_lens) > 1:
-        raise SystemExit(f"the checkpoints were trained at different lengths {sorted(train_lens)}: sweep them separately")
-    train_len = train_lens.pop()
+    if len(train_lens) > 1 and args.train_len is None:
+        raise SystemExit(f"the checkpoints were trained at different lengths {sorted(train_lens)}: sweep them "
+                         "separately, or pass --train_len to measure them all against one length")
+    train_len = args.train_len or train_lens.pop()
     lengths = args.lengths or sorted({int(round(m * train_len)) for m in args.multipliers})
     if min(lengths) < 1:
         raise SystemExit(f"--multipliers {' '.join(f'{m:g}' for m in args.multipliers)} give length "
@@ -420,7 +451,7 @@ def main(argv=None):
                    windows=ppl["windows"])
         if length == max(lengths):
             per_position[label].append(ppl["per_position"])
-        if args.trials > 0:
+        if args.trials > 0 and (args.passkey_up_to is None or length <= args.passkey_up_to * train_len):
             tok = get_tokenizer(ckpt["meta"])
             docs = PasskeyDocs(tok)
             if length >= docs.min_length:

@@ -21,7 +21,7 @@ log_interval = 200
 # learning rate. At 3e-3 it formed in 2 of the 10 runs of the demo committed in 53bad9c; at 1e-3 it
 # forms in all 10 runs of results/ (passkey 0.98-1.00 within L_train). Exploratory single runs, not
 # kept in the repo, agreed: within 1000 iterations it formed at 1e-3 for rope (3 of 3 seeds), fope and
-# fope-clamp, and not at 1e-2. So: lr 1e-3, 1000 iterations of passkey documents only, then half of
+# the clamp-only arm, and not at 1e-2. So: lr 1e-3, 1000 iterations of passkey documents only, then half of
 # the rows start with one, to keep the skill.
 passkey_warmup = 1000
 passkey_frac = 0.5

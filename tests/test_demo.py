@@ -55,6 +55,26 @@ def finished_run(tmp_path):
     return str(tmp_path / "run"), argv
 
 
+def test_quick_extend_continues_the_quick_demo_runs_and_reports_every_arm_at_both_steps():
+    # after the quick demo above (its rope and fope runs are the parents; they are current, so kept)
+    proc = subprocess.run([sys.executable, "extend.py", "--quick", "--fresh"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "out/demo_quick/rope_s1: already trained" in proc.stdout
+    sweep = json.loads((ROOT / "results" / "quick" / "extend.json").read_text())
+    assert set(sweep["summary"]) == {"rope (L 64)", "fope (L 64)", *(f"{arm} @{step}" for arm in (
+        "rope+yarn", "fope+yarn", "rope->fope", "fope->fope") for step in (40, 80))}
+    assert sweep["info"]["train_len"] == 64 and sweep["info"]["lengths"] == [64, 128, 256]
+    out = ROOT / "out" / "extend_quick"
+    half, full = (torch.load(out / d / "ckpt.pt", weights_only=True) for d in ("fope-fope_it40_s1", "fope-fope_s1"))
+    assert half["iter_num"] == 40 and full["iter_num"] == 80 and full["model_args"]["block_size"] == 128
+    assert half["parent"] == full["parent"] and half["parent"]["init_from"] == "out/demo_quick/fope_s1"
+    yarn = torch.load(out / "fope+yarn_s1" / "ckpt.pt", weights_only=True)["model_args"]["rope_scaling"]
+    assert yarn == {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 64, "attention_factor": 1.0}
+    rows = {(r["label"], r["length"]): r for r in sweep["rows"]}
+    assert rows["rope->fope @80", 128]["passkey"] is not None and rows["rope->fope @80", 256]["passkey"] is None
+
+
 def test_a_finished_run_is_kept_only_while_its_resolved_config_and_sources_are_unchanged(finished_run, monkeypatch):
     out_dir, argv = finished_run
     assert demo.stale_reason(out_dir, argv) is None  # kept
