@@ -31,10 +31,17 @@ bench: $(STAMP)
 
 # the lens on the demo's checkpoints (make demo first): q/k means, attention vs distance, spectrum,
 # Fig. 8 -> results/lens/ (QUICK=1: the quick demo's checkpoints -> results/quick/lens/)
-LENS_CKPTS = $(patsubst %/ckpt.pt,%,$(wildcard $(if $(QUICK),out/demo_quick,out/demo)/*/ckpt.pt))
+LENS_DIR = $(if $(QUICK),out/demo_quick,out/demo)
+LENS_CKPTS = $(patsubst %/ckpt.pt,%,$(wildcard $(LENS_DIR)/*/ckpt.pt))
+# rows named as the demo names its variants: out/demo/<variant>_s<seed>
+comma := ,
+empty :=
+space := $(empty) $(empty)
+LENS_VARIANTS = $(sort $(foreach c,$(LENS_CKPTS),$(firstword $(subst _s, ,$(notdir $(c))))))
+LENS_LABELS = $(foreach v,$(LENS_VARIANTS),--label=$(v)=$(subst $(space),$(comma),$(filter $(LENS_DIR)/$(v)_s%,$(LENS_CKPTS))))
 lens: $(STAMP)
-	@test -n "$(LENS_CKPTS)" || { echo "no checkpoints in $(if $(QUICK),out/demo_quick,out/demo): run make demo$(if $(QUICK), QUICK=1) first"; exit 1; }
-	$(PY) lens.py --ckpt $(LENS_CKPTS) --out $(if $(QUICK),results/quick/lens,results/lens)
+	@test -n "$(LENS_CKPTS)" || { echo "no checkpoints in $(LENS_DIR): run make demo$(if $(QUICK), QUICK=1) first"; exit 1; }
+	$(PY) lens.py --ckpt $(LENS_CKPTS) $(LENS_LABELS) --out $(if $(QUICK),results/quick/lens,results/lens)
 
 # context extension by continued training (the paper's Fig. 4), from make demo's runs (~15 min after it)
 extend: $(STAMP)

@@ -494,7 +494,7 @@ def plot_all(results, out, draws, seed):
     # 4. the paper's Fig. 8, then the same expectation with the measured means
     rotary_runs = [r for r in results if "expected_score_measured" in r]
     hd, theta = (rotary_runs or results)[0]["head_dim"], (rotary_runs or results)[0]["rope_theta"]
-    max_multiple = len(results[0]["expected_score_measured"][0]) // L if rotary_runs else 16
+    max_multiple = len(rotary_runs[0]["expected_score_measured"][0]) // L if rotary_runs else 16
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
     rope = RotaryPositionEmbedding(hd, theta, backend="eager")
     generator = torch.Generator().manual_seed(seed)
