@@ -169,12 +169,16 @@ def write_report(results, stages, seeds):
              "Without context extension:", "", "```", format_table(plain["summary"], plain["info"]["lengths"]).strip(), "```", "",
              "With YaRN (factor 8, attention temperature on), rotary variants:", "", "```",
              format_table(yarn["summary"], yarn["info"]["lengths"]).strip(), "```", "",
-             "Stage times (seconds):", ""]
-    lines += [f"- {k}: {v:.0f}" for k, v in stages.items()]
-    lines += ["", f"Peak memory of the sweep: {plain['info']['peak_rss_mb']:.0f} MB (eval_length.py's ru_maxrss)."]
-    with open(f"{results}/demo.md", "w") as f:
+             f"Peak memory of the sweep: {plain['info']['peak_rss_mb']:.0f} MB (eval_length.py's ru_maxrss).", ""]
+    write_markdown(f"{results}/demo", lines, stages)
+
+
+def write_markdown(path, lines, stages):
+    """path.md: the lines, then the stage times; path_timing.json: the stage times."""
+    lines = [*lines, "Stage times (seconds):", "", *(f"- {k}: {v:.0f}" for k, v in stages.items())]
+    with open(f"{path}.md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    with open(f"{results}/demo_timing.json", "w") as f:
+    with open(f"{path}_timing.json", "w") as f:
         json.dump(stages, f, indent=1)
 
 

@@ -122,13 +122,8 @@ def write_report(results, stages, seeds, steps):
              f"Parents: make demo's length-64 rope and fope runs; continued at length 128 for {steps[0]} and "
              f"{steps[1]} iterations (config/extend.py); seeds {seeds}. Lengths as multiples of the parents' "
              "L_train = 64; 'beyond L_train' means positions >= 64.", "",
-             "```", format_table(sweep["summary"], sweep["info"]["lengths"]).strip(), "```", "",
-             "Stage times (seconds):", ""]
-    lines += [f"- {k}: {v:.0f}" for k, v in stages.items()]
-    with open(f"{results}/extend.md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(f"{results}/extend_timing.json", "w") as f:
-        json.dump(stages, f, indent=1)
+             "```", format_table(sweep["summary"], sweep["info"]["lengths"]).strip(), "```", ""]
+    demo.write_markdown(f"{results}/extend", lines, stages)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,10 @@
 """checkpoint.py: the one loader every script reads checkpoints through, and what a checkpoint records
 about the run that made it (the resolved config, the sources)."""
 
-import json
 import pickle
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,7 +14,7 @@ import sample
 import train
 from checkpoint import SOURCES, changed_sources, source_hashes
 from configurator import configure
-from data.shards import write_shard
+from tinydata import write_random_chars
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARS = "abcdefghijklmnop"
@@ -26,12 +24,7 @@ CHARS = "abcdefghijklmnop"
 def tiny_run(tmp_path_factory):
     """A dataset and a 4-iteration run on it: (data_dir, out_dir, the train.py argv)."""
     root = tmp_path_factory.mktemp("ckpt")
-    data_dir = root / "data"
-    data_dir.mkdir()
-    rng = np.random.default_rng(0)
-    write_shard(data_dir / "train_000000.bin", rng.integers(0, len(CHARS), 5000), len(CHARS))
-    write_shard(data_dir / "val_000000.bin", rng.integers(0, len(CHARS), 2000), len(CHARS))
-    (data_dir / "meta.json").write_text(json.dumps({"tokenizer": "char", "vocab_size": len(CHARS), "chars": CHARS}))
+    data_dir = write_random_chars(root / "data", CHARS, 5000, 2000)
     argv = [f"--dataset={data_dir}", f"--out_dir={root / 'run'}", "--n_layer=1", "--n_head=2", "--n_embd=32",
             "--block_size=16", "--batch_size=4", "--max_iters=4", "--eval_interval=2", "--eval_iters=1",
             "--rotary_backend=eager"]

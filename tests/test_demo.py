@@ -6,13 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import demo
 import train
-from data.shards import write_shard
+from tinydata import write_random_chars
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,13 +40,7 @@ def test_quick_demo_runs_end_to_end_and_reports_every_variant():
 @pytest.fixture
 def finished_run(tmp_path):
     """A finished tiny run and the train.py argv that made it."""
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    chars = "abcdefgh"
-    rng = np.random.default_rng(0)
-    write_shard(data_dir / "train_000000.bin", rng.integers(0, len(chars), 3000), len(chars))
-    write_shard(data_dir / "val_000000.bin", rng.integers(0, len(chars), 1000), len(chars))
-    (data_dir / "meta.json").write_text(json.dumps({"tokenizer": "char", "vocab_size": len(chars), "chars": chars}))
+    data_dir = write_random_chars(tmp_path / "data", "abcdefgh", 3000, 1000)
     argv = [f"--dataset={data_dir}", f"--out_dir={tmp_path / 'run'}", "--n_layer=1", "--n_head=2", "--n_embd=16",
             "--block_size=8", "--batch_size=2", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
             "--rotary_backend=eager"]

@@ -13,7 +13,8 @@ import torch
 import eval_length
 import train
 from checkpoint import build_model, load_checkpoint
-from data.shards import TokenShards, write_shard
+from data.shards import TokenShards
+from tinydata import write_random_chars
 from data.tokenizer import get_tokenizer
 from passkey import FILLER, KEY_PREFIX, PasskeyDocs, score
 
@@ -26,12 +27,7 @@ def ckpts(tmp_path_factory):
     """Tiny checkpoints written by train.py itself: fope (two seeds), rope, learned, and fope runs that
     differ from fope_s1 in one setting each (sigma 0, a learning rate)."""
     root = tmp_path_factory.mktemp("sweep")
-    data_dir = root / "data"
-    data_dir.mkdir()
-    rng = np.random.default_rng(0)
-    write_shard(data_dir / "train_000000.bin", rng.integers(0, len(CHARS), 20000), len(CHARS))
-    write_shard(data_dir / "val_000000.bin", rng.integers(0, len(CHARS), 3000), len(CHARS))
-    (data_dir / "meta.json").write_text(json.dumps({"tokenizer": "char", "vocab_size": len(CHARS), "chars": CHARS}))
+    data_dir = write_random_chars(root / "data", CHARS, 20000, 3000)
     runs = {"fope_s1": ["--pos_emb=fope", "--seed=1"], "fope_s2": ["--pos_emb=fope", "--seed=2"],
             "rope_s1": ["--pos_emb=rope", "--seed=1"], "learned_s1": ["--pos_emb=learned", "--seed=1"],
             "fope_sigma0_s1": ["--pos_emb=fope", "--fope_sigma=0.0", "--seed=1"],

@@ -10,7 +10,7 @@ import torch
 
 import lens
 import train
-from data.shards import write_shard
+from tinydata import write_random_chars
 from fope import FourierPositionEmbedding, RotaryPositionEmbedding
 from model import GPT, GPTConfig
 
@@ -195,12 +195,7 @@ def test_scores_are_what_each_layer_attends_with_causally_and_past_block_size(na
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("lens")
-    data_dir = root / "data"
-    data_dir.mkdir()
-    rng = np.random.default_rng(0)
-    write_shard(data_dir / "train_000000.bin", rng.integers(0, 20, 20000), 20)
-    write_shard(data_dir / "val_000000.bin", rng.integers(0, 20, 6000), 20)
-    (data_dir / "meta.json").write_text(json.dumps({"tokenizer": "char", "vocab_size": 20, "chars": "abcdefghijklmnopqrst"}))
+    data_dir = write_random_chars(root / "data", "abcdefghijklmnopqrst", 20000, 6000)
     runs = {"rope_s1": ["--pos_emb=rope", "--seed=1"], "rope_s2": ["--pos_emb=rope", "--seed=2"],
             "fope_s1": ["--pos_emb=fope"], "clamp_s1": ["--pos_emb=fope", "--fope_fourier=False"],
             "alibi_s1": ["--pos_emb=alibi"], "nope_s1": ["--pos_emb=nope"], "learned_s1": ["--pos_emb=learned"]}
