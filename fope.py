@@ -41,14 +41,13 @@ import torch.nn.functional as F
 
 def rope_inv_freq(head_dim, theta=10000.0):
     """w_m = theta^(-2m/head_dim), m = 0 .. head_dim/2 - 1 (float64)."""
-    return theta ** (-rope_exponents(head_dim))
+    check_even(head_dim)
+    return theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
 
 
-def rope_exponents(head_dim):
-    """2m/head_dim: the exponent of theta for each frequency (the NTK rescaling needs it)."""
+def check_even(head_dim):
     if head_dim % 2:
         raise ValueError(f"head_dim must be even for a rotary embedding, got {head_dim}")
-    return torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
 
 
 def floor_clamp_mask(inv_freq, train_len):
@@ -423,7 +422,7 @@ class FourierPositionEmbedding(RotaryPositionEmbedding):
             raise ValueError(f"zero_pad must be 'official' or 'identity', got {zero_pad!r}")
         if sigma < 0:
             raise ValueError(f"fope sigma (the coefficients' xavier gain) must be >= 0, got {sigma}")
-        rope_exponents(head_dim)  # checks head_dim is even
+        check_even(head_dim)  # rot_dim may be a larger, even fourier_dim
         rot_dim = max(head_dim, fourier_dim or 0)
         inv_freq, freq_index = rope_inv_freq(rot_dim, theta), torch.arange(rot_dim // 2)
         if clamp_floor:
