@@ -51,6 +51,7 @@ from configurator import resolve_device
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
 from fope import check_scaling
+from model import POS_EMBS, is_rotary
 from passkey import PasskeyDocs, score
 from train import DEFAULTS as TRAIN_DEFAULTS
 
@@ -58,14 +59,13 @@ from train import DEFAULTS as TRAIN_DEFAULTS
 # loading
 
 
-ROTARY = ("rope", "fope")
 
 
 def load_model(path, scaling=None, device="cpu"):
     """-> (model, checkpoint) from an out_dir or a ckpt.pt, with rope_scaling applied at eval time."""
     checkpoint = load_checkpoint(path)
     args = dict(checkpoint["model_args"])
-    if scaling is not None and args["pos_emb"] in ROTARY:
+    if scaling is not None and is_rotary(args["pos_emb"]):
         args["rope_scaling"] = {"original_max_position_embeddings": args["block_size"], **scaling}
     checkpoint["path"] = path
     return build_model(checkpoint, path, args).to(device).eval(), checkpoint
@@ -92,7 +92,7 @@ def run_settings(checkpoint, model):
     pos_emb = settings["pos_emb"]
     for key in list(settings):
         if (key.startswith("fope_") and pos_emb != "fope"
-                or key in ("rope_theta", "rope_scaling") and pos_emb not in ROTARY):
+                or key in ("rope_theta", "rope_scaling") and not is_rotary(pos_emb)):
             del settings[key]
     return settings
 
@@ -132,7 +132,7 @@ def label_runs(settings_by_ckpt, names, suffix=""):
         else:
             apart = [f"{k}={v}" for k, v in settings.items() if shown(k, v)]
             label = " ".join([settings["pos_emb"], *apart])
-        labels[run] = label + (suffix if settings["pos_emb"] in ROTARY else "")
+        labels[run] = label + (suffix if is_rotary(settings["pos_emb"]) else "")
     for name in set(names.values()):
         named = [run for run, ckpts in runs.items() if any(names.get(c) == name for c in ckpts)]
         if len(named) > 1:
@@ -440,8 +440,8 @@ def main(argv=None):
                "passkey": None, "passkey_digits": None, "passkey_by_depth": None, "note": ""}
         rows.append(row)
         # the only lengths skipped: those that cannot be measured, each said in the row and the table
-        if margs["pos_emb"] == "learned" and length > margs["block_size"]:
-            row["note"] = f"skipped: learned positions stop at block_size {margs['block_size']}"
+        if not POS_EMBS[margs["pos_emb"]].past_block_size and length > margs["block_size"]:
+            row["note"] = f"skipped: {margs['pos_emb']} positions stop at block_size {margs['block_size']}"
             continue
         if length > longest_length(data):
             row["note"] = f"skipped: no {args.split} shard fills {length} tokens and a target"

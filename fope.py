@@ -50,6 +50,13 @@ def check_even(head_dim):
         raise ValueError(f"head_dim must be even for a rotary embedding, got {head_dim}")
 
 
+def whole_cycle_inv_freq(inv_freq, train_len):
+    """RoPE-A (the FoPE paper's Table 2): every frequency moved to the nearest one that completes a whole
+    number of cycles in the training length, w' = 2 pi round(w L / 2 pi) / L. Those with less than half a
+    cycle round to 0 and become position-free, as under the floor clamp."""
+    return 2 * math.pi * torch.round(inv_freq * train_len / (2 * math.pi)) / train_len
+
+
 def floor_clamp_mask(inv_freq, train_len):
     """FoPE's floor clamp: frequencies whose period 2 pi / w exceeds the training length never
     complete a cycle in training, so they are zeroed (dropped): keep w >= 2 pi / train_len."""
@@ -293,7 +300,8 @@ def rotate(x, cos, sin, backend="eager"):
 class RotaryPositionEmbedding(nn.Module):
     """RoPE, and with clamp_floor=True the paper's clamp-only ablation ("FoPE w/o FS", Fig. 6a: the
     official rope_clamp_floor_freq + rope_clamp_floor_to_zero without fourier): every frequency below
-    2 pi / train_len is set to zero, so its dimension pair passes through unrotated.
+    2 pi / train_len is set to zero, so its dimension pair passes through unrotated. whole_cycles=True is
+    RoPE-A (the paper's Table 2): every frequency snapped to whole cycles in train_len.
 
     Tables (H or 1, N, hd//2) are built once in float64, stored as float32 for the training length and
     extended when a longer sequence arrives. They are plain attributes, not buffers: nothing to save,
@@ -301,13 +309,16 @@ class RotaryPositionEmbedding(nn.Module):
 
     learnable = False
 
-    def __init__(self, head_dim, theta=10000.0, scaling=None, train_len=None, backend="eager", clamp_floor=False):
+    def __init__(self, head_dim, theta=10000.0, scaling=None, train_len=None, backend="eager", clamp_floor=False,
+                 whole_cycles=False):
         super().__init__()
         inv_freq = rope_inv_freq(head_dim, theta)
+        if (clamp_floor or whole_cycles) and train_len is None:
+            raise ValueError("clamp_floor and whole_cycles need train_len (the training length)")
         if clamp_floor:
-            if train_len is None:
-                raise ValueError("clamp_floor needs train_len (the training length)")
             inv_freq[~floor_clamp_mask(inv_freq, train_len)] = 0.0
+        if whole_cycles:  # RoPE-A
+            inv_freq = whole_cycle_inv_freq(inv_freq, train_len)
         self._setup(head_dim, theta, train_len, scaling, backend, rot_dim=head_dim, inv_freq=inv_freq,
                     freq_index=torch.arange(head_dim // 2))
         self._build_initial()

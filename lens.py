@@ -76,6 +76,7 @@ from data.shards import ShardError, TokenShards
 from configurator import resolve_device
 from eval_length import label_runs, load_model, parse_labels, run_settings
 from fope import RotaryPositionEmbedding
+from model import POS_EMBS
 
 OWN_RANK_CUTOFF = 0.01  # keep own directions with singular value >= 1% of the largest (see 3. above)
 
@@ -112,15 +113,20 @@ class QKProbe:
             h.remove()
 
 
-def attention_scores(attn, q, k):
-    """The pre-softmax scores (B, H, T, T) a layer computes from q, k before the rotation: rotated by
-    the layer's own rotary module, q.k / sqrt(hd), ALiBi's bias if any; -inf above the diagonal."""
+def attention_scores(attn, q, k, shared_bias=None):
+    """The pre-softmax scores (B, H, T, T) a layer computes from q, k before the rotation: normalised if
+    the model uses QK norm, rotated by the layer's own rotary module, q.k / sqrt(hd), plus the additive
+    bias if any (the layer's own, or the model's shared one: model.transformer.pos_bias); -inf above the
+    diagonal."""
     T = q.shape[2]
+    if attn.qk_norm:
+        q, k = torch.nn.functional.layer_norm(q, (q.shape[-1],)), torch.nn.functional.layer_norm(k, (k.shape[-1],))
     if attn.rotary is not None:
         q, k = attn.rotary(q), attn.rotary(k)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if attn.alibi is not None:
-        return scores + attn.alibi(T, q.device, q.dtype)  # the bias carries the causal -inf
+    bias = attn.pos_bias if attn.pos_bias is not None else shared_bias
+    if bias is not None:
+        return scores + bias(0, T, T, q.device, q.dtype)  # the bias carries the causal -inf
     future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
     return scores.masked_fill(future, float("-inf"))
 
@@ -283,6 +289,7 @@ def measure(model, ckpt, data, args):
     config = model.config
     L, hd, H = config.block_size, config.n_embd // config.n_head, config.n_head
     blocks = list(model.transformer.h)
+    shared_bias = getattr(model.transformer, "pos_bias", None)  # ALiBi, FIRE, T5: one bias for every layer
     rope_ref = RotaryPositionEmbedding(hd, config.rope_theta, backend="eager")
     result = {"ckpt": ckpt["path"], "label": None, "pos_emb": config.pos_emb,
               "seed": ckpt["config"].get("seed"), "train_len": L, "head_dim": hd, "n_head": H,
@@ -304,7 +311,7 @@ def measure(model, ckpt, data, args):
         for layer, (q, k) in enumerate(probe(batch)):
             sums[layer]["q"] = sums[layer]["q"] + q.double().sum(dim=(0, 2))  # (H, hd)
             sums[layer]["k"] = sums[layer]["k"] + k.double().sum(dim=(0, 2))
-            scores = attention_scores(blocks[layer].attn, q, k)
+            scores = attention_scores(blocks[layer].attn, q, k, shared_bias)
             score_within[layer] += mean_by_distance(scores.masked_fill(scores.isinf(), 0).sum(0)).cpu()
     score_within /= len(idx)
     n_tokens = idx.numel()
@@ -335,8 +342,8 @@ def measure(model, ckpt, data, args):
 
     # 2: long windows, out to max_multiple * L_train
     T = args.max_multiple * L
-    if config.pos_emb == "learned" and T > L:
-        result["note"] = f"past L_train skipped: learned positions stop at block_size {L}"
+    if not POS_EMBS[config.pos_emb].past_block_size and T > L:
+        result["note"] = f"past L_train skipped: {config.pos_emb} positions stop at block_size {L}"
     else:
         idx = pick_windows(data, T, args.long_windows).to(args.device)
         score = torch.zeros(len(blocks), H, T, dtype=torch.float64)
@@ -344,7 +351,7 @@ def measure(model, ckpt, data, args):
         future = torch.ones(T, T, dtype=torch.bool, device=args.device).triu(1)
         for batch in idx.split(2, dim=0):  # (B, H, T, T) scores and weights: the memory peak
             for layer, (q, k) in enumerate(probe(batch)):
-                scores = attention_scores(blocks[layer].attn, q, k)
+                scores = attention_scores(blocks[layer].attn, q, k, shared_bias)
                 weights = torch.softmax(scores, dim=-1).sum(0)  # sums over windows: the measures are linear
                 score[layer] += mean_by_distance(scores.masked_fill(future, 0.0).sum(0)).cpu()
                 weight[layer] += mean_by_distance(weights).cpu()

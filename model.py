@@ -1,27 +1,77 @@
 """
 A GPT whose position module is chosen by name, for studying length generalization.
 
-nanoGPT's model (Karpathy, github.com/karpathy/nanoGPT) with the position embedding as a knob:
-- "learned": GPT-2's learned absolute positions (cannot run past block_size);
-- "nope":    no position information at all (causal masking alone; Kazemnejad et al. 2023);
-- "rope":    rotary embedding (Su et al. 2021);
-- "fope":    Fourier position embedding (Hua et al. 2025, arXiv 2412.17739);
-- "alibi":   linear attention biases (Press et al. 2022).
-How each is computed lives in fope.py; this file only chooses. The paper's models use RMSNorm and
-SwiGLU (OLMo); nanoGPT uses LayerNorm and GELU: both are config knobs.
+nanoGPT's model (Karpathy, github.com/karpathy/nanoGPT) with the position embedding as a knob. POS_EMBS
+maps each name to how it is built and where it acts; adding a position embedding means writing its
+module (fope.py for rotary ones, baselines.py for the others) and one line there:
+- absolute, added to the token embeddings: "learned" (GPT-2; cannot run past block_size),
+  "sinusoidal" (Vaswani et al. 2017);
+- rotary, applied to q and k in every layer: "rope" (Su et al. 2021), "rope-a" (RoPE with every
+  frequency snapped to whole cycles in L_train, the FoPE paper's Table 2), "fope" (Hua et al. 2025,
+  arXiv 2412.17739; its fope_* knobs give the paper's ablation arms);
+- additive attention biases: "alibi" (Press et al. 2022), "kerple" (Chi et al. 2022), "fire" (Li et
+  al. 2023), "t5" (Raffel et al. 2020);
+- "nope": no position information at all (causal masking alone; Kazemnejad et al. 2023).
+qk_norm=True normalises q and k per head before any rotation (the paper's Table 2 "QK norm").
+The paper's models use RMSNorm and SwiGLU (OLMo); nanoGPT uses LayerNorm and GELU: both are knobs.
 """
 
 import inspect
 import math
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fope import AlibiBias, FourierPositionEmbedding, RotaryPositionEmbedding, check_scaling, resize_coefficients
+from baselines import AlibiBias, FireBias, KerpleLogBias, LearnedPositions, SinusoidalPositions, T5Bias, attend_with_bias
+from fope import FourierPositionEmbedding, RotaryPositionEmbedding, check_scaling, resize_coefficients
 
-POS_EMBS = ("learned", "nope", "rope", "fope", "alibi")
+
+@dataclass(frozen=True)
+class PositionEmbedding:
+    """How one position embedding enters the model. kind: "absolute" (a (T, n_embd) module added to the
+    token embeddings), "rotary" (a module applied to q and k, one per layer), "bias" (an additive score
+    bias, baselines.AttentionBias), or "none". shared: a bias module serves all layers (False: every
+    layer owns one). past_block_size: whether it can take sequences longer than it was trained on."""
+    kind: str
+    build: Callable = None  # GPTConfig -> module
+    shared: bool = True
+    past_block_size: bool = True
+
+
+def head_dim(c):
+    return c.n_embd // c.n_head
+
+
+def build_rope(c, **kw):
+    return RotaryPositionEmbedding(head_dim(c), c.rope_theta, c.rope_scaling, c.block_size, c.rotary_backend, **kw)
+
+
+def build_fope(c):
+    if not c.fope_fourier:  # the clamp-only arm (RoPE with the low frequencies zeroed), or RoPE without the clamp
+        return build_rope(c, clamp_floor=c.fope_clamp)
+    return FourierPositionEmbedding(head_dim(c), c.n_head, c.block_size, c.rope_theta, c.fope_sigma, c.fope_dim,
+                                    c.fope_clamp, c.fope_learnable, c.fope_zero_pad, c.rope_scaling, c.rotary_backend)
+
+
+POS_EMBS = {  # name -> how it is built; make ablate and eval_length.py take every name here
+    "nope": PositionEmbedding("none"),
+    "learned": PositionEmbedding("absolute", lambda c: LearnedPositions(c.block_size, c.n_embd), past_block_size=False),
+    "sinusoidal": PositionEmbedding("absolute", lambda c: SinusoidalPositions(c.n_embd)),
+    "rope": PositionEmbedding("rotary", build_rope),
+    "rope-a": PositionEmbedding("rotary", lambda c: build_rope(c, whole_cycles=True)),
+    "fope": PositionEmbedding("rotary", build_fope),
+    "alibi": PositionEmbedding("bias", lambda c: AlibiBias(c.n_head)),
+    "kerple": PositionEmbedding("bias", lambda c: KerpleLogBias(c.n_head), shared=False),
+    "fire": PositionEmbedding("bias", lambda c: FireBias(c.n_head, c.block_size)),
+    "t5": PositionEmbedding("bias", lambda c: T5Bias(c.n_head)),
+}
+
+
+def is_rotary(pos_emb):
+    return POS_EMBS[pos_emb].kind == "rotary"
 
 
 @dataclass
@@ -33,7 +83,8 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False
-    pos_emb: str = "fope"  # learned | nope | rope | fope | alibi
+    pos_emb: str = "fope"  # a name in POS_EMBS
+    qk_norm: bool = False  # q and k to zero mean, unit variance per head, before the rotation
     norm: str = "layernorm"  # layernorm | rmsnorm
     mlp: str = "gelu"  # gelu | swiglu
     rope_theta: float = 10000.0
@@ -47,7 +98,7 @@ class GPTConfig:
     rotary_backend: str = "auto"  # auto | eager | c | compile
 
     def __post_init__(self):
-        choices = {"pos_emb": POS_EMBS, "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
+        choices = {"pos_emb": tuple(POS_EMBS), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
                    "fope_zero_pad": ("official", "identity")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -84,13 +135,16 @@ def load_parent_weights(model, parent_state, parent_args, fourier_expand="fresh"
     if differ:
         raise ValueError(f"the parent run has another shape ({', '.join(differ)}): only block_size, the position "
                          "embedding and rope_scaling may change when starting from it")
-    learned = (parent_args["pos_emb"] == "learned", config.pos_emb == "learned")
-    if any(learned) and (not all(learned) or parent_args["block_size"] != config.block_size):
-        raise ValueError("learned positions cannot be carried to another block_size or position embedding "
-                         f"(parent: {parent_args['pos_emb']} at {parent_args['block_size']}); pick rope, fope, alibi or nope")
+    fixed = [p for p in (parent_args["pos_emb"], config.pos_emb) if not POS_EMBS[p].past_block_size]
+    if fixed and (parent_args["pos_emb"] != config.pos_emb or parent_args["block_size"] != config.block_size):
+        movable = ", ".join(n for n, s in POS_EMBS.items() if s.past_block_size)
+        raise ValueError(f"{fixed[0]} positions cannot be carried to another block_size or position embedding "
+                         f"(parent: {parent_args['pos_emb']} at {parent_args['block_size']}); pick {movable}")
     state = model.state_dict()
     for key, own in state.items():
         parent = parent_state.get(key)
+        if parent is None and (".pos_bias." in key or key.startswith("transformer.pos_bias.")):
+            continue  # a bias the parent did not have (e.g. rope -> kerple) starts freshly drawn
         if key.endswith(("sin_coef", "cos_coef")):
             if parent is not None:
                 rotary = model.get_submodule(key.rsplit(".", 1)[0])
@@ -112,39 +166,32 @@ def make_norm(config):
 
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, config, alibi=None):
+    def __init__(self, config):
         super().__init__()
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
-        head_dim = config.n_embd // config.n_head
+        self.qk_norm = config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        spec = POS_EMBS[config.pos_emb]
         # every layer owns its rotary module, so FoPE draws its coefficients per layer (as the official code)
-        self.rotary = None
-        if config.pos_emb == "rope":
-            self.rotary = RotaryPositionEmbedding(head_dim, config.rope_theta, config.rope_scaling,
-                                                  config.block_size, config.rotary_backend)
-        elif config.pos_emb == "fope" and not config.fope_fourier:  # clamp only, or RoPE when fope_clamp=False
-            self.rotary = RotaryPositionEmbedding(head_dim, config.rope_theta, config.rope_scaling,
-                                                  config.block_size, config.rotary_backend, config.fope_clamp)
-        elif config.pos_emb == "fope":
-            self.rotary = FourierPositionEmbedding(
-                head_dim, config.n_head, config.block_size, config.rope_theta, config.fope_sigma,
-                config.fope_dim, config.fope_clamp, config.fope_learnable, config.fope_zero_pad,
-                config.rope_scaling, config.rotary_backend)
-        self.alibi = alibi  # shared by all layers
+        self.rotary = spec.build(config) if spec.kind == "rotary" else None
+        self.pos_bias = spec.build(config) if spec.kind == "bias" and not spec.shared else None
 
-    def forward(self, x):
+    def forward(self, x, shared_bias=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.qk_norm:  # zero mean, unit variance over each head's dimensions (no affine), before the rotation
+            q, k = F.layer_norm(q, (q.size(-1),)), F.layer_norm(k, (k.size(-1),))
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         dropout = self.dropout if self.training else 0.0
-        if self.alibi is not None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.alibi(T, x.device, q.dtype), dropout_p=dropout)
+        bias = self.pos_bias if self.pos_bias is not None else shared_bias
+        if bias is not None:
+            y = attend_with_bias(q, k, v, bias, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -173,15 +220,15 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
 
-    def __init__(self, config, alibi=None):
+    def __init__(self, config):
         super().__init__()
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config, alibi)
+        self.attn = CausalSelfAttention(config)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, shared_bias=None):
+        x = x + self.attn(self.ln_1(x), shared_bias)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -191,18 +238,23 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        alibi = AlibiBias(config.n_head) if config.pos_emb == "alibi" else None
+        spec = POS_EMBS[config.pos_emb]
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, alibi) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
-        if config.pos_emb == "learned":
-            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if spec.kind == "absolute":
+            self.transformer.wpe = spec.build(config)
+        if spec.kind == "bias" and spec.shared:  # one bias module for all layers (ALiBi, FIRE, T5)
+            self.transformer.pos_bias = spec.build(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
+        for m in self.modules():  # position modules with an init of their own (FIRE's MLP)
+            if hasattr(m, "reset_position_parameters"):
+                m.reset_position_parameters()
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -217,21 +269,19 @@ class GPT(nn.Module):
 
     def get_num_params(self, non_embedding=True):
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and self.config.pos_emb == "learned":
-            n -= self.transformer.wpe.weight.numel()
+        if non_embedding and "wpe" in self.transformer:  # absolute positions
+            n -= sum(p.numel() for p in self.transformer.wpe.parameters())
         return n
 
     def forward(self, idx, targets=None, reduction="mean"):
         B, T = idx.size()
         x = self.transformer.wte(idx)  # (B, T, C)
-        if self.config.pos_emb == "learned":
-            if T > self.config.block_size:
-                raise ValueError(f"pos_emb='learned' cannot take {T} tokens (block_size is "
-                                 f"{self.config.block_size}); use rope, fope, alibi or nope for longer inputs")
-            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
+        if "wpe" in self.transformer:  # absolute positions (learned raises past block_size)
+            x = x + self.transformer.wpe(T, idx.device, x.dtype)
         x = self.transformer.drop(x)
+        shared_bias = self.transformer.pos_bias if "pos_bias" in self.transformer else None
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, shared_bias)
         x = self.transformer.ln_f(x)
         if targets is None:  # inference: only the last position's logits
             return self.lm_head(x[:, [-1], :]), None

@@ -16,6 +16,7 @@ import torch
 from checkpoint import build_model, load_checkpoint
 from configurator import configure, resolve_device, resolve_dtype
 from data.tokenizer import get_tokenizer
+from model import is_rotary
 
 _names_before_config = set(globals())
 # -----------------------------------------------------------------------------
@@ -46,7 +47,7 @@ def main(argv):
     device = resolve_device(cfg.device)
     checkpoint = load_checkpoint(cfg.out_dir)
     margs = checkpoint["model_args"]
-    dtype = resolve_dtype(cfg.dtype, device, margs.get("rotary_backend") if margs["pos_emb"] in ("rope", "fope") else None)
+    dtype = resolve_dtype(cfg.dtype, device, margs.get("rotary_backend") if is_rotary(margs["pos_emb"]) else None)
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=ptdtype)
     model = build_model(checkpoint, cfg.out_dir).eval().to(device)

@@ -33,7 +33,7 @@ from configurator import configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
 from fope import BACKENDS
-from model import GPT, GPTConfig, load_parent_weights
+from model import GPT, POS_EMBS, GPTConfig, is_rotary, load_parent_weights
 from passkey import PasskeyDocs
 
 _names_before_config = set(globals())
@@ -66,7 +66,8 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 bias = False
-pos_emb = "fope"  # learned | nope | rope | fope | alibi
+pos_emb = "fope"  # a name in model.POS_EMBS: nope learned sinusoidal rope rope-a fope alibi kerple fire t5
+qk_norm = False  # q and k to zero mean, unit variance per head before the rotation (the paper's Table 2)
 norm = "layernorm"  # layernorm | rmsnorm
 mlp = "gelu"  # gelu | swiglu
 rope_theta = 10000.0
@@ -135,7 +136,9 @@ def check_config(cfg):
             raise SystemExit(f"{key} must be a finite number, got {value}")
         if key in LIMITS and not LIMITS[key][1](value):
             raise SystemExit(f"{key} must be {LIMITS[key][0]}, got {value!r}")
-    if cfg.pos_emb in ("rope", "fope") and cfg.n_head >= 1 and (cfg.n_embd // cfg.n_head) % 2:
+    if cfg.pos_emb not in POS_EMBS:
+        raise SystemExit(f"pos_emb must be one of {', '.join(POS_EMBS)}, got {cfg.pos_emb!r}")
+    if is_rotary(cfg.pos_emb) and cfg.n_head >= 1 and (cfg.n_embd // cfg.n_head) % 2:
         raise SystemExit(f"pos_emb={cfg.pos_emb} rotates pairs of dimensions: n_embd / n_head = "
                          f"{cfg.n_embd}/{cfg.n_head} must be even")
     if cfg.rotary_backend not in BACKENDS:
@@ -255,7 +258,7 @@ def train(cfg, rank, world_size, device, ckpt_path):
                          f"of the {world_size} processes")
     accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-batches of this process per step
     device_type = device.split(":")[0]
-    dtype = resolve_dtype(cfg.dtype, device, cfg.rotary_backend if cfg.pos_emb in ("rope", "fope") else None)
+    dtype = resolve_dtype(cfg.dtype, device, cfg.rotary_backend if is_rotary(cfg.pos_emb) else None)
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")

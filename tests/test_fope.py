@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from fope import (AlibiBias, FourierPositionEmbedding, RotaryPositionEmbedding, alibi_slopes, apply_rotary,
+from fope import (FourierPositionEmbedding, RotaryPositionEmbedding, alibi_slopes, apply_rotary,
                   check_scaling, fope_coefficients, rescale_inv_freq, rope_inv_freq, rotation_path)
 
 
@@ -220,14 +220,6 @@ def test_load_state_dict_rebuilds_cached_tables():
 
 def test_alibi_slopes_for_a_power_of_two_are_geometric():
     assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -i for i in range(1, 9)]))
-
-
-def test_alibi_bias_is_minus_slope_times_distance_and_masks_the_future():
-    bias = AlibiBias(2)(3, "cpu", torch.float32)  # slopes of 2 heads: 2^-4, 2^-8
-    inf = float("-inf")
-    expected = torch.tensor([[[0.0, inf, inf], [-1 / 16, 0.0, inf], [-2 / 16, -1 / 16, 0.0]],
-                             [[0.0, inf, inf], [-1 / 256, 0.0, inf], [-2 / 256, -1 / 256, 0.0]]])
-    assert torch.equal(bias, expected)
 
 
 def test_alibi_slopes_for_twelve_heads_follow_the_non_power_of_two_rule():

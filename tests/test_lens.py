@@ -175,7 +175,7 @@ def test_scores_are_what_each_layer_attends_with_causally_and_past_block_size(na
     for T in lengths:
         idx = torch.randint(0, 11, (2, T), generator=torch.Generator().manual_seed(T))
         for layer, (q, k) in enumerate(probe(idx)):
-            scores = lens.attention_scores(model.transformer.h[layer].attn, q, k)
+            scores = lens.attention_scores(model.transformer.h[layer].attn, q, k, getattr(model.transformer, "pos_bias", None))
             weights = torch.softmax(scores, dim=-1)
             assert (weights.triu(1) == 0).all()  # causal: no weight on a later key
             v = values[layer].view(2, T, 2, 8).transpose(1, 2)

@@ -105,7 +105,7 @@ def test_eval_time_scaling_loads_a_trained_checkpoint():
 
 def test_bad_config_values_are_one_line_errors():
     with pytest.raises(ValueError, match="pos_emb must be one of"):
-        GPTConfig(pos_emb="sinusoidal")
+        GPTConfig(pos_emb="xpos")
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="written by another model.py"):

@@ -1,0 +1,206 @@
+"""
+The baselines FoPE is compared against that are not rotary: absolute positions added to the token
+embeddings, and additive attention biases. (RoPE and its variants are in fope.py.)
+
+- Sinusoidal absolute positions: Vaswani et al. 2017, "Attention Is All You Need" (arXiv 1706.03762).
+- Learned absolute positions: GPT-2 (Radford et al. 2019); cannot run past block_size.
+- ALiBi: Press et al. 2022, "Train Short, Test Long" (arXiv 2108.12409).
+- KERPLE, logarithmic variant: Chi et al. 2022, "KERPLE: Kernelized Relative Positional Embedding
+  for Length Extrapolation" (arXiv 2205.09921).
+- FIRE: Li et al. 2023, "Functional Interpolation for Relative Positions Improves Long Context
+  Transformers" (arXiv 2310.04418).
+- T5's bucketed relative bias: Raffel et al. 2020 (arXiv 1910.10683), unidirectional buckets.
+
+Every bias module maps query positions i and key positions j to an additive score bias
+b[h, i, j] (shape (H, len(i), len(j))) with -inf where j > i (the causal mask travels with it):
+
+    ALiBi   b = -slope_h (i - j)                          slopes fixed (fope.alibi_slopes)
+    KERPLE  b = -r1_h log(1 + r2_h (i - j))               r1, r2 > 0 learned per head and layer
+    FIRE    b = mlp( psi(i - j) / psi(max(L, i)) )_h,     psi(x) = log(c x + 1), c and L learned
+    T5      b = emb[bucket(i - j), h]                     32 log-spaced buckets up to distance 128
+
+The model asks for rows of queries at a time (model.py chunks long sequences), so no bias ever
+needs a (H, T, T) tensor for the whole sequence at once.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fope import alibi_slopes
+
+# -----------------------------------------------------------------------------
+# absolute positions: (T, n_embd) added to the token embeddings
+
+
+def sinusoidal_table(positions, n_embd, base=10000.0):
+    """PE[t, 2i] = sin(t / base^(2i/d)), PE[t, 2i+1] = cos(t / base^(2i/d)) (Vaswani et al., Sec. 3.5)."""
+    if n_embd % 2:
+        raise ValueError(f"sinusoidal positions interleave sin and cos: n_embd must be even, got {n_embd}")
+    inv = base ** (-torch.arange(0, n_embd, 2, dtype=torch.float64) / n_embd)
+    angle = positions.double()[:, None] * inv[None, :]  # (T, d/2)
+    return torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(1)  # (T, d): sin, cos, sin, cos ...
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoids, defined at every position: runs past block_size."""
+
+    def __init__(self, n_embd):
+        super().__init__()
+        self.n_embd = n_embd
+
+    def forward(self, T, device, dtype=torch.float32):
+        return sinusoidal_table(torch.arange(T), self.n_embd).to(device, dtype)
+
+
+class LearnedPositions(nn.Embedding):
+    """GPT-2's table of block_size learned vectors (an nn.Embedding, so checkpoints keep GPT-2's layout)."""
+
+    def __init__(self, block_size, n_embd):
+        super().__init__(block_size, n_embd)
+
+    def forward(self, T, device, dtype=None):
+        if T > self.num_embeddings:
+            raise ValueError(f"pos_emb='learned' cannot take {T} tokens (block_size is {self.num_embeddings}); "
+                             "use a relative position embedding (rope, fope, alibi, ...) for longer inputs")
+        return super().forward(torch.arange(T, device=device))
+
+
+# -----------------------------------------------------------------------------
+# additive attention biases
+
+
+class AttentionBias(nn.Module):
+    """Base class: subclasses give `values(distance, query_pos)` for distance = i - j >= 0 (long,
+    (Tq, Tk)) and query positions i (long, (Tq,)), returning (H, Tq, Tk); the base adds the causal mask."""
+
+    def forward(self, q_start, q_end, k_end, device, dtype=torch.float32):
+        """The bias of query rows q_start..q_end-1 over keys 0..k_end-1: (H, Tq, Tk), -inf above the diagonal."""
+        i = torch.arange(q_start, q_end, device=device)
+        j = torch.arange(k_end, device=device)
+        distance = i[:, None] - j[None, :]
+        bias = self.values(distance.clamp(min=0), i).to(dtype)
+        return bias.masked_fill(distance < 0, float("-inf"))
+
+
+class AlibiBias(AttentionBias):
+    """ALiBi: no parameters, so one instance serves every layer and caches its last table."""
+
+    def __init__(self, n_head):
+        super().__init__()
+        self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
+        self._cache = None
+
+    def values(self, distance, query_pos):
+        return -self.slopes.to(distance.device)[:, None, None] * distance
+
+    def forward(self, q_start, q_end, k_end, device, dtype=torch.float32):
+        key = (q_start, q_end, k_end, torch.device(device), dtype)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, super().forward(q_start, q_end, k_end, device, dtype))
+        return self._cache[1]
+
+
+class KerpleLogBias(AttentionBias):
+    """KERPLE's logarithmic kernel, -r1 log(1 + r2 |i - j|), r1 and r2 learned per head (and layer:
+    every attention layer owns one). They are kept positive by clamping to eps in the forward pass, as
+    the KERPLE code does; the initial values are uniform in (0, 2) for r1 and (0, 1) for r2."""
+
+    def __init__(self, n_head, eps=1e-2):
+        super().__init__()
+        self.eps = eps
+        self.r1 = nn.Parameter(torch.rand(n_head) * 2)
+        self.r2 = nn.Parameter(torch.rand(n_head))
+
+    def values(self, distance, query_pos):
+        r1, r2 = self.r1.clamp(min=self.eps), self.r2.clamp(min=self.eps)
+        return -r1[:, None, None] * torch.log1p(r2[:, None, None] * distance)
+
+
+class FireBias(AttentionBias):
+    """FIRE: b = mlp(psi(i - j) / psi(max(L, i))), psi(x) = log(c x + 1). The progressive interpolation
+    maps every distance into [0, 1]: within the threshold L by the fixed normaliser psi(L), past it by
+    the query's own position, so a longer sequence never leaves the MLP's training range. c (init 0.1) and
+    L (init L_train, learned as a multiple of it) are learned; the MLP is 1 -> 32 (ReLU) -> n_head.
+    One FIRE serves all layers."""
+
+    def __init__(self, n_head, train_len, hidden=32, init_c=0.1, eps=1e-6):
+        super().__init__()
+        self.train_len, self.eps = train_len, eps
+        self.c = nn.Parameter(torch.tensor(float(init_c)))
+        self.l_mult = nn.Parameter(torch.tensor(1.0))  # L = |l_mult| * train_len
+        self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, n_head))
+
+    def reset_position_parameters(self):  # PyTorch's default Linear init, not GPT's N(0, 0.02)
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+
+    def psi(self, x):
+        return torch.log(self.c.abs() * x + 1)
+
+    def interpolated(self, distance, query_pos):
+        """psi(i - j) / psi(max(L, i)), (Tq, Tk) in [0, 1] for j <= i."""
+        threshold = self.l_mult.abs() * self.train_len
+        normaliser = self.psi(torch.maximum(query_pos.to(threshold.dtype), threshold))
+        return self.psi(distance.to(threshold.dtype)) / normaliser.clamp(min=self.eps)[:, None]
+
+    def values(self, distance, query_pos):
+        x = self.interpolated(distance, query_pos)
+        return self.mlp(x[..., None]).permute(2, 0, 1)  # (Tq, Tk, H) -> (H, Tq, Tk)
+
+
+def t5_bucket(distance, num_buckets=32, max_distance=128):
+    """T5's unidirectional bucket of a distance i - j >= 0: exact for the first num_buckets/2
+    distances, then log-spaced up to max_distance, and the last bucket for everything beyond."""
+    exact = num_buckets // 2
+    far = exact + (torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact)
+                   * (num_buckets - exact)).long()
+    return torch.where(distance < exact, distance, far.clamp(max=num_buckets - 1))
+
+
+class T5Bias(AttentionBias):
+    """T5's relative bias: a learned scalar per (bucket, head), shared by all layers (as T5 computes it
+    in the first layer and reuses it). Causal LM, so the buckets are unidirectional."""
+
+    def __init__(self, n_head, num_buckets=32, max_distance=128):
+        super().__init__()
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        self.emb = nn.Embedding(num_buckets, n_head)
+
+    def values(self, distance, query_pos):
+        return self.emb(t5_bucket(distance, self.num_buckets, self.max_distance)).permute(2, 0, 1)
+
+
+# torch's CPU flash-attention kernel takes a mask and the causal flag together, skipping the blocks above
+# the diagonal: a constant bias (ALiBi's, or any under no_grad) then costs what causal attention costs.
+# SDPA does not expose that pairing (with a mask it takes its math path, as it must for a bias that needs
+# a gradient: the kernel returns none for the mask, and computing it costs what the math path costs).
+_cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def biased_attention(q, k, v, bias, is_causal=False, dropout=0.0):
+    """One attention call with an additive bias (1 or B, H, Tq, Tk) that carries the causal -inf itself;
+    is_causal=True (square only) lets the CPU kernel skip the blocks above the diagonal."""
+    if (_cpu_flash is not None and q.device.type == "cpu" and q.dtype == bias.dtype == torch.float32
+            and not bias.requires_grad and dropout == 0.0):
+        return _cpu_flash(q, k, v, 0.0, is_causal, attn_mask=bias)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+
+
+def attend_with_bias(q, k, v, bias, dropout=0.0, max_elems=1 << 24):
+    """Causal attention with an additive bias module, in query chunks of at most max_elems scores per
+    batch element once the sequence is long, so an 8192-token sequence never holds a (H, T, T) bias or
+    score tensor; a chunk of rows s..e needs only the keys 0..e."""
+    B, H, T, hd = q.shape
+    rows = max(1, min(T, max_elems // (H * T)))
+    if rows >= T:
+        return biased_attention(q, k, v, bias(0, T, T, q.device, q.dtype)[None], is_causal=True, dropout=dropout)
+    out = []
+    for s in range(0, T, rows):
+        e = min(T, s + rows)
+        mask = bias(s, e, e, q.device, q.dtype)[None]  # -inf above the diagonal
+        out.append(biased_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], mask, dropout=dropout))
+    return torch.cat(out, dim=2)

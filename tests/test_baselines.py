@@ -1,0 +1,244 @@
+"""The baselines beside FoPE: the registry, the additive biases against written-out references, RoPE-A,
+QK norm, causality and running past block_size for every registered position embedding."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines import (AlibiBias, FireBias, KerpleLogBias, SinusoidalPositions, T5Bias, attend_with_bias, biased_attention,
+                       sinusoidal_table, t5_bucket)
+from fope import RotaryPositionEmbedding, rope_inv_freq, whole_cycle_inv_freq
+from model import GPT, POS_EMBS, GPTConfig, PositionEmbedding
+
+ALL = [(name, False) for name in POS_EMBS] + [("rope", True), ("nope", True)]
+
+
+def tiny(pos_emb, qk_norm=False, block_size=16, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=block_size, vocab_size=11, n_layer=2, n_head=2, n_embd=16, pos_emb=pos_emb,
+                         qk_norm=qk_norm, rotary_backend="eager")).eval()
+
+
+def test_the_registry_holds_the_paper_baselines_and_every_name_is_buildable():
+    assert {"nope", "learned", "sinusoidal", "rope", "rope-a", "fope", "alibi", "kerple", "fire", "t5"} <= set(POS_EMBS)
+    for name, spec in POS_EMBS.items():
+        assert isinstance(spec, PositionEmbedding) and spec.kind in ("none", "absolute", "rotary", "bias")
+        assert tiny(name).config.pos_emb == name
+
+
+def test_a_new_registry_line_is_all_a_position_embedding_needs(monkeypatch):
+    """A twelfth embedding: its module and one line; GPTConfig, the model and training accept it."""
+    class Halved(KerpleLogBias):
+        def values(self, distance, query_pos):
+            return super().values(distance, query_pos) / 2
+
+    monkeypatch.setitem(POS_EMBS, "kerple-half", PositionEmbedding("bias", lambda c: Halved(c.n_head), shared=False))
+    model = tiny("kerple-half")
+    assert isinstance(model.transformer.h[1].attn.pos_bias, Halved)
+    logits, loss = model(torch.randint(0, 11, (2, 40)), torch.randint(0, 11, (2, 40)))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("pos_emb,qk_norm", ALL)
+def test_every_position_embedding_is_causal(pos_emb, qk_norm):
+    model = tiny(pos_emb, qk_norm)
+    x = torch.randint(0, 11, (1, 16))
+    y = x.clone()
+    y[0, 9:] = (y[0, 9:] + 3) % 11  # change the future of position 8
+    with torch.no_grad():
+        a, _ = model(x, x)
+        b, _ = model(y, y)
+    assert torch.allclose(a[0, :9], b[0, :9], atol=1e-6)
+    assert not torch.allclose(a[0, 9:], b[0, 9:], atol=1e-6)
+
+
+@pytest.mark.parametrize("pos_emb,qk_norm", ALL)
+def test_every_position_embedding_runs_past_block_size_or_says_it_cannot(pos_emb, qk_norm):
+    model = tiny(pos_emb, qk_norm)
+    x = torch.randint(0, 11, (2, 3 * 16 + 5))
+    if not POS_EMBS[pos_emb].past_block_size:
+        with pytest.raises(ValueError, match="cannot take 53 tokens"):
+            model(x, x)
+        return
+    with torch.no_grad():
+        _, loss = model(x, x)
+        _, short = model(x[:, :16], x[:, :16])
+    assert torch.isfinite(loss)
+    with torch.no_grad():  # and the first block_size positions are computed as in a short sequence
+        long_logits, _ = model(x, x)
+        short_logits, _ = model(x[:, :16], x[:, :16])
+    assert torch.allclose(long_logits[:, :16], short_logits, atol=1e-5)
+
+
+def test_kerple_bias_is_minus_r1_log_of_one_plus_r2_distance():
+    bias = KerpleLogBias(2)
+    with torch.no_grad():
+        bias.r1.copy_(torch.tensor([0.5, 2.0]))
+        bias.r2.copy_(torch.tensor([1.0, 0.25]))
+    b = bias(0, 4, 4, "cpu")
+    r1, r2 = [0.5, 2.0], [1.0, 0.25]
+    for h in range(2):
+        for i in range(4):
+            for j in range(4):
+                expected = -r1[h] * math.log(1 + r2[h] * (i - j)) if j <= i else -math.inf
+                assert b[h, i, j].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kerple_keeps_r1_and_r2_positive():
+    bias = KerpleLogBias(1, eps=0.01)
+    with torch.no_grad():
+        bias.r1.fill_(-3.0)
+        bias.r2.fill_(-1.0)
+    assert bias(0, 3, 3, "cpu")[0, 2, 0].item() == pytest.approx(-0.01 * math.log(1 + 0.01 * 2))
+
+
+def fire_with_known_mlp(train_len=4):
+    """FIRE with c = 0.1, L = train_len and an MLP that computes 2x + 0.5 for x >= 0 (one head)."""
+    fire = FireBias(1, train_len, hidden=2)
+    with torch.no_grad():
+        fire.mlp[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        fire.mlp[0].bias.zero_()
+        fire.mlp[2].weight.copy_(torch.tensor([[2.0, 3.0]]))
+        fire.mlp[2].bias.fill_(0.5)
+    return fire
+
+
+def test_fire_interpolates_by_the_threshold_below_it_and_by_the_query_position_past_it():
+    fire = fire_with_known_mlp(train_len=4)
+    psi = lambda x: math.log(0.1 * x + 1)  # noqa: E731
+    b = fire(0, 10, 10, "cpu")[0]
+    assert b[2, 0].item() == pytest.approx(2 * psi(2) / psi(4) + 0.5, rel=1e-6)  # i = 2 < L = 4: psi(L)
+    assert b[3, 1].item() == pytest.approx(2 * psi(2) / psi(4) + 0.5, rel=1e-6)  # a distance, whatever i < L
+    assert b[8, 3].item() == pytest.approx(2 * psi(5) / psi(8) + 0.5, rel=1e-6)  # i = 8 > L: psi(i)
+    assert b[9, 0].item() == pytest.approx(2 * 1.0 + 0.5, rel=1e-6)  # the farthest key past L maps to 1
+    assert b[5, 5].item() == pytest.approx(0.5)  # distance 0 maps to 0
+    assert b[2, 3].item() == -math.inf
+    x = fire.interpolated(torch.arange(0, 1000).clamp(min=0)[None, :], torch.tensor([999]))
+    assert x.min() >= 0 and x.max() <= 1 + 1e-6  # every distance of a long sequence stays in [0, 1]
+
+
+def test_fire_threshold_and_c_are_learned():
+    fire = fire_with_known_mlp()
+    fire(0, 10, 10, "cpu")[0].masked_fill(torch.ones(10, 10).triu(1).bool(), 0).sum().backward()
+    assert fire.c.grad is not None and fire.c.grad != 0
+    assert fire.l_mult.grad is not None and fire.l_mult.grad != 0  # rows i < L use psi(L)
+
+
+T5_BUCKETS = {0: 0, 1: 1, 15: 15, 16: 16, 20: 17, 64: 26, 127: 31, 128: 31, 1000: 31}  # 32 buckets, max distance 128
+
+
+def test_t5_buckets_are_exact_then_log_spaced_then_the_last():
+    distance = torch.tensor(list(T5_BUCKETS))
+    assert t5_bucket(distance).tolist() == list(T5_BUCKETS.values())
+
+
+def test_t5_bias_is_the_learned_scalar_of_the_distance_bucket_per_head():
+    bias = T5Bias(2)
+    with torch.no_grad():
+        bias.emb.weight.copy_(torch.arange(64.0).view(32, 2))  # bucket b, head h -> 2b + h
+    b = bias(0, 200, 200, "cpu")
+    for (i, j) in [(0, 0), (20, 0), (100, 36), (199, 0), (150, 140)]:
+        for h in range(2):
+            assert b[h, i, j].item() == 2 * T5_BUCKETS.get(i - j, t5_bucket(torch.tensor(i - j)).item()) + h
+    assert b[0, 3, 4].item() == -math.inf
+
+
+def test_alibi_bias_is_minus_slope_times_distance_and_masks_the_future():
+    bias = AlibiBias(2)(0, 3, 3, "cpu", torch.float32)  # slopes of 2 heads: 2^-4, 2^-8
+    inf = float("inf")
+    expected = torch.tensor([[[0, -inf, -inf], [-1 / 16, 0, -inf], [-2 / 16, -1 / 16, 0]],
+                             [[0, -inf, -inf], [-1 / 256, 0, -inf], [-2 / 256, -1 / 256, 0]]])
+    assert torch.equal(bias, expected)
+
+
+@pytest.mark.parametrize("make", [lambda: AlibiBias(3), lambda: KerpleLogBias(3), lambda: FireBias(3, 8), lambda: T5Bias(3)])
+def test_chunked_and_fast_attention_equal_attention_over_the_whole_bias(make):
+    torch.manual_seed(0)
+    bias = make()
+    q, k, v = (torch.randn(2, 3, 50, 8, requires_grad=True) for _ in range(3))
+    whole = F.scaled_dot_product_attention(q, k, v, attn_mask=bias(0, 50, 50, "cpu"))
+    for out in (attend_with_bias(q, k, v, bias), attend_with_bias(q, k, v, bias, max_elems=3 * 50 * 7)):  # 7 rows at a time
+        assert torch.allclose(whole, out, atol=1e-5)
+        g_whole = torch.autograd.grad(whole.square().sum(), (q, k, v), retain_graph=True)
+        g_out = torch.autograd.grad(out.square().sum(), (q, k, v))
+        for a, b in zip(g_whole, g_out):
+            assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_a_constant_bias_takes_the_causal_kernel_and_a_learned_one_gets_its_gradient():
+    torch.manual_seed(0)
+    bias = AlibiBias(4)(0, 300, 300, "cpu")[None]
+    q, k, v = (torch.randn(1, 4, 300, 8, requires_grad=True) for _ in range(3))
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    fast = biased_attention(q, k, v, bias, is_causal=True)  # the CPU flash kernel, upper blocks skipped
+    assert torch.allclose(fast, reference, atol=1e-5)
+    g = torch.randn_like(fast)
+    for a, b in zip(torch.autograd.grad((fast * g).sum(), (q, k, v)), torch.autograd.grad((reference * g).sum(), (q, k, v))):
+        assert torch.allclose(a, b, atol=1e-4)
+    learned = bias.clone().requires_grad_(True)
+    out = biased_attention(q, k, v, learned, is_causal=True)
+    assert torch.allclose(out, reference, atol=1e-5)
+    (grad,) = torch.autograd.grad((out * g).sum(), (learned,))
+    assert grad.abs().sum() > 0 and grad[0, :, 0, 1:].abs().max() == 0  # nothing flows to masked entries
+
+
+def test_rope_a_frequencies_complete_whole_cycles_in_the_training_length():
+    L = 64
+    w = rope_inv_freq(32)
+    snapped = whole_cycle_inv_freq(w, L)
+    cycles = snapped * L / (2 * math.pi)
+    assert torch.allclose(cycles, cycles.round(), atol=1e-9)  # whole cycles
+    assert (snapped - w).abs().max() <= math.pi / L + 1e-12  # the nearest such frequency
+    assert (snapped == 0).any() and (snapped[:3] > 0).all()  # less than half a cycle: position-free
+    rotary = tiny("rope-a").transformer.h[0].attn.rotary
+    assert torch.equal(rotary.inv_freq, whole_cycle_inv_freq(rope_inv_freq(8), 16))
+    # whole cycles: the rotation at position t + L equals the rotation at t
+    cos, sin = rotary.tables(0, 40)
+    assert torch.allclose(cos[:, 16:32], cos[:, :16], atol=1e-5) and torch.allclose(sin[:, 16:32], sin[:, :16], atol=1e-5)
+    plain = RotaryPositionEmbedding(8, train_len=16, backend="eager")
+    assert not torch.allclose(plain.tables(0, 40)[0][:, 16:32], plain.tables(0, 40)[0][:, :16], atol=1e-3)
+
+
+def test_qk_norm_gives_q_and_k_zero_mean_and_unit_variance_per_head_before_the_rotation():
+    model = tiny("rope", qk_norm=True)
+    seen = []
+    rotary = model.transformer.h[1].attn.rotary
+    handle = rotary.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    with torch.no_grad():
+        model.transformer.h[1].attn.c_attn.weight.mul_(5).add_(0.3)  # q, k far from normalised
+        model(torch.randint(0, 11, (3, 16)))
+    handle.remove()
+    assert len(seen) == 2  # q and k
+    for t in seen:
+        assert t.mean(-1).abs().max() < 1e-5
+        assert torch.allclose(t.var(-1, unbiased=False), torch.ones(()), atol=1e-3)
+    plain = tiny("rope")
+    seen.clear()
+    handle = plain.transformer.h[1].attn.rotary.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    with torch.no_grad():
+        plain.transformer.h[1].attn.c_attn.weight.mul_(5).add_(0.3)
+        plain(torch.randint(0, 11, (3, 16)))
+    handle.remove()
+    assert seen[0].mean(-1).abs().max() > 0.1  # without qk_norm the same weights give other statistics
+
+
+def test_sinusoidal_positions_are_sin_and_cos_of_the_vaswani_frequencies():
+    table = sinusoidal_table(torch.arange(50), 8)
+    for t in (0, 7, 49):
+        for i in range(4):
+            angle = t / 10000 ** (2 * i / 8)
+            assert table[t, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[t, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert torch.equal(SinusoidalPositions(8)(50, "cpu"), table.float())
+
+
+def test_a_rope_parent_starts_a_bias_model_with_fresh_bias_parameters():
+    from model import load_parent_weights
+    parent = tiny("rope")
+    child = tiny("kerple", seed=1)
+    r1 = child.transformer.h[0].attn.pos_bias.r1.detach().clone()
+    load_parent_weights(child, parent.state_dict(), {**vars(parent.config)}, "fresh")
+    assert torch.equal(child.transformer.h[0].attn.pos_bias.r1, r1)
+    assert torch.equal(child.transformer.h[0].attn.c_attn.weight, parent.transformer.h[0].attn.c_attn.weight)
