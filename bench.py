@@ -12,7 +12,12 @@ of the same bytes (the memory-bandwidth roof), then what it means for a training
     copy            torch.empty_like(x).copy_(x): the roof, output allocation included as in c;
                     forward+backward counts two copies (the backward also reads g and writes dx)
 (2) Training step of the laptop GPT (4 layers, 4 heads, 128 wide, T=128, batch 32, AdamW) for
-    RoPE and FoPE with each rotary_backend.
+    RoPE and FoPE with each rotary_backend, and for every position embedding of model.POS_EMBS (and
+    RoPE + QK norm) as a ratio to NoPE's step, against the targets: rotary <= 1.03, additive biases
+    <= 1.10.
+(3) Peak memory of an additive-bias sweep at 8192 tokens: config/owt's model (12 layers, 12 heads,
+    768 wide; L_train 512, so 16x), batch 1, one forward with per-token losses as eval_length.py
+    computes them, float32 on CPU, each embedding in a fresh process (its ru_maxrss).
 
 Methods, forward and forward+backward alike, are interleaved (round-robin each repeat), so drifting
 machine load hits all alike, and medians over repeats are reported. Every method allocates its outputs
@@ -34,6 +39,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -43,11 +49,13 @@ import torch.nn.functional as F
 import fope
 import fope_ext
 from fope import FourierPositionEmbedding, RotaryPositionEmbedding
-from model import GPT, GPTConfig
+from model import GPT, POS_EMBS, GPTConfig
 
 SHAPES = {"gpt2_small": (8, 12, 1024, 64), "laptop": (32, 4, 128, 32)}  # (B, H, T, head_dim)
 METHODS = ("eager_official", "eager_cached", "compile", "c", "copy")
 STEP_CONFIGS = [(pos_emb, backend) for pos_emb in ("rope", "fope") for backend in ("eager", "c", "compile")]
+STEP_TARGETS = {"rotary": 1.03, "bias": 1.10}  # step time over NoPE's, by POS_EMBS kind
+OWT_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=50304)  # config/owt_*.py
 
 # -----------------------------------------------------------------------------
 # rotation microbenchmark
@@ -210,6 +218,80 @@ def training_steps(batch_size=32, block_size=128):
     return steps
 
 
+def embedding_steps(batch_size=32, block_size=128):
+    """{name: one AdamW step} for every position embedding (rotary ones on the default backend, auto),
+    and RoPE with QK norm."""
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 65, (batch_size, block_size + 1), generator=g)
+    x, y = idx[:, :-1], idx[:, 1:]
+    steps = {}
+    for name, qk_norm in [(name, False) for name in POS_EMBS] + [("rope", True)]:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=block_size, n_layer=4, n_head=4, n_embd=128, vocab_size=65,
+                              pos_emb=name, qk_norm=qk_norm))
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+
+        def step(model=model, optimizer=optimizer):
+            _, loss = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        steps[name + ("+qknorm" if qk_norm else "")] = step
+    return steps
+
+
+def bench_embeddings(repeats, burst, warmup, batch_size=32, block_size=128):
+    """Every embedding's laptop step time and its ratio to NoPE's, measured interleaved in one run."""
+    medians, _ = interleaved_medians(embedding_steps(batch_size, block_size), repeats, burst, warmup)
+    nope = medians["nope"]
+    result = {"step_ms": {}, "over_nope": {}, "target": {}, "meets_target": {}}
+    print(f"training step per position embedding, laptop GPT, T={block_size}, batch {batch_size} (over NoPE's step):")
+    for name, seconds in medians.items():
+        kind = POS_EMBS[name.split("+")[0]].kind
+        ratio = seconds / nope
+        result["step_ms"][name], result["over_nope"][name] = seconds * 1e3, ratio
+        target = STEP_TARGETS.get(kind)
+        if target is not None:
+            result["target"][name], result["meets_target"][name] = target, ratio <= target
+        print(f"  {name:14s} {seconds * 1e3:8.2f} ms  {ratio:5.3f}x" + (f"  (target <= {target}: "
+              f"{'met' if ratio <= target else 'MISSED'})" if target else ""))
+    result["all_targets_met"] = all(result["meets_target"].values())
+    return result
+
+
+def sweep_memory_child(name, T, n_layer):
+    """In a fresh process: one eval forward of the owt model at T tokens, batch 1; print the peak RSS."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**OWT_SHAPE, "n_layer": n_layer}, pos_emb=name)).eval()
+    idx = torch.randint(0, 50304, (1, T))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        _, loss = model(idx, idx, reduction="none")
+    assert torch.isfinite(loss).all()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(json.dumps({"peak_rss_gib": peak, "seconds": time.perf_counter() - t0}))
+
+
+def bench_sweep_memory(T, n_layer):
+    """Peak memory of the T-token sweep for every additive-bias embedding (and NoPE for reference), each
+    in its own process; the dense (H, T, T) float32 tensor a bias or a score matrix alone would need."""
+    names = ["nope"] + [n for n, spec in POS_EMBS.items() if spec.kind == "bias"]
+    H = OWT_SHAPE["n_head"]
+    result = {"tokens": T, "batch": 1, "n_layer": n_layer, "model": {**OWT_SHAPE, "n_layer": n_layer}, "dtype": "float32",
+              "dense_hTT_float32_gib": H * T * T * 4 / 2**30, "limit_gib": 24, "peak_rss_gib": {}, "seconds": {}}
+    for name in names:
+        proc = subprocess.run([sys.executable, __file__, "--sweep-memory-child", name, str(T), str(n_layer)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"the {T}-token sweep of {name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        result["peak_rss_gib"][name], result["seconds"][name] = r["peak_rss_gib"], r["seconds"]
+        print(f"  {T}-token sweep, {name:8s} peak {r['peak_rss_gib']:6.2f} GiB ({r['seconds']:.0f} s)")
+    result["within_limit"] = all(v <= result["limit_gib"] for v in result["peak_rss_gib"].values())
+    return result
+
+
 def bench_training(repeats, burst, warmup, batch_size=32, block_size=128):
     t0 = time.perf_counter()
     medians, _ = interleaved_medians(training_steps(batch_size, block_size), repeats, burst, warmup)
@@ -240,7 +322,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats: under a minute")
     parser.add_argument("--out", default="bench.json", help="where to write the results")
+    parser.add_argument("--sweep-memory-child", nargs=3, help=argparse.SUPPRESS)  # (3)'s fresh process
     args = parser.parse_args()
+    if args.sweep_memory_child:
+        name, T, n_layer = args.sweep_memory_child
+        return sweep_memory_child(name, int(T), int(n_layer))
     if not fope_ext.available():
         raise SystemExit(f"fope_ext is not built ({fope_ext.build_error()}): install a C compiler "
                          "with OpenMP (e.g. apt-get install gcc) and run make ext")
@@ -264,6 +350,9 @@ def main():
         print_rotation(name, shape, r)
     out["modules"] = mods = bench_modules(SHAPES["gpt2_small"], repeats, burst, warmup)
     out["training"] = t = bench_training(step_repeats, burst=1, warmup=min(warmup, 5))
+    out["embeddings"] = bench_embeddings(step_repeats, burst=1, warmup=min(warmup, 5))
+    # quick: a 1-layer model at 2048 tokens (the full run's 12 layers at 8192 take minutes)
+    out["bias_sweep_memory"] = bench_sweep_memory(*((2048, 1) if args.quick else (8192, OWT_SHAPE["n_layer"])))
 
     big = out["rotation_gpt2_small"]
     out["speedup_c_over_eager_official_fwd_bwd"] = big["eager_official_fwd_bwd_ms"] / big["c_fwd_bwd_ms"]
