@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test setup demo ext bench lens extend
+.PHONY: test setup demo ext bench lens extend ablate
 
 setup: $(STAMP)
 
@@ -46,3 +46,7 @@ lens: $(STAMP)
 # context extension by continued training (the paper's Fig. 4), from make demo's runs (~15 min after it)
 extend: $(STAMP)
 	$(PY) extend.py $(if $(QUICK),--quick)
+
+# the paper's ablations and baselines, 21 arms x 3 seeds (~75 min on 2 cores); QUICK=1: a few-minute smoke run
+ablate: $(STAMP)
+	$(PY) ablate.py $(if $(QUICK),--quick)

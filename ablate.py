@@ -1,0 +1,235 @@
+"""
+The paper's ablations and baselines at laptop scale, with seeds (what `make ablate` runs).
+
+Every arm is a train.py run (config/ablate.py: make demo's model and data, 900 iterations) with 3 seeds;
+the sections are the paper's comparisons, and an arm in several sections is trained once:
+
+    parts       RoPE, clamp only ("w/o FS"), Fourier series only ("w/o CF"), FoPE      (its Fig. 6a)
+    sigma       FoPE with coefficient gain sigma in {0, 0.1, ..., 0.5}                  (Fig. 6b)
+    basis       FoPE with fourier_dim in {1, 2, 3, 4} x head_dim (the basis size)       (Fig. 6c)
+    table2      RoPE, RoPE + QK norm, RoPE-A, NoPE                                      (Table 2)
+    embeddings  every position embedding of model.POS_EMBS side by side                 (Fig. 1)
+
+Then one length sweep (eval_length.py) over every run: perplexity beyond L_train at 4x and 16x (and
+2x, 8x), perplexity at L_train, passkey at 1x and 2x; per section a table, a figure and the paper's
+claims tested with a paired per-seed difference (see compare()).
+
+A finished run is kept while its config and code are unchanged (demo.stale_reason). With --scale=demo
+the arms are trained at make demo's own settings into out/demo, so make demo's runs (rope, fope,
+clamp-only, alibi, nope; seeds 1 and 2) are the same runs and are reused, not retrained.
+
+    python ablate.py                  # ~75 minutes on 2 CPU cores (make ablate)
+    python ablate.py --quick          # a smoke run of the same pipeline: 2 seeds, 20 iterations
+    python ablate.py --scale=demo     # the demo's 2200 iterations, reusing make demo's runs (~2.5 h)
+
+Writes results/ablate.{csv,json,md}, results/ablate_<section>.png and results/ablate_timing.json.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import demo
+from model import POS_EMBS
+
+SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+HEAD_DIM = 32  # config/demo.py: n_embd 128 / n_head 4
+FOURIER_DIMS = (HEAD_DIM, 2 * HEAD_DIM, 3 * HEAD_DIM, 4 * HEAD_DIM)
+FOPE_SIGMA = 0.3  # model.GPTConfig's default: the "fope" arm is sigma 0.3 and fourier_dim = head_dim
+
+
+def arms():
+    """arm -> train.py flags. The demo's variants keep the demo's names and flags (so the runs coincide)."""
+    a = {"rope": demo.VARIANTS["rope"], "clamp-only": demo.VARIANTS["clamp-only"],
+         "fourier-only": ["--pos_emb=fope", "--fope_clamp=False"], "fope": demo.VARIANTS["fope"]}
+    a.update({f"fope-sigma{s:g}": ["--pos_emb=fope", f"--fope_sigma={s}"] for s in SIGMAS if s != FOPE_SIGMA})
+    a.update({f"fope-dim{d}": ["--pos_emb=fope", f"--fope_dim={d}"] for d in FOURIER_DIMS if d != HEAD_DIM})
+    a["rope+qknorm"] = ["--pos_emb=rope", "--qk_norm=True"]
+    for name in POS_EMBS:  # a new registry line is a new arm
+        a.setdefault(name, demo.VARIANTS.get(name, [f"--pos_emb={name}"]))
+    return a
+
+
+def sections():
+    """section -> (title, [(row label, arm)])."""
+    return {
+        "parts": ("Parts of FoPE (the paper's Fig. 6a)", [
+            ("RoPE", "rope"), ("clamp only (w/o FS)", "clamp-only"), ("Fourier only (w/o CF)", "fourier-only"),
+            ("FoPE", "fope")]),
+        "sigma": ("FoPE's coefficient gain sigma (Fig. 6b)", [
+            (f"sigma={s:g}", "fope" if s == FOPE_SIGMA else f"fope-sigma{s:g}") for s in SIGMAS]),
+        "basis": ("FoPE's basis size, fourier_dim (Fig. 6c)", [
+            (f"fourier_dim={d}", "fope" if d == HEAD_DIM else f"fope-dim{d}") for d in FOURIER_DIMS]),
+        "table2": ("QK norm and whole-cycle frequencies (Table 2)", [
+            ("RoPE", "rope"), ("RoPE + QK norm", "rope+qknorm"), ("RoPE-A", "rope-a"), ("NoPE", "nope")]),
+        "embeddings": ("Every position embedding (Fig. 1's baselines and the classics)", [
+            (name, name) for name in POS_EMBS]),
+    }
+
+
+# the paper's claims, each a paired comparison: (section, A, B, metric, multiple of L_train, claim)
+# with A expected below B (perplexity) or above B (passkey)
+CLAIMS = [
+    ("parts", "fope", "rope", "ppl_beyond", 16, "FoPE generalizes past L_train better than RoPE"),
+    ("parts", "clamp-only", "rope", "ppl_beyond", 16, "the clamp alone helps"),
+    ("parts", "fourier-only", "rope", "ppl_beyond", 16, "the Fourier series alone helps"),
+    ("parts", "fope", "clamp-only", "ppl_beyond", 16, "the combination beats the clamp alone"),
+    ("parts", "fope", "fourier-only", "ppl_beyond", 16, "the combination beats the Fourier series alone"),
+    ("parts", "fourier-only", "clamp-only", "ppl_beyond", 16, "the Fourier series contributes more to length generalization"),
+    ("parts", "clamp-only", "fourier-only", "ppl", 1, "the clamp contributes more to fitting the training length"),
+    *[("sigma", "fope", f"fope-sigma{s:g}", "ppl_beyond", 16, f"sigma 0.3 beats sigma {s:g}") for s in SIGMAS if s != FOPE_SIGMA],
+    *[("basis", "fope", f"fope-dim{d}", "ppl_beyond", 16, f"(none: little effect on perplexity) fourier_dim {HEAD_DIM} vs {d}")
+      for d in FOURIER_DIMS if d != HEAD_DIM],
+    ("table2", "rope+qknorm", "rope", "ppl_beyond", 16, "QK norm helps RoPE past L_train (7.16 -> 6.66 at 16x)"),
+    ("table2", "rope-a", "rope", "ppl_beyond", 16, "RoPE-A generalizes better than RoPE (7.16 -> 6.67 at 16x)"),
+    ("table2", "rope", "rope-a", "ppl", 1, "RoPE fits L_train better than RoPE-A (5.50 vs 5.72)"),
+    ("table2", "nope", "rope", "ppl_beyond", 16, "NoPE degrades less than RoPE at 16x (6.99 vs 7.16)"),
+    ("embeddings", "fope", "rope", "ppl_beyond", 4, "FoPE's perplexity is far more stable than RoPE's"),
+    ("embeddings", "alibi", "fope", "ppl_beyond", 16, "ALiBi's perplexity is slightly below FoPE's"),
+    ("embeddings", "fope", "rope", "passkey", 2, "RoPE's passkey falls to 0 at 2x, FoPE's stays"),
+    ("embeddings", "fope", "alibi", "passkey", 2, "FoPE's passkey is stable where ALiBi's declines"),
+    ("embeddings", "fope", "kerple", "ppl_beyond", 16, "(Fig. 1 plots it) FoPE vs KERPLE"),
+    ("embeddings", "fope", "fire", "ppl_beyond", 16, "(Fig. 1 plots it) FoPE vs FIRE"),
+]
+METRIC_NAMES = {"ppl_beyond": "ppl beyond L_train", "ppl": "ppl", "passkey": "passkey"}
+# two-sided 5% critical values of Student's t with df = n_seeds - 1
+T_CRITICAL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def compare(rows, a, b, metric, length):
+    """The paired per-seed difference A - B of one metric at one length: mean, min, max, the paired t
+    statistic, and whether it exceeds the seed spread. It does when every seed's difference has the same
+    sign and |t| exceeds Student's two-sided 5% critical value for n - 1 degrees of freedom (a paired
+    t-test; with 3 seeds, |t| > 4.30). None if fewer than 2 seeds have both values."""
+    by_seed = defaultdict(dict)
+    for r in rows:
+        if r["length"] == length and r["label"] in (a, b) and r[metric] is not None:
+            by_seed[r["seed"]][r["label"]] = r[metric]
+    d = [v[a] - v[b] for v in by_seed.values() if a in v and b in v]
+    if len(d) < 2:
+        return None
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    t = mean / (sd / math.sqrt(len(d))) if sd > 0 else (math.inf if mean else 0.0)
+    same_sign = all(x > 0 for x in d) or all(x < 0 for x in d)
+    exceeds = same_sign and abs(t) > T_CRITICAL.get(len(d) - 1, 1.96)
+    return {"n": len(d), "mean": mean, "min": min(d), "max": max(d), "t": t, "exceeds_seed_spread": exceeds}
+
+
+def claim_rows(rows, train_len):
+    out = []
+    for section, a, b, metric, multiple, claim in CLAIMS:
+        c = compare(rows, a, b, metric, multiple * train_len)
+        if c is None:
+            continue
+        better = c["mean"] > 0 if metric == "passkey" else c["mean"] < 0  # A better than B on average
+        if claim.startswith("(none"):
+            verdict = "agrees (no clear difference)" if not c["exceeds_seed_spread"] else "differs: a clear difference"
+        elif c["exceeds_seed_spread"]:
+            verdict = "agrees" if better else "opposite, beyond the seed spread"
+        else:
+            verdict = ("same direction, " if better else "opposite direction, ") + "within the seed spread"
+        out.append({"section": section, "claim": claim, "a": a, "b": b, "metric": metric, "length": multiple * train_len,
+                    "multiple": multiple, **c, "verdict": verdict})
+    return out
+
+
+def format_claims(claims):
+    lines = ["| claim (paper) | A - B | metric @ length | mean [min-max] over seeds | paired t | verdict |",
+             "|---|---|---|---|---|---|"]
+    for c in claims:
+        lines.append(f"| {c['claim']} | {c['a']} - {c['b']} | {METRIC_NAMES[c['metric']]} @ {c['multiple']}x | "
+                     f"{c['mean']:+.3f} [{c['min']:+.3f} {c['max']:+.3f}] | {c['t']:.1f} | {c['verdict']} |")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="the paper's ablations and baselines at laptop scale, with seeds")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 20 iterations, small sweeps")
+    p.add_argument("--scale", choices=("ablate", "demo"), default="ablate",
+                   help="ablate: config/ablate.py (900 iterations); demo: make demo's settings and runs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    args = p.parse_args(argv)
+    config, extra = f"config/{args.scale}.py", []
+    out, results = ("out/demo" if args.scale == "demo" else "out/ablate"), "results"
+    lengths = [1, 2, 4, 8, 16]
+    sweep = ["--tokens=32768", "--trials=20", "--passkey_up_to=2"]
+    seeds = args.seeds
+    if args.quick:
+        seeds, out, results = args.seeds[:2], "out/ablate_quick", "results/quick"
+        extra = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
+        lengths, sweep = [1, 2, 4, 16], ["--tokens=2048", "--trials=2", "--passkey_up_to=2"]
+    if len(seeds) < 2:
+        raise SystemExit("ablate needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
+    os.makedirs(out, exist_ok=True)
+    os.makedirs(results, exist_ok=True)
+    stages, t_all = {}, time.time()
+
+    def stage(message):
+        print(f"[ablate {time.time() - t_all:6.0f}s] {message}", flush=True)
+        return time.time()
+
+    t0 = stage("1/4 data: char-level Shakespeare")
+    if not os.path.isfile("data/shakespeare/char/meta.json"):
+        demo.run([sys.executable, "data/shakespeare/prepare.py", "--char-only"], f"{out}/prepare.log")
+    stages["data"] = time.time() - t0
+
+    all_arms = arms()
+    t0 = stage(f"2/4 train: {len(all_arms)} arms x {len(seeds)} seeds ({config}{' quick' if args.quick else ''})")
+    ckpts = {}
+    for arm, flags in all_arms.items():
+        for seed in seeds:
+            out_dir, train_args = demo.run_args(config, out, arm, flags, seed, extra)
+            ckpts.setdefault(arm, []).append(out_dir)
+            demo.ensure_trained(out_dir, train_args, stages, args.fresh)
+    stages["train"] = time.time() - t0
+
+    t0 = stage("3/4 eval: one length sweep over every run")
+    demo.run([sys.executable, "eval_length.py", "--ckpt", *[c for cs in ckpts.values() for c in cs],
+              *[f"--label={arm}={','.join(cs)}" for arm, cs in ckpts.items()],
+              "--multipliers", *map(str, lengths), "--out", f"{results}/ablate", *sweep], f"{out}/eval_ablate.log")
+    stages["eval"] = time.time() - t0
+
+    stage("4/4 write: tables, figures, the paper's claims")
+    with open(f"{results}/ablate.json") as f:
+        sweep_result = json.load(f)
+    train_len = sweep_result["info"]["train_len"]
+    claims = claim_rows(sweep_result["rows"], train_len)
+    sweep_result["claims"] = claims
+    sweep_result["sections"] = {name: {"title": title, "rows": dict(rows)} for name, (title, rows) in sections().items()}
+    with open(f"{results}/ablate.json", "w") as f:
+        json.dump(sweep_result, f, indent=1)
+    stages["total"] = time.time() - t_all
+    write_report(results, sweep_result, stages, seeds, config)
+    print(f"[ablate {stages['total']:6.0f}s] done: {results}/ablate.md", flush=True)
+
+
+def write_report(results, sweep, stages, seeds, config):
+    from eval_length import format_table, plot
+    lengths, train_len = sweep["info"]["lengths"], sweep["info"]["train_len"]
+    per_position = sweep["per_position"]["loss"]
+    lines = [f"# nanoFoPE ablations and baselines ({time.strftime('%Y-%m-%d')})", "",
+             f"{config}; seeds {seeds}; L_train = {train_len}; lengths {lengths}. Perplexity 'beyond L_train' "
+             f"averages the positions >= {train_len}; passkey is exact match, measured up to 2x.", ""]
+    for name, (title, rows) in sections().items():
+        summary = {label: sweep["summary"][arm] for label, arm in rows if arm in sweep["summary"]}
+        import numpy as np
+        plot({label: {int(L): s for L, s in by.items()} for label, by in summary.items()},
+             {label: np.array([per_position[arm]]) for label, arm in rows if arm in per_position},
+             train_len, f"{results}/ablate_{name}")
+        lines += [f"## {title}", "", f"![{name}](ablate_{name}.png)", "", "```", format_table(summary, lengths).strip(), "```", ""]
+        claims = [c for c in sweep["claims"] if c["section"] == name]
+        if claims:
+            lines += ["The paper's claims, as paired per-seed differences A - B (a paired t-test: 'beyond the seed "
+                      "spread' when every seed agrees in sign and |t| exceeds the 5% critical value):", "",
+                      *format_claims(claims), ""]
+    demo.write_markdown(f"{results}/ablate", lines, stages)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""make ablate: the arms come from the registry, the paired comparisons, and the quick pipeline end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ablate
+import demo
+from model import POS_EMBS, PositionEmbedding
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rows(values_a, values_b, metric="ppl_beyond", length=1024):
+    """eval_length.py rows of two arms, one per seed."""
+    out = []
+    for label, values in (("A", values_a), ("B", values_b)):
+        for seed, v in enumerate(values, 1):
+            out.append({"label": label, "seed": seed, "length": length, "ppl_beyond": None, "passkey": None,
+                        "ppl": None, metric: v})
+    return out
+
+
+def test_a_difference_exceeds_the_seed_spread_only_when_every_seed_agrees_and_the_paired_t_is_large():
+    clear = ablate.compare(rows([10.0, 11.0, 12.0], [12.0, 13.1, 13.9]), "A", "B", "ppl_beyond", 1024)
+    assert clear["n"] == 3 and clear["mean"] == pytest.approx(-2.0) and clear["exceeds_seed_spread"]
+    assert clear["min"] == pytest.approx(-2.1) and clear["max"] == pytest.approx(-1.9)
+    # the same means, but the per-seed differences disagree in sign: within the spread
+    mixed = ablate.compare(rows([10.0, 11.0, 12.0], [14.0, 14.0, 11.0]), "A", "B", "ppl_beyond", 1024)
+    assert mixed["mean"] == pytest.approx(-2.0) and not mixed["exceeds_seed_spread"]
+    # same sign everywhere but noisy: t = 1.6 / (1.48 / sqrt 3) < 4.30
+    noisy = ablate.compare(rows([10.0, 10.0, 10.0], [10.1, 10.2, 14.5]), "A", "B", "ppl_beyond", 1024)
+    assert all(d < 0 for d in (noisy["min"], noisy["max"])) and not noisy["exceeds_seed_spread"]
+    assert ablate.compare(rows([1.0], [2.0]), "A", "B", "ppl_beyond", 1024) is None  # one seed: no test
+
+
+def test_claims_read_perplexity_lower_and_passkey_higher_as_better(monkeypatch):
+    monkeypatch.setattr(ablate, "CLAIMS", [("s", "A", "B", "ppl_beyond", 16, "A beats B"),
+                                           ("s", "A", "B", "passkey", 2, "A retrieves more")])
+    r = rows([10.0, 11.0, 12.0], [12.0, 13.1, 13.9]) + rows([0.9, 0.8, 0.95], [0.1, 0.0, 0.2], "passkey", 128)
+    verdicts = {c["metric"]: c["verdict"] for c in ablate.claim_rows(r, 64)}
+    assert verdicts == {"ppl_beyond": "agrees", "passkey": "agrees"}
+    r = rows([12.0, 13.1, 13.9], [10.0, 11.0, 12.0])
+    assert ablate.claim_rows(r, 64)[0]["verdict"] == "opposite, beyond the seed spread"
+
+
+def test_every_registered_embedding_is_an_arm_and_a_new_one_joins_without_edits(monkeypatch):
+    assert set(POS_EMBS) <= set(ablate.arms())
+    monkeypatch.setitem(POS_EMBS, "xpos", PositionEmbedding("rotary", POS_EMBS["rope"].build))
+    assert ablate.arms()["xpos"] == ["--pos_emb=xpos"]
+    assert ("xpos", "xpos") in ablate.sections()["embeddings"][1]
+
+
+def test_the_demo_variants_are_the_same_runs_at_demo_scale():
+    """--scale=demo trains make demo's variants with make demo's arguments into make demo's out_dirs."""
+    for variant, flags in demo.VARIANTS.items():
+        assert ablate.arms()[variant] == flags
+        assert demo.run_args("config/demo.py", "out/demo", variant, ablate.arms()[variant], 1) == \
+            demo.run_args("config/demo.py", "out/demo", variant, demo.VARIANTS[variant], 1)
+    used = {arm for _, (_, pairs) in ablate.sections().items() for _, arm in pairs}
+    assert used == set(ablate.arms())  # every arm is in a section, every section's arm is trained
+
+
+def test_quick_ablate_runs_end_to_end_and_reports_every_section_arm_and_claim():
+    proc = subprocess.run([sys.executable, "ablate.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for stage in ("1/4 data", "2/4 train", "3/4 eval", "4/4 write"):
+        assert stage in proc.stdout
+    results = ROOT / "results" / "quick"
+    sweep = json.loads((results / "ablate.json").read_text())
+    assert set(sweep["summary"]) == set(ablate.arms())
+    assert all(len(sweep["info"]["groups"][arm]) == 2 for arm in ablate.arms())  # two seeds each
+    assert sweep["info"]["lengths"] == [64, 128, 256, 1024]
+    assert {c["section"] for c in sweep["claims"]} >= {"parts", "sigma", "table2", "embeddings"}
+    assert all(c["n"] == 2 and c["verdict"] for c in sweep["claims"])
+    report = (results / "ablate.md").read_text()
+    for name, (title, _) in ablate.sections().items():
+        assert title in report and (results / f"ablate_{name}.png").is_file()
+    assert "paired t" in report and "Stage times" in report
+    assert "learned at 128: skipped: learned positions stop at block_size 64" in report
