@@ -45,11 +45,14 @@ def sinusoidal_table(positions, n_embd, base=10000.0):
 
 
 class SinusoidalPositions(nn.Module):
-    """Fixed sinusoids, defined at every position: runs past block_size."""
+    """Fixed sinusoids, defined at every position: runs past block_size. As in Vaswani et al. (Sec. 3.4)
+    the token embeddings are multiplied by sqrt(n_embd) before the sinusoids are added (embed_scale; the
+    tied output layer is unchanged), else GPT's N(0, 0.02) embeddings would drown in unit-size sinusoids."""
 
     def __init__(self, n_embd):
         super().__init__()
         self.n_embd = n_embd
+        self.embed_scale = math.sqrt(n_embd)
 
     def forward(self, T, device, dtype=torch.float32):
         return sinusoidal_table(torch.arange(T), self.n_embd).to(device, dtype)

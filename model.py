@@ -277,7 +277,8 @@ class GPT(nn.Module):
         B, T = idx.size()
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:  # absolute positions (learned raises past block_size)
-            x = x + self.transformer.wpe(T, idx.device, x.dtype)
+            wpe = self.transformer.wpe
+            x = x * getattr(wpe, "embed_scale", 1.0) + wpe(T, idx.device, x.dtype)
         x = self.transformer.drop(x)
         shared_bias = self.transformer.pos_bias if "pos_bias" in self.transformer else None
         for block in self.transformer.h:

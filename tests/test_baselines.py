@@ -232,6 +232,13 @@ def test_sinusoidal_positions_are_sin_and_cos_of_the_vaswani_frequencies():
             assert table[t, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
             assert table[t, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
     assert torch.equal(SinusoidalPositions(8)(50, "cpu"), table.float())
+    model = tiny("sinusoidal")  # token embeddings scaled by sqrt(n_embd) = 4, then the table added
+    idx = torch.randint(0, 11, (1, 20))
+    seen = []
+    model.transformer.drop.register_forward_hook(lambda m, args, out: seen.append(out))
+    with torch.no_grad():
+        model(idx)
+    assert torch.allclose(seen[0][0], model.transformer.wte(idx)[0] * 4 + sinusoidal_table(torch.arange(20), 16).float(), atol=1e-6)
 
 
 def test_a_rope_parent_starts_a_bias_model_with_fresh_bias_parameters():
