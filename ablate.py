@@ -16,7 +16,7 @@ claims tested with a paired per-seed difference (see compare()).
 
 A finished run is kept while its config and code are unchanged (demo.stale_reason). With --scale=demo
 the arms are trained at make demo's own settings into out/demo, so make demo's runs (rope, fope,
-clamp-only, alibi, nope; seeds 1 and 2) are the same runs and are reused, not retrained.
+clamp-only, alibi, nope; seeds 1 and 2), when made by the same code, are the same runs and are reused.
 
     python ablate.py                  # ~75 minutes on 2 CPU cores (make ablate)
     python ablate.py --quick          # a smoke run of the same pipeline: 2 seeds, 20 iterations
@@ -127,7 +127,9 @@ def claim_rows(rows, train_len):
         if c is None:
             continue
         better = c["mean"] > 0 if metric == "passkey" else c["mean"] < 0  # A better than B on average
-        if claim.startswith("(none"):
+        if c["min"] == c["max"] == 0:  # every seed equal (passkey 1.00 against 1.00, say)
+            verdict = "no difference (every seed equal)"
+        elif claim.startswith("(none"):
             verdict = "agrees (no clear difference)" if not c["exceeds_seed_spread"] else "differs: a clear difference"
         elif c["exceeds_seed_spread"]:
             verdict = "agrees" if better else "opposite, beyond the seed spread"

@@ -108,8 +108,9 @@ class AlibiBias(AttentionBias):
 
 class KerpleLogBias(AttentionBias):
     """KERPLE's logarithmic kernel, -r1 log(1 + r2 |i - j|), r1 and r2 learned per head (and layer:
-    every attention layer owns one). They are kept positive by clamping to eps in the forward pass, as
-    the KERPLE code does; the initial values are uniform in (0, 2) for r1 and (0, 1) for r2."""
+    every attention layer owns one). They are kept positive by projecting them onto [eps, inf) before
+    each use (a clamp inside the graph would zero their gradient below eps and leave them stuck there);
+    the initial values are uniform in (0, 2) for r1 and (0, 1) for r2."""
 
     def __init__(self, n_head, eps=1e-2):
         super().__init__()
@@ -118,8 +119,10 @@ class KerpleLogBias(AttentionBias):
         self.r2 = nn.Parameter(torch.rand(n_head))
 
     def values(self, distance, query_pos):
-        r1, r2 = self.r1.clamp(min=self.eps), self.r2.clamp(min=self.eps)
-        return -r1[:, None, None] * torch.log1p(r2[:, None, None] * distance)
+        with torch.no_grad():
+            self.r1.clamp_(min=self.eps)
+            self.r2.clamp_(min=self.eps)
+        return -self.r1[:, None, None] * torch.log1p(self.r2[:, None, None] * distance)
 
 
 class FireBias(AttentionBias):
@@ -127,7 +130,7 @@ class FireBias(AttentionBias):
     maps every distance into [0, 1]: within the threshold L by the fixed normaliser psi(L), past it by
     the query's own position, so a longer sequence never leaves the MLP's training range. c (init 0.1) and
     L (init L_train, learned as a multiple of it) are learned; the MLP is 1 -> 32 (ReLU) -> n_head.
-    One FIRE serves all layers."""
+    Every layer owns one (the FIRE paper's default; sharing one across layers is its FIRE-S)."""
 
     def __init__(self, n_head, train_len, hidden=32, init_c=0.1, eps=1e-6):
         super().__init__()
@@ -179,8 +182,8 @@ class T5Bias(AttentionBias):
 
 # torch's CPU flash-attention kernel takes a mask and the causal flag together, skipping the blocks above
 # the diagonal: a constant bias (ALiBi's, or any under no_grad) then costs what causal attention costs.
-# SDPA does not expose that pairing (with a mask it takes its math path, as it must for a bias that needs
-# a gradient: the kernel returns none for the mask, and computing it costs what the math path costs).
+# SDPA refuses a mask with is_causal, so it computes every block; and a bias that needs a gradient must go
+# through SDPA (the kernel returns no gradient for its mask).
 _cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 

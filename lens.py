@@ -10,7 +10,7 @@ activations, which mix frequencies, and (2) by frequencies that complete less th
 training length L_train, which training never sees whole. It argues this mostly analytically. This
 script measures it on a checkpoint, from the model's own q and k: forward hooks on each layer's
 attn.c_attn give q and k before the rotation (split as CausalSelfAttention.forward splits them), the
-layer's attn.rotary module rotates them, and the scores are q.k / sqrt(head_dim), plus attn.alibi's
+layer's attn.rotary module rotates them, and the scores are q.k / sqrt(head_dim), plus the additive bias's (attn.pos_bias or the model's shared one)
 bias for ALiBi: exactly what the layer feeds to its softmax (tests/test_lens.py checks it).
 
 Four measurements, per checkpoint and layer (heads averaged):

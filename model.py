@@ -9,8 +9,8 @@ module (fope.py for rotary ones, baselines.py for the others) and one line there
 - rotary, applied to q and k in every layer: "rope" (Su et al. 2021), "rope-a" (RoPE with every
   frequency snapped to whole cycles in L_train, the FoPE paper's Table 2), "fope" (Hua et al. 2025,
   arXiv 2412.17739; its fope_* knobs give the paper's ablation arms);
-- additive attention biases: "alibi" (Press et al. 2022), "kerple" (Chi et al. 2022), "fire" (Li et
-  al. 2023), "t5" (Raffel et al. 2020);
+- additive attention biases: "alibi" (Press et al. 2022; one module for all layers), "kerple" (Chi et
+  al. 2022) and "fire" (Li et al. 2023), each layer its own, "t5" (Raffel et al. 2020; shared, as in T5);
 - "nope": no position information at all (causal masking alone; Kazemnejad et al. 2023).
 qk_norm=True normalises q and k per head before any rotation (the paper's Table 2 "QK norm").
 The paper's models use RMSNorm and SwiGLU (OLMo); nanoGPT uses LayerNorm and GELU: both are knobs.
@@ -65,7 +65,7 @@ POS_EMBS = {  # name -> how it is built; make ablate and eval_length.py take eve
     "fope": PositionEmbedding("rotary", build_fope),
     "alibi": PositionEmbedding("bias", lambda c: AlibiBias(c.n_head)),
     "kerple": PositionEmbedding("bias", lambda c: KerpleLogBias(c.n_head), shared=False),
-    "fire": PositionEmbedding("bias", lambda c: FireBias(c.n_head, c.block_size)),
+    "fire": PositionEmbedding("bias", lambda c: FireBias(c.n_head, c.block_size), shared=False),
     "t5": PositionEmbedding("bias", lambda c: T5Bias(c.n_head)),
 }
 
@@ -121,7 +121,7 @@ class GPTConfig:
 
 
 # what a parent run must share with the model it starts (load_parent_weights); everything else may change
-SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "norm", "mlp")
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "norm", "mlp", "qk_norm")
 
 
 def load_parent_weights(model, parent_state, parent_args, fourier_expand="fresh"):
@@ -140,6 +140,9 @@ def load_parent_weights(model, parent_state, parent_args, fourier_expand="fresh"
         movable = ", ".join(n for n, s in POS_EMBS.items() if s.past_block_size)
         raise ValueError(f"{fixed[0]} positions cannot be carried to another block_size or position embedding "
                          f"(parent: {parent_args['pos_emb']} at {parent_args['block_size']}); pick {movable}")
+    if "sinusoidal" in (parent_args["pos_emb"], config.pos_emb) and parent_args["pos_emb"] != config.pos_emb:
+        raise ValueError(f"sinusoidal positions scale the token embeddings by sqrt(n_embd): a run cannot switch "
+                         f"into or out of them (parent: {parent_args['pos_emb']}, this run: {config.pos_emb})")
     state = model.state_dict()
     for key, own in state.items():
         parent = parent_state.get(key)

@@ -45,6 +45,9 @@ def test_claims_read_perplexity_lower_and_passkey_higher_as_better(monkeypatch):
     assert verdicts == {"ppl_beyond": "agrees", "passkey": "agrees"}
     r = rows([12.0, 13.1, 13.9], [10.0, 11.0, 12.0])
     assert ablate.claim_rows(r, 64)[0]["verdict"] == "opposite, beyond the seed spread"
+    r = rows([9.0, 11.5, 11.0], [10.0, 11.0, 12.0]) + rows([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], "passkey", 128)
+    verdicts = {c["metric"]: c["verdict"] for c in ablate.claim_rows(r, 64)}
+    assert verdicts == {"ppl_beyond": "same direction, within the seed spread", "passkey": "no difference (every seed equal)"}
 
 
 def test_every_registered_embedding_is_an_arm_and_a_new_one_joins_without_edits(monkeypatch):

@@ -86,12 +86,16 @@ def test_kerple_bias_is_minus_r1_log_of_one_plus_r2_distance():
                 assert b[h, i, j].item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_kerple_keeps_r1_and_r2_positive():
+def test_kerple_projects_r1_and_r2_back_to_positive_and_keeps_learning_them():
     bias = KerpleLogBias(1, eps=0.01)
     with torch.no_grad():
         bias.r1.fill_(-3.0)
         bias.r2.fill_(-1.0)
-    assert bias(0, 3, 3, "cpu")[0, 2, 0].item() == pytest.approx(-0.01 * math.log(1 + 0.01 * 2))
+    b = bias(0, 3, 3, "cpu")
+    assert b[0, 2, 0].item() == pytest.approx(-0.01 * math.log(1 + 0.01 * 2))
+    assert bias.r1.item() == pytest.approx(0.01) and bias.r2.item() == pytest.approx(0.01)
+    b[0, 2, 0].backward()
+    assert bias.r1.grad.item() != 0 and bias.r2.grad.item() != 0  # at eps, not stuck there
 
 
 def fire_with_known_mlp(train_len=4):
@@ -239,6 +243,15 @@ def test_sinusoidal_positions_are_sin_and_cos_of_the_vaswani_frequencies():
     with torch.no_grad():
         model(idx)
     assert torch.allclose(seen[0][0], model.transformer.wte(idx)[0] * 4 + sinusoidal_table(torch.arange(20), 16).float(), atol=1e-6)
+
+
+def test_a_parent_cannot_switch_qk_norm_or_into_or_out_of_sinusoidal_positions():
+    from model import load_parent_weights
+    for parent, child, message in [(tiny("rope"), tiny("rope", qk_norm=True), "qk_norm False -> True"),
+                                   (tiny("rope"), tiny("sinusoidal"), "cannot switch into or out of"),
+                                   (tiny("sinusoidal"), tiny("rope"), "cannot switch into or out of")]:
+        with pytest.raises(ValueError, match=message):
+            load_parent_weights(child, parent.state_dict(), {**vars(parent.config)})
 
 
 def test_a_rope_parent_starts_a_bias_model_with_fresh_bias_parameters():
