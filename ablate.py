@@ -34,6 +34,8 @@ import sys
 import time
 from collections import defaultdict
 
+import numpy as np
+
 import demo
 from model import POS_EMBS
 
@@ -156,6 +158,8 @@ def main(argv=None):
                    help="ablate: config/ablate.py (900 iterations); demo: make demo's settings and runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--report_only", action="store_true",
+                   help="rewrite the tables, figures and claims from results/ablate.json (no training, no sweep)")
     args = p.parse_args(argv)
     config, extra = f"config/{args.scale}.py", []
     out, results = ("out/demo" if args.scale == "demo" else "out/ablate"), "results"
@@ -168,6 +172,10 @@ def main(argv=None):
         lengths, sweep = [1, 2, 4, 16], ["--tokens=2048", "--trials=2", "--passkey_up_to=2"]
     if len(seeds) < 2:
         raise SystemExit("ablate needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
+    if args.report_only:
+        with open(f"{results}/ablate_timing.json") as f:
+            stages = json.load(f)
+        return report(results, stages, seeds, config)
     os.makedirs(out, exist_ok=True)
     os.makedirs(results, exist_ok=True)
     stages, t_all = {}, time.time()
@@ -198,17 +206,38 @@ def main(argv=None):
     stages["eval"] = time.time() - t0
 
     stage("4/4 write: tables, figures, the paper's claims")
+    stages["total"] = time.time() - t_all
+    report(results, stages, seeds, config)
+    print(f"[ablate {stages['total']:6.0f}s] done: {results}/ablate.md", flush=True)
+
+
+def report(results, stages, seeds, config):
+    """The paper's claims into results/ablate.json, then the tables and figures (write_report)."""
     with open(f"{results}/ablate.json") as f:
         sweep_result = json.load(f)
-    train_len = sweep_result["info"]["train_len"]
-    claims = claim_rows(sweep_result["rows"], train_len)
-    sweep_result["claims"] = claims
+    sweep_result["claims"] = claim_rows(sweep_result["rows"], sweep_result["info"]["train_len"])
     sweep_result["sections"] = {name: {"title": title, "rows": dict(rows)} for name, (title, rows) in sections().items()}
     with open(f"{results}/ablate.json", "w") as f:
         json.dump(sweep_result, f, indent=1)
-    stages["total"] = time.time() - t_all
     write_report(results, sweep_result, stages, seeds, config)
-    print(f"[ablate {stages['total']:6.0f}s] done: {results}/ablate.md", flush=True)
+
+
+def cell(stats, metric):
+    if metric not in stats:
+        return "-"
+    s = stats[metric]
+    return f"{s['mean']:.2f} [{s['min']:.2f}-{s['max']:.2f}]" if s["n"] > 1 else f"{s['mean']:.2f}"
+
+
+def compact_table(summary, rows, train_len):
+    """The issue's four numbers per arm: perplexity beyond L_train at 4x and 16x, passkey at 1x and 2x."""
+    cols = [("ppl_beyond", 4), ("ppl_beyond", 16), ("ppl", 1), ("passkey", 1), ("passkey", 2)]
+    lines = ["| arm | " + " | ".join(f"{METRIC_NAMES[m]} {k}x" for m, k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for label, arm in rows:
+        by_length = summary.get(arm, {})
+        lines.append(f"| {label} | " + " | ".join(cell(by_length.get(str(k * train_len), by_length.get(k * train_len, {})), m)
+                                                  for m, k in cols) + " |")
+    return lines
 
 
 def write_report(results, sweep, stages, seeds, config):
@@ -220,11 +249,11 @@ def write_report(results, sweep, stages, seeds, config):
              f"averages the positions >= {train_len}; passkey is exact match, measured up to 2x.", ""]
     for name, (title, rows) in sections().items():
         summary = {label: sweep["summary"][arm] for label, arm in rows if arm in sweep["summary"]}
-        import numpy as np
         plot({label: {int(L): s for L, s in by.items()} for label, by in summary.items()},
              {label: np.array([per_position[arm]]) for label, arm in rows if arm in per_position},
              train_len, f"{results}/ablate_{name}")
-        lines += [f"## {title}", "", f"![{name}](ablate_{name}.png)", "", "```", format_table(summary, lengths).strip(), "```", ""]
+        lines += [f"## {title}", "", f"![{name}](ablate_{name}.png)", "", *compact_table(sweep["summary"], rows, train_len), "",
+                  "```", format_table(summary, lengths).strip(), "```", ""]
         claims = [c for c in sweep["claims"] if c["section"] == name]
         if claims:
             lines += ["The paper's claims, as paired per-seed differences A - B (a paired t-test: 'beyond the seed "

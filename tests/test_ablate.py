@@ -85,3 +85,9 @@ def test_quick_ablate_runs_end_to_end_and_reports_every_section_arm_and_claim():
         assert title in report and (results / f"ablate_{name}.png").is_file()
     assert "paired t" in report and "Stage times" in report
     assert "learned at 128: skipped: learned positions stop at block_size 64" in report
+    assert "| RoPE + QK norm | " in report  # the compact table of each section
+    (results / "ablate.md").unlink()
+    again = subprocess.run([sys.executable, "ablate.py", "--quick", "--report_only"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (results / "ablate.md").read_text() == report  # the report comes from ablate.json alone
