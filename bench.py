@@ -196,16 +196,15 @@ def bench_modules(shape, repeats, burst, warmup):
 # training step
 
 
-def training_steps(batch_size=32, block_size=128):
-    """{(pos_emb, backend): one AdamW step on random tokens} for the laptop GPT."""
+def training_steps(models, batch_size=32, block_size=128):
+    """{name: one AdamW step on random tokens} for the laptop GPT with each {name: GPTConfig overrides}."""
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 65, (batch_size, block_size + 1), generator=g)
     x, y = idx[:, :-1], idx[:, 1:]
     steps = {}
-    for pos_emb, backend in STEP_CONFIGS:
+    for name, overrides in models.items():
         torch.manual_seed(0)
-        model = GPT(GPTConfig(block_size=block_size, n_layer=4, n_head=4, n_embd=128, vocab_size=65,
-                              pos_emb=pos_emb, rotary_backend=backend))
+        model = GPT(GPTConfig(block_size=block_size, n_layer=4, n_head=4, n_embd=128, vocab_size=65, **overrides))
         optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
 
         def step(model=model, optimizer=optimizer):
@@ -214,36 +213,18 @@ def training_steps(batch_size=32, block_size=128):
             loss.backward()
             optimizer.step()
 
-        steps[f"{pos_emb}_{backend}"] = step
+        steps[name] = step
     return steps
 
 
-def embedding_steps(batch_size=32, block_size=128):
-    """{name: one AdamW step} for every position embedding (rotary ones on the default backend, auto),
-    and RoPE with QK norm."""
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, 65, (batch_size, block_size + 1), generator=g)
-    x, y = idx[:, :-1], idx[:, 1:]
-    steps = {}
-    for name, qk_norm in [(name, False) for name in POS_EMBS] + [("rope", True)]:
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(block_size=block_size, n_layer=4, n_head=4, n_embd=128, vocab_size=65,
-                              pos_emb=name, qk_norm=qk_norm))
-        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
-
-        def step(model=model, optimizer=optimizer):
-            _, loss = model(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        steps[name + ("+qknorm" if qk_norm else "")] = step
-    return steps
+def embedding_models():
+    """Every position embedding (rotary ones on the default backend, auto), and RoPE with QK norm."""
+    return {**{name: {"pos_emb": name} for name in POS_EMBS}, "rope+qknorm": {"pos_emb": "rope", "qk_norm": True}}
 
 
 def bench_embeddings(repeats, burst, warmup, batch_size=32, block_size=128):
     """Every embedding's laptop step time and its ratio to NoPE's, measured interleaved in one run."""
-    medians, _ = interleaved_medians(embedding_steps(batch_size, block_size), repeats, burst, warmup)
+    medians, _ = interleaved_medians(training_steps(embedding_models(), batch_size, block_size), repeats, burst, warmup)
     nope = medians["nope"]
     result = {"step_ms": {}, "over_nope": {}, "target": {}, "meets_target": {}}
     print(f"training step per position embedding, laptop GPT, T={block_size}, batch {batch_size} (over NoPE's step):")
@@ -294,7 +275,8 @@ def bench_sweep_memory(T, n_layer):
 
 def bench_training(repeats, burst, warmup, batch_size=32, block_size=128):
     t0 = time.perf_counter()
-    medians, _ = interleaved_medians(training_steps(batch_size, block_size), repeats, burst, warmup)
+    models = {f"{p}_{b}": {"pos_emb": p, "rotary_backend": b} for p, b in STEP_CONFIGS}
+    medians, _ = interleaved_medians(training_steps(models, batch_size, block_size), repeats, burst, warmup)
     print(f"training step, laptop GPT (4 x 128, 4 heads, T={block_size}), batch {batch_size}, AdamW "
           f"(measured in {time.perf_counter() - t0:.0f} s)")
     result = {}
