@@ -28,6 +28,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from fope import alibi_slopes
 
@@ -130,7 +131,7 @@ class FireBias(AttentionBias):
     maps every distance into [0, 1]: within the threshold L by the fixed normaliser psi(L), past it by
     the query's own position, so a longer sequence never leaves the MLP's training range. c (init 0.1) and
     L (init L_train, learned as a multiple of it) are learned; the MLP is 1 -> 32 (ReLU) -> n_head.
-    Every layer owns one (the FIRE paper's default; sharing one across layers is its FIRE-S)."""
+    Every layer owns one (its own MLP, c and L), as every layer owns its KERPLE bias."""
 
     def __init__(self, n_head, train_len, hidden=32, init_c=0.1, eps=1e-6):
         super().__init__()
@@ -182,17 +183,57 @@ class T5Bias(AttentionBias):
 
 # torch's CPU flash-attention kernel takes a mask and the causal flag together, skipping the blocks above
 # the diagonal: a constant bias (ALiBi's, or any under no_grad) then costs what causal attention costs.
-# SDPA refuses a mask with is_causal, so it computes every block; and a bias that needs a gradient must go
-# through SDPA (the kernel returns no gradient for its mask).
+# SDPA refuses a mask with is_causal, so it computes every block. The kernel returns no gradient for its
+# mask, so a learned bias on CPU takes BiasedAttention below.
 _cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+class BiasedAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(hd) + bias) v for a bias (1 or B, H, Tq, Tk) that needs its gradient, summed
+    over the batch when the bias is shared by it. SDPA's CPU path for such a mask (the math path) computes
+    the same numbers with more passes over the (B, H, Tq, Tk) scores: it checks every row for all -inf
+    (a causal bias never has one) and copies the strided q/k/v views before each matmul, in the forward
+    and again in the backward. Here k, v and the output gradient are made contiguous once, and the
+    backward is the four matmuls and one softmax backward:
+
+        dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),  dq = dS K / sqrt(hd),  dk = dS^T q / sqrt(hd),
+        dv = P^T dO,  dbias = dS (summed over the batch when the bias has batch size 1)
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias):
+        q = q * q.shape[-1] ** -0.5
+        k, v = k.contiguous(), v.contiguous()
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        scores += bias
+        p = torch.softmax(scores, dim=-1)
+        ctx.save_for_backward(q, k, v, p)
+        ctx.bias_batch = bias.shape[0]
+        return torch.matmul(p, v)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, p = ctx.saved_tensors  # q already scaled
+        grad_out = grad_out.contiguous()
+        ds = torch._softmax_backward_data(torch.matmul(grad_out, v.transpose(-1, -2)), p, -1, p.dtype)
+        dbias = None
+        if ctx.needs_input_grad[3]:
+            dbias = ds.sum(0, keepdim=True) if ctx.bias_batch == 1 and ds.shape[0] > 1 else ds
+        dq = torch.matmul(ds, k).mul_(q.shape[-1] ** -0.5)
+        dk = torch.matmul(ds.transpose(-1, -2), q)
+        dv = torch.matmul(p.transpose(-1, -2), grad_out)
+        return dq, dk, dv, dbias
 
 
 def biased_attention(q, k, v, bias, is_causal=False, dropout=0.0):
     """One attention call with an additive bias (1 or B, H, Tq, Tk) that carries the causal -inf itself;
     is_causal=True (square only) lets the CPU kernel skip the blocks above the diagonal."""
-    if (_cpu_flash is not None and q.device.type == "cpu" and q.dtype == bias.dtype == torch.float32
-            and not bias.requires_grad and dropout == 0.0):
-        return _cpu_flash(q, k, v, 0.0, is_causal, attn_mask=bias)[0]
+    if q.device.type == "cpu" and dropout == 0.0 and q.dtype == bias.dtype:
+        if bias.requires_grad and q.dtype in (torch.float32, torch.float64):
+            return BiasedAttention.apply(q, k, v, bias)
+        if _cpu_flash is not None and q.dtype == torch.float32 and not bias.requires_grad:
+            return _cpu_flash(q, k, v, 0.0, is_causal, attn_mask=bias)[0]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
 
 

@@ -277,14 +277,36 @@ def rotation_path(backend, device):
     return backend
 
 
-def rotate(x, cos, sin, backend="eager"):
-    """The one function the model rotates q and k through."""
+QK_NORM_EPS = 1e-5  # F.layer_norm's default
+
+
+def qk_norm(x, backend="eager"):
+    """QK norm without a rotation (a model with qk_norm and no rotary embedding): F.layer_norm over
+    head_dim, no affine. On CPU with the C kernel it is the fused kernel with the identity rotation
+    (cos 1, sin 0, exact), one pass where F.layer_norm over rows this short takes several times longer."""
+    if rotation_path(resolve_backend(backend), x.device) == "c":
+        import fope_ext
+        if fope_ext.available():
+            half = x.shape[-1] // 2
+            cos = torch.ones(1, 1, half, dtype=x.dtype).expand(1, x.shape[2], half)
+            return fope_ext.norm_rotate(x, cos, torch.zeros_like(cos), QK_NORM_EPS)
+    return F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
+
+
+def rotate(x, cos, sin, backend="eager", norm=False):
+    """The one function the model rotates q and k through. norm=True normalises each row of x first (the
+    QK norm of model.py: F.layer_norm over head_dim, no affine); the C kernel fuses the two in one pass
+    when the tables are constant."""
     path = rotation_path(backend, x.device)
     if path == "c":
         import fope_ext  # fope_ext never imports fope: the fallback to the reference lives here
         if fope_ext.available():
-            return fope_ext.rotate(x, cos, sin)
+            if norm and not (cos.requires_grad or sin.requires_grad):
+                return fope_ext.norm_rotate(x, cos, sin, QK_NORM_EPS)
+            return fope_ext.rotate(F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS) if norm else x, cos, sin)
         path = "eager"  # no C compiler: fope_ext has warned once, with the compiler's output
+    if norm:
+        x = F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
     if path == "compile":
         global _compiled_apply_rotary
         if _compiled_apply_rotary is None:
@@ -400,10 +422,10 @@ class RotaryPositionEmbedding(nn.Module):
             cos, sin = self.cos_cached[:, offset:end], self.sin_cached[:, offset:end]
         return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
 
-    def forward(self, x, offset=0):
-        """x: (B, H, T, hd) -> rotated x, for positions offset .. offset+T-1."""
+    def forward(self, x, offset=0, norm=False):
+        """x: (B, H, T, hd) -> rotated x, for positions offset .. offset+T-1; norm=True: QK norm first."""
         cos, sin = self.tables(offset, x.shape[2], x.device, x.dtype)
-        return rotate(x, cos, sin, self.backend)
+        return rotate(x, cos, sin, self.backend, norm)
 
 
 class FourierPositionEmbedding(RotaryPositionEmbedding):

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines import AlibiBias, FireBias, KerpleLogBias, LearnedPositions, SinusoidalPositions, T5Bias, attend_with_bias
-from fope import FourierPositionEmbedding, RotaryPositionEmbedding, check_scaling, resize_coefficients
+from fope import FourierPositionEmbedding, RotaryPositionEmbedding, check_scaling, qk_norm, resize_coefficients
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
-        self.qk_norm = config.qk_norm
+        self.qk_norm, self.rotary_backend = config.qk_norm, config.rotary_backend
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -187,10 +187,11 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if self.qk_norm:  # zero mean, unit variance over each head's dimensions (no affine), before the rotation
-            q, k = F.layer_norm(q, (q.size(-1),)), F.layer_norm(k, (k.size(-1),))
-        if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+        # qk_norm: zero mean, unit variance over each head's dimensions (no affine), before any rotation
+        if self.rotary is not None:  # the C kernel normalises and rotates in one pass
+            q, k = self.rotary(q, norm=self.qk_norm), self.rotary(k, norm=self.qk_norm)
+        elif self.qk_norm:
+            q, k = qk_norm(q, self.rotary_backend), qk_norm(k, self.rotary_backend)
         dropout = self.dropout if self.training else 0.0
         bias = self.pos_bias if self.pos_bias is not None else shared_bias
         if bias is not None:

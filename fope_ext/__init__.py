@@ -10,6 +10,7 @@ copy of x (bench.py measures both). The reference it is tested against is fope.a
 
     import fope_ext
     y = fope_ext.rotate(x, cos, sin)   # float32, float64 or bfloat16 on CPU
+    y = fope_ext.norm_rotate(x, cos, sin)  # QK norm (F.layer_norm over hd, no affine), then the rotation
     fope_ext.available()               # False when no C compiler (fope.rotate then runs the reference)
     fope_ext.build_error()             # why not, or None
 
@@ -19,7 +20,9 @@ fope.rotate, so this file holds the kernel and nothing else.
 The C library is compiled on first use (fope_ext/build.py, a cffi API-mode build cached in
 fope_ext/_build/). Backward: the gradient of a rotation is the inverse rotation of the gradient,
 so dx is the same op with inverse=True; when the tables require grad (learnable FoPE
-coefficients) a second op, fope::rotate_backward, also sums dC and dS in the same pass. Eager
+coefficients) a second op, fope::rotate_backward, also sums dC and dS in the same pass.
+fope::norm_rotate and fope::norm_rotate_backward fuse model.py's QK norm into the same pass (constant
+tables; F.layer_norm over rows of head_dim floats takes 4x longer than the fused pass). Eager
 calls go through a plain autograd.Function over the same kernels (cheaper than the dispatcher);
 under torch.compile the registered ops are traced.
 """
@@ -96,6 +99,20 @@ def rotate(x, cos, sin):
     return _EagerRotate.apply(x, cos, sin, False)
 
 
+def norm_rotate(x, cos, sin, eps=1e-5):
+    """QK norm then eq. (1) in one pass: F.layer_norm(x, (hd,), eps=eps) (no affine), rotated by the
+    tables. Constant tables only (RoPE, frozen FoPE); fope.rotate sends learnable ones the unfused way."""
+    check_inputs(x, cos, sin)
+    if cos.requires_grad or sin.requires_grad:
+        raise ValueError("fope_ext.norm_rotate takes constant tables; with learnable ones use "
+                         "F.layer_norm and then fope_ext.rotate (fope.rotate does)")
+    if not available():
+        _unbuilt()
+    if torch.compiler.is_compiling():
+        return norm_rotate_op(x, cos, sin, eps)
+    return _EagerNormRotate.apply(x, cos, sin, eps)
+
+
 # -----------------------------------------------------------------------------
 # calling the C kernels
 
@@ -134,6 +151,24 @@ def _rotate_backward(grad, x, cos, sin, inverse):
     kernel(_rows(ffi, dx), _rows(ffi, dcos), _rows(ffi, dsin), _rows(ffi, grad), _rows(ffi, x),
            _rows(ffi, cos), _rows(ffi, sin), B, H, T, hd // 2, cos.shape[0], inverse, torch.get_num_threads())
     return dx, dcos, dsin
+
+
+def _norm_rotate(x, cos, sin, eps, grad=None):
+    """The fused QK norm + rotation: y from x, or with grad given, dx from grad (the backward)."""
+    ffi, lib = _load() or _unbuilt()
+    x, cos, sin = _last_dim_contiguous(x), _last_dim_contiguous(cos), _last_dim_contiguous(sin)
+    B, H, T, hd = x.shape
+    out = torch.empty(x.shape, dtype=x.dtype)
+    if grad is None:
+        kernel = getattr(lib, "fope_norm_rotate_" + KERNEL_SUFFIX[x.dtype])
+        kernel(_rows(ffi, out), _rows(ffi, x), _rows(ffi, cos), _rows(ffi, sin), B, H, T, hd // 2, eps,
+               torch.get_num_threads())
+    else:
+        grad = _last_dim_contiguous(grad)
+        kernel = getattr(lib, "fope_norm_rotate_backward_" + KERNEL_SUFFIX[x.dtype])
+        kernel(_rows(ffi, out), _rows(ffi, grad), _rows(ffi, x), _rows(ffi, cos), _rows(ffi, sin), B, H, T,
+               hd // 2, eps, torch.get_num_threads())
+    return out
 
 
 def _unbuilt():
@@ -209,3 +244,61 @@ class _EagerRotate(torch.autograd.Function):
         return _rotate(x, cos, sin, inverse)
 
     backward = staticmethod(once_differentiable(_backward_using(_rotate, _rotate_backward)))
+
+
+# the fused QK norm + rotation: the same pattern, the backward needs x (its statistics) and no table grads
+
+
+@torch.library.custom_op("fope::norm_rotate", mutates_args=())
+def norm_rotate_op(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """y = rotation of F.layer_norm(x, (hd,), eps=eps) by the (constant) tables."""
+    check_inputs(x, cos, sin)
+    return _norm_rotate(x, cos, sin, eps)
+
+
+@norm_rotate_op.register_fake
+def _(x, cos, sin, eps=1e-5):
+    check_inputs(x, cos, sin)
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("fope::norm_rotate_backward", mutates_args=())
+def norm_rotate_backward_op(grad: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                            eps: float = 1e-5) -> torch.Tensor:
+    """dx of norm_rotate_op, in one pass over grad and x."""
+    check_inputs(x, cos, sin)
+    return _norm_rotate(x, cos, sin, eps, grad)
+
+
+@norm_rotate_backward_op.register_fake
+def _(grad, x, cos, sin, eps=1e-5):
+    check_inputs(x, cos, sin)
+    return x.new_empty(x.shape)
+
+
+def _norm_setup_context(ctx, inputs, output):
+    x, cos, sin, eps = inputs
+    ctx.eps = eps
+    ctx.save_for_backward(x, cos, sin)
+
+
+def _norm_backward_using(backward_fn):
+    def backward(ctx, grad):
+        x, cos, sin = ctx.saved_tensors
+        return backward_fn(grad, x, cos, sin, ctx.eps), None, None, None
+    return backward
+
+
+norm_rotate_op.register_autograd(_norm_backward_using(norm_rotate_backward_op), setup_context=_norm_setup_context)
+
+
+class _EagerNormRotate(torch.autograd.Function):
+    """norm_rotate_op for eager autograd, without the dispatcher (see _EagerRotate)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, eps):
+        _norm_setup_context(ctx, (x, cos, sin, eps), None)
+        return _norm_rotate(x, cos, sin, eps)
+
+    backward = staticmethod(once_differentiable(_norm_backward_using(
+        lambda grad, x, cos, sin, eps: _norm_rotate(x, cos, sin, eps, grad))))

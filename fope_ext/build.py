@@ -19,8 +19,11 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ("rotate.h", "rotate_kernels.h", "rotate.c")
-COMPILE_ARGS = ["-O3", "-march=native", "-fopenmp", "-std=c99"]
-LINK_ARGS = ["-fopenmp"]
+# -fassociative-math (with the two flags it needs) lets the compiler vectorize the row sums of the QK-norm
+# kernel; -fno-math-errno keeps sqrtf one instruction.
+COMPILE_ARGS = ["-O3", "-march=native", "-fopenmp", "-std=c99", "-fassociative-math", "-fno-signed-zeros",
+                "-fno-trapping-math", "-fno-math-errno"]
+LINK_ARGS = ["-fopenmp", "-lm"]
 
 
 def build_dir():

@@ -1,6 +1,7 @@
 /* fope_ext: one-pass RoPE/FoPE rotation on CPU with OpenMP. The math and the reference are
  * fope.apply_rotary (eq. (1) of fope.py); the API is rotate.h; the kernels are rotate_kernels.h,
  * instantiated here once per dtype. Built by fope_ext/build.py (cffi, -O3 -fopenmp). */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,7 @@ static int threads_for(int64_t work, int n_threads)
 #define SCALAR float
 #define ACC float
 #define SUFFIX f32
+#define SQRT sqrtf
 #define LOAD(v) (v)
 #define STORE(v) (v)
 #include "rotate_kernels.h"
@@ -48,6 +50,7 @@ static int threads_for(int64_t work, int n_threads)
 #define SCALAR double
 #define ACC double
 #define SUFFIX f64
+#define SQRT sqrt
 #define LOAD(v) (v)
 #define STORE(v) (v)
 #include "rotate_kernels.h"
@@ -55,6 +58,7 @@ static int threads_for(int64_t work, int n_threads)
 #define SCALAR uint16_t
 #define ACC float
 #define SUFFIX bf16
+#define SQRT sqrtf
 #define LOAD(v) bf16_to_float(v)
 #define STORE(v) float_to_bf16(v)
 #include "rotate_kernels.h"

@@ -34,3 +34,20 @@ void fope_rotate_backward_f64(fope_rows dx, fope_rows dcos, fope_rows dsin, fope
 void fope_rotate_backward_bf16(fope_rows dx, fope_rows dcos, fope_rows dsin, fope_rows grad,
                                fope_rows x, fope_rows cos, fope_rows sin, int64_t B, int64_t H,
                                int64_t T, int64_t half, int64_t table_heads, int inverse, int n_threads);
+
+/* QK norm, then the rotation, in one pass (model.py's qk_norm before a rotary embedding):
+ *     xh = (x - mean(x)) / sqrt(var(x) + eps)   over each row of 2*half (F.layer_norm, no affine)
+ *     y = rotate(xh)
+ * and its backward, dx from grad (tables constant: RoPE, frozen FoPE). */
+void fope_norm_rotate_f32(fope_rows y, fope_rows x, fope_rows cos, fope_rows sin,
+                          int64_t B, int64_t H, int64_t T, int64_t half, double eps, int n_threads);
+void fope_norm_rotate_f64(fope_rows y, fope_rows x, fope_rows cos, fope_rows sin,
+                          int64_t B, int64_t H, int64_t T, int64_t half, double eps, int n_threads);
+void fope_norm_rotate_bf16(fope_rows y, fope_rows x, fope_rows cos, fope_rows sin,
+                           int64_t B, int64_t H, int64_t T, int64_t half, double eps, int n_threads);
+void fope_norm_rotate_backward_f32(fope_rows dx, fope_rows grad, fope_rows x, fope_rows cos, fope_rows sin,
+                                   int64_t B, int64_t H, int64_t T, int64_t half, double eps, int n_threads);
+void fope_norm_rotate_backward_f64(fope_rows dx, fope_rows grad, fope_rows x, fope_rows cos, fope_rows sin,
+                                   int64_t B, int64_t H, int64_t T, int64_t half, double eps, int n_threads);
+void fope_norm_rotate_backward_bf16(fope_rows dx, fope_rows grad, fope_rows x, fope_rows cos, fope_rows sin,
+                                    int64_t B, int64_t H, int64_t T, int64_t half, double eps, int n_threads);

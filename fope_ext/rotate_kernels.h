@@ -115,6 +115,108 @@ void NAME(fope_rotate_backward)(fope_rows dx, fope_rows dcos, fope_rows dsin, fo
     }
 }
 
+/* QK norm fused with the rotation (model.py's qk_norm): each row x of 2*half is first normalised,
+ * xh = (x - mean) * rstd with rstd = 1/sqrt(var + eps) and the biased variance (F.layer_norm without
+ * affine), then rotated. The pass over memory stays one read of x and one write of y; the row sits
+ * in L1 meanwhile. Its statistics are sums over the row: plain loops that the compiler vectorizes
+ * because build.py allows it to reassociate them (-fassociative-math), into vector partial sums
+ * and one horizontal add at the end (an omp simd reduction lowered to a serial sum of stack lanes,
+ * which cost more than the rest of the row). */
+static inline __attribute__((always_inline)) void NAME(row_stats)(const SCALAR *restrict x, int64_t n, ACC eps,
+                                                                  ACC *mean, ACC *rstd)
+{
+    /* shifted by the row's first element: the shifted-data variance, no cancellation when the
+     * mean is large against the spread */
+    const ACC shift = LOAD(x[0]);
+    ACC sum = 0, sq = 0;
+    for (int64_t i = 0; i < n; i++) {
+        ACC d = LOAD(x[i]) - shift;
+        sum += d;
+        sq += d * d;
+    }
+    const ACC m = sum / n;
+    *mean = shift + m;
+    *rstd = 1 / SQRT(sq / n - m * m + eps);
+}
+
+static inline __attribute__((always_inline)) void NAME(norm_rotate_row)(
+    SCALAR *restrict y, const SCALAR *restrict x, const SCALAR *restrict c, const SCALAR *restrict s,
+    int64_t half, ACC eps)
+{
+    ACC mean, rstd;
+    NAME(row_stats)(x, 2 * half, eps, &mean, &rstd);
+    for (int64_t i = 0; i < half; i++) {
+        ACC x1 = (LOAD(x[i]) - mean) * rstd, x2 = (LOAD(x[i + half]) - mean) * rstd;
+        ACC ci = LOAD(c[i]), si = LOAD(s[i]);
+        y[i] = STORE(x1 * ci - x2 * si);
+        y[i + half] = STORE(x2 * ci + x1 * si);
+    }
+}
+
+/* The backward of a row: d = the inverse rotation of g is the gradient wrt xh, and LayerNorm's
+ * backward is dx = rstd * (d - mean(d) - xh * mean(d * xh)). The statistics are recomputed from x
+ * rather than stored, and d twice rather than buffered (all of it in L1). */
+static inline __attribute__((always_inline)) void NAME(norm_rotate_backward_row)(
+    SCALAR *restrict dx, const SCALAR *restrict g, const SCALAR *restrict x, const SCALAR *restrict c,
+    const SCALAR *restrict s, int64_t half, ACC eps)
+{
+    ACC mean, rstd, sum_d = 0, sum_dxh = 0;
+    NAME(row_stats)(x, 2 * half, eps, &mean, &rstd);
+    for (int64_t i = 0; i < half; i++) {
+        ACC g1 = LOAD(g[i]), g2 = LOAD(g[i + half]), ci = LOAD(c[i]), si = LOAD(s[i]);
+        ACC d1 = g1 * ci + g2 * si, d2 = g2 * ci - g1 * si;
+        sum_d += d1 + d2;
+        sum_dxh += d1 * (LOAD(x[i]) - mean) + d2 * (LOAD(x[i + half]) - mean);
+    }
+    const ACC mean_d = sum_d / (2 * half), mean_dxh = sum_dxh * rstd / (2 * half);
+    for (int64_t i = 0; i < half; i++) {
+        ACC g1 = LOAD(g[i]), g2 = LOAD(g[i + half]), ci = LOAD(c[i]), si = LOAD(s[i]);
+        ACC d1 = g1 * ci + g2 * si, d2 = g2 * ci - g1 * si;
+        ACC x1 = (LOAD(x[i]) - mean) * rstd, x2 = (LOAD(x[i + half]) - mean) * rstd;
+        dx[i] = STORE(rstd * (d1 - mean_d - x1 * mean_dxh));
+        dx[i + half] = STORE(rstd * (d2 - mean_d - x2 * mean_dxh));
+    }
+}
+
+/* Both walk the rows as fope_rotate does (batch innermost, in chunks); the common head sizes get a
+ * trip count known at compile time, so the sums above become a few vector instructions. */
+#define FOR_EACH_ROW(body)                                                                             \
+    const int threads = threads_for(B * H * T * half, n_threads);                                      \
+    _Pragma("omp parallel for collapse(3) schedule(static) num_threads(threads)")                      \
+    for (int64_t b0 = 0; b0 < B; b0 += BATCH_CHUNK)                                                    \
+        for (int64_t h = 0; h < H; h++)                                                                \
+            for (int64_t t = 0; t < T; t++)                                                            \
+                for (int64_t b = b0; b < B && b < b0 + BATCH_CHUNK; b++) {                             \
+                    const SCALAR *xr = ROW(x, b, h, t), *cr = ROW(cos, b, h, t), *sr = ROW(sin, b, h, t); \
+                    switch (half) {                                                                    \
+                    case 16: body(16); break;                                                          \
+                    case 32: body(32); break;                                                          \
+                    case 64: body(64); break;                                                          \
+                    default: body(half);                                                               \
+                    }                                                                                  \
+                }
+
+void NAME(fope_norm_rotate)(fope_rows y, fope_rows x, fope_rows cos, fope_rows sin,
+                            int64_t B, int64_t H, int64_t T, int64_t half, double eps_, int n_threads)
+{
+    const ACC eps = (ACC)eps_;
+#define FORWARD(n) NAME(norm_rotate_row)(ROW(y, b, h, t), xr, cr, sr, n, eps)
+    FOR_EACH_ROW(FORWARD)
+#undef FORWARD
+}
+
+void NAME(fope_norm_rotate_backward)(fope_rows dx, fope_rows grad, fope_rows x, fope_rows cos,
+                                     fope_rows sin, int64_t B, int64_t H, int64_t T, int64_t half,
+                                     double eps_, int n_threads)
+{
+    const ACC eps = (ACC)eps_;
+#define BACKWARD(n) NAME(norm_rotate_backward_row)(ROW(dx, b, h, t), ROW(grad, b, h, t), xr, cr, sr, n, eps)
+    FOR_EACH_ROW(BACKWARD)
+#undef BACKWARD
+}
+
+#undef FOR_EACH_ROW
+
 #undef ROW
 #undef NAME
 #undef CAT
@@ -124,3 +226,4 @@ void NAME(fope_rotate_backward)(fope_rows dx, fope_rows dcos, fope_rows dsin, fo
 #undef SUFFIX
 #undef LOAD
 #undef STORE
+#undef SQRT

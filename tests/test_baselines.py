@@ -7,18 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import (AlibiBias, FireBias, KerpleLogBias, SinusoidalPositions, T5Bias, attend_with_bias, biased_attention,
-                       sinusoidal_table, t5_bucket)
-from fope import RotaryPositionEmbedding, rope_inv_freq, whole_cycle_inv_freq
+from baselines import (AlibiBias, BiasedAttention, FireBias, KerpleLogBias, SinusoidalPositions, T5Bias, attend_with_bias,
+                       biased_attention, sinusoidal_table, t5_bucket)
+from fope import RotaryPositionEmbedding, apply_rotary, rope_inv_freq, whole_cycle_inv_freq
 from model import GPT, POS_EMBS, GPTConfig, PositionEmbedding
 
 ALL = [(name, False) for name in POS_EMBS] + [("rope", True), ("nope", True)]
 
 
-def tiny(pos_emb, qk_norm=False, block_size=16, seed=0):
+def tiny(pos_emb, qk_norm=False, block_size=16, seed=0, rotary_backend="eager"):
     torch.manual_seed(seed)
     return GPT(GPTConfig(block_size=block_size, vocab_size=11, n_layer=2, n_head=2, n_embd=16, pos_emb=pos_emb,
-                         qk_norm=qk_norm, rotary_backend="eager")).eval()
+                         qk_norm=qk_norm, rotary_backend=rotary_backend)).eval()
 
 
 def test_the_registry_holds_the_paper_baselines_and_every_name_is_buildable():
@@ -162,13 +162,14 @@ def test_chunked_and_fast_attention_equal_attention_over_the_whole_bias(make):
     torch.manual_seed(0)
     bias = make()
     q, k, v = (torch.randn(2, 3, 50, 8, requires_grad=True) for _ in range(3))
+    inputs = (q, k, v, *bias.parameters())  # the learned biases' parameters get their gradient too
     whole = F.scaled_dot_product_attention(q, k, v, attn_mask=bias(0, 50, 50, "cpu"))
     for out in (attend_with_bias(q, k, v, bias), attend_with_bias(q, k, v, bias, max_elems=3 * 50 * 7)):  # 7 rows at a time
         assert torch.allclose(whole, out, atol=1e-5)
-        g_whole = torch.autograd.grad(whole.square().sum(), (q, k, v), retain_graph=True)
-        g_out = torch.autograd.grad(out.square().sum(), (q, k, v))
+        g_whole = torch.autograd.grad(whole.square().sum(), inputs, retain_graph=True)
+        g_out = torch.autograd.grad(out.square().sum(), inputs)
         for a, b in zip(g_whole, g_out):
-            assert torch.allclose(a, b, atol=1e-4)
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_a_constant_bias_takes_the_causal_kernel_and_a_learned_one_gets_its_gradient():
@@ -188,6 +189,25 @@ def test_a_constant_bias_takes_the_causal_kernel_and_a_learned_one_gets_its_grad
     assert grad.abs().sum() > 0 and grad[0, :, 0, 1:].abs().max() == 0  # nothing flows to masked entries
 
 
+@pytest.mark.parametrize("bias_batch", [1, 2])
+def test_learned_bias_attention_gradients_equal_finite_differences_and_sdpa(bias_batch):
+    """BiasedAttention (the CPU path of a bias that needs its gradient): gradcheck in float64, causal
+    -inf included, for a bias shared by the batch (its gradient summed over it) and one per element."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    bias = torch.randn(bias_batch, 3, 6, 6, dtype=torch.float64).masked_fill(causal, float("-inf")).requires_grad_()
+    assert torch.autograd.gradcheck(BiasedAttention.apply, (q, k, v, bias))
+    out = biased_attention(q, k, v, bias, is_causal=True)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    assert torch.allclose(out, reference, atol=1e-12)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), (q, k, v, bias))
+    assert grads[3].shape == bias.shape
+    for a, b in zip(grads, torch.autograd.grad((reference * g).sum(), (q, k, v, bias))):
+        assert torch.allclose(a.nan_to_num(), b.nan_to_num(), atol=1e-12)
+
+
 def test_rope_a_frequencies_complete_whole_cycles_in_the_training_length():
     L = 64
     w = rope_inv_freq(32)
@@ -205,27 +225,37 @@ def test_rope_a_frequencies_complete_whole_cycles_in_the_training_length():
     assert not torch.allclose(plain.tables(0, 40)[0][:, 16:32], plain.tables(0, 40)[0][:, :16], atol=1e-3)
 
 
-def test_qk_norm_gives_q_and_k_zero_mean_and_unit_variance_per_head_before_the_rotation():
-    model = tiny("rope", qk_norm=True)
+@pytest.mark.parametrize("backend", ["c", "eager"])
+def test_qk_norm_gives_q_and_k_zero_mean_and_unit_variance_per_head_before_the_rotation(backend):
+    """The rotary module gets the raw q and k and norm=True (the C kernel fuses the two): undoing its
+    rotation (the inverse rotation is exact) must give rows of mean 0 and variance 1, equal to a
+    normalisation written out here."""
     seen = []
-    rotary = model.transformer.h[1].attn.rotary
-    handle = rotary.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
-    with torch.no_grad():
-        model.transformer.h[1].attn.c_attn.weight.mul_(5).add_(0.3)  # q, k far from normalised
-        model(torch.randint(0, 11, (3, 16)))
-    handle.remove()
-    assert len(seen) == 2  # q and k
-    for t in seen:
-        assert t.mean(-1).abs().max() < 1e-5
-        assert torch.allclose(t.var(-1, unbiased=False), torch.ones(()), atol=1e-3)
-    plain = tiny("rope")
+
+    def run(qk_norm):
+        model = tiny("rope", qk_norm=qk_norm, rotary_backend=backend)
+        rotary = model.transformer.h[1].attn.rotary
+        handle = rotary.register_forward_hook(lambda m, args, kwargs, out: seen.append(
+            (args[0].detach(), kwargs.get("norm", False), out.detach())), with_kwargs=True)
+        with torch.no_grad():
+            model.transformer.h[1].attn.c_attn.weight.mul_(5).add_(0.3)  # q, k far from normalised
+            model(torch.randint(0, 11, (3, 16)))
+        handle.remove()
+        cos, sin = rotary.tables(0, 16)
+        return [(x, norm, apply_rotary(y, cos, -sin)) for x, norm, y in seen]
+
+    normalised = run(qk_norm=True)
+    assert len(normalised) == 2  # q and k
+    for x, norm, unrotated in normalised:
+        assert norm
+        assert unrotated.mean(-1).abs().max() < 1e-5
+        assert torch.allclose(unrotated.var(-1, unbiased=False), torch.ones(()), atol=1e-3)
+        by_hand = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        assert torch.allclose(unrotated, by_hand, atol=1e-5)
     seen.clear()
-    handle = plain.transformer.h[1].attn.rotary.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
-    with torch.no_grad():
-        plain.transformer.h[1].attn.c_attn.weight.mul_(5).add_(0.3)
-        plain(torch.randint(0, 11, (3, 16)))
-    handle.remove()
-    assert seen[0].mean(-1).abs().max() > 0.1  # without qk_norm the same weights give other statistics
+    x, norm, unrotated = run(qk_norm=False)[0]
+    assert not norm and torch.allclose(unrotated, x, atol=1e-5)  # without qk_norm: the raw q
+    assert unrotated.mean(-1).abs().max() > 0.1
 
 
 def test_sinusoidal_positions_are_sin_and_cos_of_the_vaswani_frequencies():

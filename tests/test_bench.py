@@ -45,3 +45,20 @@ def test_every_benchmarked_rotation_computes_the_reference_rotation():
         torch.testing.assert_close(forward_backward()[0], expected_grad, msg=f"{name} gradient")
     if not fope_ext.available():
         pytest.skip(f"fope_ext not built ({fope_ext.build_error()}): the C kernel was not compared")
+    norm_forward, norm_forward_backward = methods["qk_norm_eager"]  # F.layer_norm, then fope.apply_rotary
+    forward, forward_backward = methods["qk_norm_c"]
+    torch.testing.assert_close(forward(), norm_forward(), msg="qk_norm_c forward")
+    torch.testing.assert_close(forward_backward()[0], norm_forward_backward()[0], msg="qk_norm_c gradient")
+    assert not torch.allclose(norm_forward(), expected)  # the norm changes what is rotated
+
+
+def test_paired_ratios_divide_within_each_repeat_and_report_the_median_and_quartiles():
+    """Load that changes between repeats (x1, x3, x1, x3, x3) scales both steps of a repeat: the paired
+    ratios are all 1.02. An outlier repeat moves the quartile, not the median."""
+    load = [1.0, 3.0, 1.0, 3.0, 3.0]
+    times = {"nope": load, "rope": [1.02 * f for f in load], "fire": [1.1 * f for f in load[:4]] + [2.0 * load[4]]}
+    ratios = bench.paired_ratios(times, "nope")
+    assert ratios["nope"] == (1.0, 1.0, 1.0)
+    assert all(abs(r - 1.02) < 1e-12 for r in ratios["rope"])
+    median, q1, q3 = ratios["fire"]
+    assert abs(median - 1.1) < 1e-12 and q3 > 1.1

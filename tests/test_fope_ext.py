@@ -116,6 +116,76 @@ def test_opcheck_passes_for_both_ops():
     torch.library.opcheck(fope_ext.rotate_backward_op, (torch.randn(2, 3, 5, 8), x1, cos1, sin1, False))
 
 
+def norm_then_rotate(x, cos, sin):
+    """The reference of the fused QK norm + rotation: F.layer_norm (no affine), then apply_rotary."""
+    return apply_rotary(torch.nn.functional.layer_norm(x, x.shape[-1:]), cos, sin)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_qk_norm_and_rotation_match_layer_norm_then_the_reference(case, dtype):
+    B, H, T, hd, table_heads, transposed, sliced = CASES[case]
+    x, cos, sin = make_inputs(B, H, T, hd, table_heads, dtype, transposed, sliced)
+    x = x * 3 + torch.linspace(-2, 2, hd, dtype=dtype)  # rows far from mean 0, variance 1
+    grad = torch.randn(B, H, T, hd, dtype=dtype)
+    want = None
+    for fn in (norm_then_rotate, lambda x, c, s: fope_ext.norm_rotate(x, c, s), fope_ext.norm_rotate_op):
+        leaf = x.detach().clone().requires_grad_()
+        y = fn(leaf, cos, sin)
+        got = (y, *torch.autograd.grad(y, leaf, grad))
+        if want is None:
+            want = got
+            continue
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        for name, a, b in zip(("y", "dx"), got, want):
+            torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@needs_kernel
+def test_fused_qk_norm_passes_gradcheck_opcheck_and_refuses_learnable_tables():
+    x, cos, sin = make_inputs(2, 3, 4, 6, 3, torch.float64, transposed=True)
+    assert torch.autograd.gradcheck(lambda x: fope_ext.norm_rotate(x, cos, sin), (x.detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda x: fope_ext.norm_rotate_op(x, cos, sin), (x.detach().requires_grad_(),))
+    torch.library.opcheck(fope_ext.norm_rotate_op, (x.detach().requires_grad_(), cos, sin, 1e-5))
+    torch.library.opcheck(fope_ext.norm_rotate_backward_op, (torch.randn(2, 3, 4, 6, dtype=torch.float64),
+                                                             x.detach(), cos, sin, 1e-5))
+    with pytest.raises(ValueError, match="constant tables"):
+        fope_ext.norm_rotate(x, cos.requires_grad_(), sin)
+
+
+@needs_kernel
+def test_fused_qk_norm_in_bfloat16_is_close_to_float32():
+    x, cos, sin = make_inputs(2, 3, 9, 16, 3, torch.bfloat16)
+    y = fope_ext.norm_rotate(x, cos, sin)
+    want = norm_then_rotate(x.float(), cos.float(), sin.float())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), want, rtol=2e-2, atol=2e-2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("learnable", [False, True])
+def test_fope_rotate_with_norm_fuses_constant_tables_and_unfuses_learnable_ones(learnable, monkeypatch):
+    import fope
+
+    x, cos, sin = make_inputs(2, 3, 5, 8, 3)
+    cos, sin = cos.requires_grad_(learnable), sin.requires_grad_(learnable)
+    calls = []
+    for name in ("norm_rotate", "rotate"):
+        original = getattr(fope_ext, name)
+        monkeypatch.setattr(fope_ext, name, lambda *a, f=original, n=name: calls.append(n) or f(*a))
+    leaves = [x.requires_grad_(), cos, sin]
+    y = fope.rotate(x, cos, sin, "c", norm=True)
+    assert calls == (["rotate"] if learnable else ["norm_rotate"])
+    ref_leaves = [t.detach().clone().requires_grad_(t.requires_grad) for t in leaves]
+    want = norm_then_rotate(*ref_leaves)
+    torch.testing.assert_close(y, want)
+    g = torch.randn_like(y)
+    needs = [t for t in leaves if t.requires_grad]
+    for a, b in zip(torch.autograd.grad(y, needs, g), torch.autograd.grad(want, [t for t in ref_leaves if t.requires_grad], g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @needs_kernel
 def test_torch_compile_fullgraph_runs_a_gpt_with_the_c_backend():
     from model import GPT, GPTConfig
@@ -137,6 +207,26 @@ def test_torch_compile_fullgraph_runs_a_gpt_with_the_c_backend():
     coef_ref = reference.transformer.h[0].attn.rotary.sin_coef
     assert coef.grad is not None and coef.grad.abs().sum() > 0  # dC/dS reached the coefficients
     torch.testing.assert_close(coef.grad, coef_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+@needs_kernel
+def test_torch_compile_fullgraph_traces_the_fused_qk_norm():
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    args = dict(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16, pos_emb="rope", qk_norm=True,
+                rotary_backend="c")
+    model = GPT(GPTConfig(**args))
+    reference = GPT(GPTConfig(**{**args, "rotary_backend": "eager"}))
+    reference.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 11, (2, 8))
+    _, loss = torch.compile(model, fullgraph=True, backend="aot_eager")(idx, idx)
+    loss.backward()
+    _, loss_ref = reference(idx, idx)
+    loss_ref.backward()
+    torch.testing.assert_close(loss, loss_ref)
+    w, w_ref = model.transformer.h[0].attn.c_attn.weight, reference.transformer.h[0].attn.c_attn.weight
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad, match", [
