@@ -290,3 +290,17 @@ def test_library_name_changes_when_source_or_flags_change(monkeypatch):
     name = build.module_name()
     monkeypatch.setattr(build, "COMPILE_ARGS", build.COMPILE_ARGS + ["-DFOPE_TEST"])
     assert build.module_name() != name
+
+
+@needs_kernel
+def test_qk_norm_without_a_rotation_is_layer_norm_through_the_identity_rotation():
+    import fope
+
+    x, _, _ = make_inputs(3, 2, 7, 16, 2, transposed=True)
+    x = (x * 4 + 1).requires_grad_()
+    g = torch.randn(3, 2, 7, 16)
+    for backend in ("c", "eager"):
+        y = fope.qk_norm(x, backend)
+        want = torch.nn.functional.layer_norm(x, (16,))
+        torch.testing.assert_close(y, want)
+        torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(want, x, g)[0])
