@@ -7,7 +7,7 @@ the sections are the paper's comparisons, and an arm in several sections is trai
     parts       RoPE, clamp only ("w/o FS"), Fourier series only ("w/o CF"), FoPE      (its Fig. 6a)
     sigma       FoPE with coefficient gain sigma in {0, 0.1, ..., 0.5}                  (Fig. 6b)
     basis       FoPE with fourier_dim in {1, 2, 3, 4} x head_dim (the basis size)       (Fig. 6c)
-    table2      RoPE, RoPE + QK norm, RoPE-A, NoPE                                      (Table 2)
+    table2      RoPE, RoPE-A and NoPE, each without and with QK norm                    (Table 2)
     embeddings  every position embedding of model.POS_EMBS side by side                 (Fig. 1)
 
 Then one length sweep (eval_length.py) over every run: perplexity beyond L_train at 4x and 16x (and
@@ -51,7 +51,7 @@ def arms():
          "fourier-only": ["--pos_emb=fope", "--fope_clamp=False"], "fope": demo.VARIANTS["fope"]}
     a.update({f"fope-sigma{s:g}": ["--pos_emb=fope", f"--fope_sigma={s}"] for s in SIGMAS if s != FOPE_SIGMA})
     a.update({f"fope-dim{d}": ["--pos_emb=fope", f"--fope_dim={d}"] for d in FOURIER_DIMS if d != HEAD_DIM})
-    a["rope+qknorm"] = ["--pos_emb=rope", "--qk_norm=True"]
+    a.update({f"{name}+qknorm": [f"--pos_emb={name}", "--qk_norm=True"] for name in ("rope", "rope-a", "nope")})
     for name in POS_EMBS:  # a new registry line is a new arm
         a.setdefault(name, demo.VARIANTS.get(name, [f"--pos_emb={name}"]))
     return a
@@ -68,7 +68,8 @@ def sections():
         "basis": ("FoPE's basis size, fourier_dim (Fig. 6c)", [
             (f"fourier_dim={d}", "fope" if d == HEAD_DIM else f"fope-dim{d}") for d in FOURIER_DIMS]),
         "table2": ("QK norm and whole-cycle frequencies (Table 2)", [
-            ("RoPE", "rope"), ("RoPE + QK norm", "rope+qknorm"), ("RoPE-A", "rope-a"), ("NoPE", "nope")]),
+            ("RoPE", "rope"), ("RoPE + QK norm", "rope+qknorm"), ("RoPE-A", "rope-a"),
+            ("RoPE-A + QK norm", "rope-a+qknorm"), ("NoPE", "nope"), ("NoPE + QK norm", "nope+qknorm")]),
         "embeddings": ("Every position embedding (Fig. 1's baselines and the classics)", [
             (name, name) for name in POS_EMBS]),
     }
@@ -91,6 +92,8 @@ CLAIMS = [
     ("table2", "rope-a", "rope", "ppl_beyond", 16, "RoPE-A generalizes better than RoPE (7.16 -> 6.67 at 16x)"),
     ("table2", "rope", "rope-a", "ppl", 1, "RoPE fits L_train better than RoPE-A (5.50 vs 5.72)"),
     ("table2", "nope", "rope", "ppl_beyond", 16, "NoPE degrades less than RoPE at 16x (6.99 vs 7.16)"),
+    ("table2", "rope-a", "rope-a+qknorm", "ppl_beyond", 16, "QK norm does not help RoPE-A (6.67 vs 6.81 at 16x)"),
+    ("table2", "nope", "nope+qknorm", "ppl_beyond", 16, "QK norm hurts NoPE past L_train (6.99 vs 7.43 at 16x)"),
     ("embeddings", "fope", "rope", "ppl_beyond", 4, "FoPE's perplexity is far more stable than RoPE's"),
     ("embeddings", "alibi", "fope", "ppl_beyond", 16, "ALiBi's perplexity is slightly below FoPE's"),
     ("embeddings", "fope", "rope", "passkey", 2, "RoPE's passkey falls to 0 at 2x, FoPE's stays"),
