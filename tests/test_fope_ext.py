@@ -45,6 +45,7 @@ CASES = {  # (B, H, T, hd, table_heads, transposed, sliced_tables)
     "parallel_transposed_view": (10, 4, 33, 64, 4, True, False),
     "parallel_shared_table": (10, 4, 33, 64, 1, False, False),
 }
+TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 
 
 @needs_kernel
@@ -60,7 +61,7 @@ def test_c_matches_eager_reference_values_and_all_gradients(case, dtype):
         leaves = [t.detach().clone().requires_grad_() for t in (x, cos, sin)]
         y = rotate(*leaves)
         results.append((y, *torch.autograd.grad(y, leaves, grad)))
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    tol = TOLERANCE[dtype]
     for got_results in results[:2]:
         for name, got, want in zip(("y", "dx", "dcos", "dsin"), got_results, results[2]):
             assert got.shape == want.shape, name
@@ -129,17 +130,14 @@ def test_fused_qk_norm_and_rotation_match_layer_norm_then_the_reference(case, dt
     x, cos, sin = make_inputs(B, H, T, hd, table_heads, dtype, transposed, sliced)
     x = x * 3 + torch.linspace(-2, 2, hd, dtype=dtype)  # rows far from mean 0, variance 1
     grad = torch.randn(B, H, T, hd, dtype=dtype)
-    want = None
-    for fn in (norm_then_rotate, lambda x, c, s: fope_ext.norm_rotate(x, c, s), fope_ext.norm_rotate_op):
+    results = []
+    for fn in (fope_ext.norm_rotate, fope_ext.norm_rotate_op, norm_then_rotate):
         leaf = x.detach().clone().requires_grad_()
         y = fn(leaf, cos, sin)
-        got = (y, *torch.autograd.grad(y, leaf, grad))
-        if want is None:
-            want = got
-            continue
-        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
-        for name, a, b in zip(("y", "dx"), got, want):
-            torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+        results.append((y, *torch.autograd.grad(y, leaf, grad)))
+    for got_results in results[:2]:
+        for name, got, want in zip(("y", "dx"), got_results, results[2]):
+            torch.testing.assert_close(got, want, **TOLERANCE[dtype], msg=lambda m: f"{name}: {m}")
 
 
 @needs_kernel
