@@ -47,6 +47,6 @@ lens: $(STAMP)
 extend: $(STAMP)
 	$(PY) extend.py $(if $(QUICK),--quick)
 
-# the paper's ablations and baselines, 21 arms x 3 seeds (~75 min on 2 cores); QUICK=1: a few-minute smoke run
+# the paper's ablations and baselines, 23 arms x 3 seeds (~70 min on 2 cores); QUICK=1: a few-minute smoke run
 ablate: $(STAMP)
 	$(PY) ablate.py $(if $(QUICK),--quick)
