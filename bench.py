@@ -271,7 +271,7 @@ def bench_embeddings(repeats, warmup, batch_size=32, block_size=128):
         print(f"  {name:14s} {result['step_ms'][name]:8.2f} ms  {ratio:5.3f}x [{q1:5.3f}-{q3:5.3f}] over {baseline:11s}"
               + (f"  (target <= {target}: {'met' if ratio <= target else 'MISSED'})" if target else ""))
     result["qk_norm_cost"] = {"nope": over_nope["nope+qknorm"][0],
-                              "rope": statistics.median(a / b for a, b in zip(times["rope+qknorm"], times["rope"]))}
+                              "rope": paired_ratios(times, "rope")["rope+qknorm"][0]}
     print(f"  QK norm's own cost: NoPE + QK norm over NoPE {result['qk_norm_cost']['nope']:.3f}x, "
           f"RoPE + QK norm over RoPE {result['qk_norm_cost']['rope']:.3f}x")
     result["all_targets_met"] = all(result["meets_target"].values())

@@ -287,9 +287,9 @@ def qk_norm(x, backend="eager"):
     if rotation_path(resolve_backend(backend), x.device) == "c":
         import fope_ext
         if fope_ext.available():
-            half = x.shape[-1] // 2
-            cos = torch.ones(1, 1, half, dtype=x.dtype).expand(1, x.shape[2], half)
-            return fope_ext.norm_rotate(x, cos, torch.zeros_like(cos), QK_NORM_EPS)
+            table = (1, x.shape[2], x.shape[-1] // 2)  # one row, every position (stride 0)
+            cos, sin = x.new_ones(1, 1, table[2]).expand(table), x.new_zeros(1, 1, table[2]).expand(table)
+            return fope_ext.norm_rotate(x, cos, sin, QK_NORM_EPS)
     return F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
 
 
@@ -300,13 +300,14 @@ def rotate(x, cos, sin, backend="eager", norm=False):
     path = rotation_path(backend, x.device)
     if path == "c":
         import fope_ext  # fope_ext never imports fope: the fallback to the reference lives here
-        if fope_ext.available():
-            if norm and not (cos.requires_grad or sin.requires_grad):
-                return fope_ext.norm_rotate(x, cos, sin, QK_NORM_EPS)
-            return fope_ext.rotate(F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS) if norm else x, cos, sin)
-        path = "eager"  # no C compiler: fope_ext has warned once, with the compiler's output
-    if norm:
+        if not fope_ext.available():
+            path = "eager"  # no C compiler: fope_ext has warned once, with the compiler's output
+        elif norm and not (cos.requires_grad or sin.requires_grad):
+            return fope_ext.norm_rotate(x, cos, sin, QK_NORM_EPS)
+    if norm:  # learnable tables (their gradient comes from the plain rotation) or no C kernel
         x = F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
+    if path == "c":
+        return fope_ext.rotate(x, cos, sin)
     if path == "compile":
         global _compiled_apply_rotary
         if _compiled_apply_rotary is None:

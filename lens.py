@@ -119,10 +119,7 @@ def attention_scores(attn, q, k, shared_bias=None):
     bias if any (the layer's own, or the model's shared one: model.transformer.pos_bias); -inf above the
     diagonal."""
     T = q.shape[2]
-    if attn.qk_norm:
-        q, k = torch.nn.functional.layer_norm(q, (q.shape[-1],)), torch.nn.functional.layer_norm(k, (k.shape[-1],))
-    if attn.rotary is not None:
-        q, k = attn.rotary(q), attn.rotary(k)
+    q, k = attn.position_qk(q, k)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     bias = attn.pos_bias if attn.pos_bias is not None else shared_bias
     if bias is not None:

@@ -181,17 +181,23 @@ class CausalSelfAttention(nn.Module):
         self.rotary = spec.build(config) if spec.kind == "rotary" else None
         self.pos_bias = spec.build(config) if spec.kind == "bias" and not spec.shared else None
 
+    def position_qk(self, q, k):
+        """q, k (B, nh, T, hs) as attention uses them: QK norm (zero mean, unit variance over each head's
+        dimensions, no affine) if the model has it, then the rotation if the embedding rotates; the C
+        kernel does both in one pass. The lens calls this too."""
+        if self.rotary is not None:
+            return self.rotary(q, norm=self.qk_norm), self.rotary(k, norm=self.qk_norm)
+        if self.qk_norm:
+            return qk_norm(q, self.rotary_backend), qk_norm(k, self.rotary_backend)
+        return q, k
+
     def forward(self, x, shared_bias=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        # qk_norm: zero mean, unit variance over each head's dimensions (no affine), before any rotation
-        if self.rotary is not None:  # the C kernel normalises and rotates in one pass
-            q, k = self.rotary(q, norm=self.qk_norm), self.rotary(k, norm=self.qk_norm)
-        elif self.qk_norm:
-            q, k = qk_norm(q, self.rotary_backend), qk_norm(k, self.rotary_backend)
+        q, k = self.position_qk(q, k)
         dropout = self.dropout if self.training else 0.0
         bias = self.pos_bias if self.pos_bias is not None else shared_bias
         if bias is not None:
