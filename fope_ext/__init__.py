@@ -22,7 +22,7 @@ fope_ext/_build/). Backward: the gradient of a rotation is the inverse rotation 
 so dx is the same op with inverse=True; when the tables require grad (learnable FoPE
 coefficients) a second op, fope::rotate_backward, also sums dC and dS in the same pass.
 fope::norm_rotate and fope::norm_rotate_backward fuse model.py's QK norm into the same pass (constant
-tables; F.layer_norm over rows of head_dim floats takes 4x longer than the fused pass). Eager
+tables; bench.py's qk_norm rows: F.layer_norm then the rotation take 3-6x the fused pass). Eager
 calls go through a plain autograd.Function over the same kernels (cheaper than the dispatcher);
 under torch.compile the registered ops are traced.
 """
