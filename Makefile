@@ -1,10 +1,11 @@
 # nanoFoPE: `make test` and `make demo` do all the set-up on a fresh machine.
+# Each experiment is a script in experiments/: `make demo` is `python experiments/demo.py` (flags: --help).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test setup demo ext bench lens extend ablate
+.PHONY: test test-all setup demo ext bench lens extend ablate
 
 setup: $(STAMP)
 
@@ -14,20 +15,26 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# the fast tests, for the edit-test loop (a few minutes on 2 cores)
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# everything: the fast tests, the end-to-end quick runs of every experiment, DDP (what CI runs)
+test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# the laptop reproduction of the length curves (~25 min on 2 cores); QUICK=1: a few-minute smoke run
+# the laptop reproduction of the length curves (about half an hour on 2 cores); QUICK=1: a few-minute smoke run
 demo: $(STAMP)
-	$(PY) demo.py $(if $(QUICK),--quick)
+	$(PY) experiments/demo.py $(if $(QUICK),--quick)
 
 # the C rotation kernel (also built on first use); prints the compiler's error if it cannot build
 ext: $(STAMP)
 	$(PY) -m fope_ext
 
-# rotation kernels vs eager, torch.compile and a plain copy; training step times -> bench.json
+# the rotation kernels against eager, torch.compile and a plain copy; training step cost of every embedding
+# -> results/bench.json, results/bench.md (QUICK=1: fewer repeats, into results/quick/)
 bench: $(STAMP)
-	$(PY) bench.py $(if $(QUICK),--quick)
+	$(PY) experiments/bench.py $(if $(QUICK),--quick)
 
 # the lens on the demo's checkpoints (make demo first): q/k means, attention vs distance, spectrum,
 # Fig. 8 -> results/lens/ (QUICK=1: the quick demo's checkpoints -> results/quick/lens/)
@@ -41,12 +48,12 @@ LENS_VARIANTS = $(sort $(foreach c,$(LENS_CKPTS),$(firstword $(subst _s, ,$(notd
 LENS_LABELS = $(foreach v,$(LENS_VARIANTS),--label=$(v)=$(subst $(space),$(comma),$(filter $(LENS_DIR)/$(v)_s%,$(LENS_CKPTS))))
 lens: $(STAMP)
 	@test -n "$(LENS_CKPTS)" || { echo "no checkpoints in $(LENS_DIR): run make demo$(if $(QUICK), QUICK=1) first"; exit 1; }
-	$(PY) lens.py --ckpt $(LENS_CKPTS) $(LENS_LABELS) --out $(if $(QUICK),results/quick/lens,results/lens)
+	$(PY) experiments/lens.py --ckpt $(LENS_CKPTS) $(LENS_LABELS) --out $(if $(QUICK),results/quick/lens,results/lens)
 
-# context extension by continued training (the paper's Fig. 4), from make demo's runs (~15 min after it)
+# context extension by continued training (the paper's Fig. 4), from make demo's runs (about 11 min after it)
 extend: $(STAMP)
-	$(PY) extend.py $(if $(QUICK),--quick)
+	$(PY) experiments/extend.py $(if $(QUICK),--quick)
 
-# the paper's ablations and baselines, 23 arms x 3 seeds (~70 min on 2 cores); QUICK=1: a few-minute smoke run
+# the paper's ablations and baselines, 23 arms x 3 seeds (about 70 min on 2 cores); QUICK=1: a few-minute smoke run
 ablate: $(STAMP)
-	$(PY) ablate.py $(if $(QUICK),--quick)
+	$(PY) experiments/ablate.py $(if $(QUICK),--quick)

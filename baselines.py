@@ -14,13 +14,13 @@ embeddings, and additive attention biases. (RoPE and its variants are in fope.py
 Every bias module maps query positions i and key positions j to an additive score bias
 b[h, i, j] (shape (H, len(i), len(j))) with -inf where j > i (the causal mask travels with it):
 
-    ALiBi   b = -slope_h (i - j)                          slopes fixed (fope.alibi_slopes)
+    ALiBi   b = -slope_h (i - j)                          slopes fixed (alibi_slopes)
     KERPLE  b = -r1_h log(1 + r2_h (i - j))               r1, r2 > 0 learned per head and layer
     FIRE    b = mlp( psi(i - j) / psi(max(L, i)) )_h,     psi(x) = log(c x + 1), c and L learned
     T5      b = emb[bucket(i - j), h]                     32 log-spaced buckets up to distance 128
 
-The model asks for rows of queries at a time (model.py chunks long sequences), so no bias ever
-needs a (H, T, T) tensor for the whole sequence at once.
+attend_with_bias asks for rows of queries at a time once a sequence is long, so no bias ever needs a
+(H, T, T) tensor for the whole sequence at once.
 """
 
 import math
@@ -29,8 +29,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-
-from fope import alibi_slopes
 
 # -----------------------------------------------------------------------------
 # absolute positions: (T, n_embd) added to the token embeddings
@@ -87,6 +85,21 @@ class AttentionBias(nn.Module):
         distance = i[:, None] - j[None, :]
         bias = self.values(distance.clamp(min=0), i).to(dtype)
         return bias.masked_fill(distance < 0, float("-inf"))
+
+
+def alibi_slopes(n_head):
+    """ALiBi head slopes: a geometric sequence starting at 2^(-8/n) with that ratio. For a head count
+    that is not a power of two, take the slopes of the closest smaller power of two and fill up with
+    every other slope of the next power of two (Press et al. 2022, Sec. 3)."""
+    def geometric(n):
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if n_head & (n_head - 1) == 0:
+        return torch.tensor(geometric(n_head))
+    closest = 2 ** math.floor(math.log2(n_head))
+    extra = geometric(2 * closest)[0::2][: n_head - closest]
+    return torch.tensor(geometric(closest) + extra)
 
 
 class AlibiBias(AttentionBias):

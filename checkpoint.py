@@ -1,7 +1,7 @@
 """
 The one place that writes, reads and checks out_dir/ckpt.pt: train.py, eval_length.py, sample.py and
-demo.py all go through it, so a missing, truncated or foreign checkpoint gets the same one-line error
-everywhere.
+the experiments all go through it, so a missing, truncated or foreign checkpoint gets the same one-line
+error everywhere.
 
 A checkpoint is the dict train.py saves:
     model, optimizer, scaler  state dicts (scaler: float16's GradScaler, so a float16 resume is exact)
@@ -26,11 +26,11 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # The files whose edits change what a run trains or the numbers it reports. The config's values are
 # recorded as values (config), so config files and configurator.py are not here; eval_length.py, sample.py
-# and demo.py only read a trained model. The C kernel is here although it is tested against the eager
+# and experiments/ only read a trained model. The C kernel is here although it is tested against the eager
 # rotation: runs train through it (rotary_backend=auto) and its rounding is not eager's bit for bit, nor
 # the same under other compiler flags (build.py).
-SOURCES = ("train.py", "model.py", "fope.py", "baselines.py", "passkey.py", "data/shards.py", "data/tokenizer.py",
-           "fope_ext/*.py", "fope_ext/*.c", "fope_ext/*.h")
+SOURCES = ("train.py", "model.py", "fope.py", "rope_scaling.py", "baselines.py", "passkey.py", "data/shards.py", "data/tokenizer.py",
+           "fope_ext/__init__.py", "fope_ext/build.py", "fope_ext/*.c", "fope_ext/*.h")
 
 REQUIRED = ("model", "model_args", "config", "iter_num", "meta")  # what every reader needs
 
@@ -112,7 +112,7 @@ def load_checkpoint(path, missing=None, require=(), mmap=False):
 
 def build_model(checkpoint, path, model_args=None):
     """The GPT of a checkpoint with its weights (model_args: e.g. with eval-time rope_scaling)."""
-    from model import GPT, GPTConfig  # here: demo.py reads checkpoints without building models
+    from model import GPT, GPTConfig  # here: the experiments read checkpoints without building models
 
     try:
         model = GPT(GPTConfig.from_dict(model_args or checkpoint["model_args"]))
@@ -122,3 +122,16 @@ def build_model(checkpoint, path, model_args=None):
         raise CheckpointError(f"{checkpoint_file(path)}: {reason[:200]} (written by another version of "
                               "model.py? train it again)") from None
     return model
+
+
+def load_model(path, scaling=None, device="cpu"):
+    """-> (model in eval mode, checkpoint) from an out_dir or a ckpt.pt, with an eval-time rope_scaling
+    (HF's spelling; its original length defaults to the model's block_size) on a rotary model."""
+    from model import is_rotary
+
+    checkpoint = load_checkpoint(path)
+    args = dict(checkpoint["model_args"])
+    if scaling is not None and is_rotary(args["pos_emb"]):
+        args["rope_scaling"] = {"original_max_position_embeddings": args["block_size"], **scaling}
+    checkpoint["path"] = path
+    return build_model(checkpoint, path, args).to(device).eval(), checkpoint

@@ -136,3 +136,20 @@ def resolve_dtype(name, device, rotary_backend=None):
         raise SystemExit(f"dtype float16 on CPU: the C rotation kernel (rotary_backend={rotary_backend}) takes float32 "
                          "and bfloat16; use --dtype=bfloat16 (CPU autocast's type) or float32")
     return name
+
+
+def describe_machine():
+    """One line: the CPU (or GPU), the cores and the torch the numbers were made on."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"

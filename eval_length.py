@@ -1,11 +1,11 @@
 """
 Length generalization sweep: perplexity and passkey retrieval against evaluation length.
 
-    python eval_length.py --ckpt out/demo/rope_s0 out/demo/fope_s0 out/demo/alibi_s0
-    python eval_length.py --ckpt out/demo/* --rope_scaling yarn --factor 8 --out results/yarn
+    python eval_length.py --ckpt out/demo/rope_s1 out/demo/fope_s1 out/demo/alibi_s1
+    python eval_length.py --ckpt out/demo/*_s1 --rope_scaling yarn --factor 8 --out results/yarn
     python eval_length.py --ckpt out/a_s1 out/a_s2 out/b_s1 --label mine=out/a_s1,out/a_s2
 
-Protocol (the README states it too):
+Protocol:
 - Perplexity: non-overlapping windows of each length over the val split, the same token budget at
   every length (--tokens, so ~tokens/length windows). Two views per window: the loss averaged over
   all positions, and over the positions beyond the training length only (where extrapolation
@@ -13,14 +13,9 @@ Protocol (the README states it too):
 - Passkey (passkey.py): documents of exactly `length` tokens with a random 5-digit key at each depth
   in --depths, --trials per (length, depth), fixed seed. Scored by exact match of the greedy answer
   (teacher forcing: the greedy answer is the key iff the argmax is right at every answer token).
-- Checkpoints whose runs differ only in what does not change the trained model (seed, out_dir, wandb
-  names, device, rotary_backend, compile, log/eval intervals: NOT_THE_MODEL) are seeds of one run:
-  tables and plots show their mean and min-max. Any other difference (a model field, the learning
-  rate, the iteration reached, ...) makes another row.
-- A row is labelled by its pos_emb and what sets it apart from the other rows (e.g. "fope" and
-  "fope fope_sigma=0.1": the settings that vary between rows, where they differ from train.py's
-  default), then "+yarn8" etc. for eval-time scaling. --label NAME=CKPT[,CKPT...] names the row those
-  checkpoints are in (repeat it for several rows).
+- Checkpoints that are seeds of one run (runs.py says which) make one row: tables and plots show their
+  mean and min-max. A row is named by what sets its run apart (runs.label_runs), or by
+  --label NAME=CKPT[,CKPT...] (repeat it for several rows).
 - A length is skipped only where it cannot be measured, and the table says so: longer than the
   split's longest shard (perplexity and passkey), past block_size for learned positions, shorter
   than a passkey document (passkey only). Any other error stops the sweep.
@@ -33,117 +28,26 @@ longest length).
 import argparse
 import ast
 import csv
-import dataclasses
 import json
 import math
 import os
 import resource
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import build_model, checkpoint_file, load_checkpoint
-from configurator import resolve_device
+from checkpoint import load_model
+from configurator import describe_machine, resolve_device
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
-from fope import check_scaling
-from model import POS_EMBS, is_rotary
+from model import POS_EMBS
 from passkey import PasskeyDocs, score
-from train import DEFAULTS as TRAIN_DEFAULTS
-
-# -----------------------------------------------------------------------------
-# loading
-
-
-
-
-def load_model(path, scaling=None, device="cpu"):
-    """-> (model, checkpoint) from an out_dir or a ckpt.pt, with rope_scaling applied at eval time."""
-    checkpoint = load_checkpoint(path)
-    args = dict(checkpoint["model_args"])
-    if scaling is not None and is_rotary(args["pos_emb"]):
-        args["rope_scaling"] = {"original_max_position_embeddings": args["block_size"], **scaling}
-    checkpoint["path"] = path
-    return build_model(checkpoint, path, args).to(device).eval(), checkpoint
-
-
-# -----------------------------------------------------------------------------
-# which checkpoints are seeds of one run, and what to call each run
-
-# train.py settings that do not change the trained model: checkpoints differing only in these are seeds
-NOT_THE_MODEL = ("seed", "out_dir", "wandb_log", "wandb_project", "wandb_run_name", "init_from", "device",
-                 "rotary_backend", "compile", "log_interval", "eval_interval", "eval_iters", "always_save_checkpoint")
-
-
-def run_settings(checkpoint, model):
-    """Everything that makes the evaluated model what it is: the train config minus NOT_THE_MODEL, the
-    model's fields (eval-time rope_scaling included) and the iteration reached. Settings the position
-    embedding never reads are left out, so two rope runs that differ only in fope_sigma are one run."""
-    settings = {k: v for k, v in checkpoint["config"].items() if k not in NOT_THE_MODEL}
-    settings.update((k, v) for k, v in dataclasses.asdict(model.config).items() if k not in NOT_THE_MODEL)
-    settings["iter_num"] = checkpoint["iter_num"]
-    parent = checkpoint.get("parent")  # a continued run (init_from=<run>): what it started from counts too
-    if parent:
-        settings["parent"] = f"{parent['model_args']['pos_emb']}@{parent['model_args']['block_size']}:{parent['iter_num']}"
-    pos_emb = settings["pos_emb"]
-    for key in list(settings):
-        if (key.startswith("fope_") and pos_emb != "fope"
-                or key in ("rope_theta", "rope_scaling") and not is_rotary(pos_emb)):
-            del settings[key]
-    return settings
-
-
-def differences(a, b):
-    return [k for k in {**a, **b} if a.get(k) != b.get(k)]
-
-
-def label_runs(settings_by_ckpt, names, suffix=""):
-    """{ckpt: settings}, {ckpt: --label name} -> {ckpt: label}; equal settings share a label (seeds).
-
-    A run without a --label name is called by its pos_emb and, of the settings that vary between the
-    runs, those where it differs from train.py's default (all of them for a setting without a default,
-    such as iter_num). suffix (e.g. "+yarn8") follows the label of rotary runs."""
-    runs = defaultdict(list)  # settings as JSON -> the checkpoints of that run
-    for ckpt, settings in settings_by_ckpt.items():
-        runs[json.dumps(settings, sort_keys=True, default=str)].append(ckpt)
-    settings_of = {run: settings_by_ckpt[ckpts[0]] for run, ckpts in runs.items()}
-    values = defaultdict(list)  # setting -> its value in each run that has it
-    for settings in settings_of.values():
-        for key, value in settings.items():
-            values[key].append(json.dumps(value, sort_keys=True, default=str))
-    varying = {k for k, v in values.items() if len(set(v)) > 1} - {"pos_emb", "rope_scaling"}
-
-    def shown(key, value):  # a setting without a train.py default (iter_num, vocab_size) is always shown
-        return key in varying and (key not in TRAIN_DEFAULTS or value != TRAIN_DEFAULTS[key])
-
-    labels = {}
-    for run, ckpts in runs.items():
-        settings = settings_of[run]
-        given = {names[c] for c in ckpts if c in names}
-        if len(given) > 1:
-            raise SystemExit(f"--label gives one run two names ({', '.join(sorted(given))}): {', '.join(ckpts)} "
-                             "differ only in seed or output names")
-        if given:
-            label = given.pop()
-        else:
-            apart = [f"{k}={v}" for k, v in settings.items() if shown(k, v)]
-            label = " ".join([settings["pos_emb"], *apart])
-        labels[run] = label + (suffix if is_rotary(settings["pos_emb"]) else "")
-    for name in set(names.values()):
-        named = [run for run, ckpts in runs.items() if any(names.get(c) == name for c in ckpts)]
-        if len(named) > 1:
-            differ = differences(settings_of[named[0]], settings_of[named[1]])
-            raise SystemExit(f"--label {name} names checkpoints of different runs (they differ in "
-                             f"{', '.join(differ)}): give each run its own label")
-    repeated = [label for label, n in Counter(labels.values()).items() if n > 1]
-    if repeated:
-        raise SystemExit(f"two different runs would both be labelled {repeated[0]!r}: name them apart with --label")
-    return {ckpt: labels[run] for run, ckpts in runs.items() for ckpt in ckpts}
-
+from rope_scaling import check_scaling
+from runs import format_table, label_runs, parse_labels, plot_sweep, run_settings, summarize, unique_checkpoints
 
 # -----------------------------------------------------------------------------
 # the two measurements
@@ -198,105 +102,9 @@ def passkey_accuracy(model, docs, tok, length, depths, trials, seed, device, bat
             "passkey_by_depth": {f"{d:g}": v[0] for d, v in by_depth.items()}}
 
 
-# -----------------------------------------------------------------------------
-# aggregation and outputs
-
-
 def longest_length(data):
     """The longest evaluation length the split can fill: a window needs length + 1 tokens of one shard."""
     return max(len(shard) for shard in data.shards) - 1
-
-
-def summarize(rows):
-    """label -> length -> {metric: {mean, min, max, n}} over seeds, and "note": why a length was skipped."""
-    groups = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        groups[r["label"]][r["length"]].append(r)
-    summary = {}
-    for label, by_length in groups.items():
-        summary[label] = {}
-        for length, rs in sorted(by_length.items()):
-            stats = {}
-            for metric in ("ppl", "ppl_beyond", "passkey"):
-                values = [r[metric] for r in rs if r[metric] is not None and not math.isnan(r[metric])]
-                if values:
-                    stats[metric] = {"mean": float(np.mean(values)), "min": min(values), "max": max(values), "n": len(values)}
-            notes = sorted({r["note"] for r in rs if r["note"]})
-            if notes:
-                stats["note"] = "; ".join(notes)
-            summary[label][length] = stats
-    return summary
-
-
-def format_table(summary, lengths):
-    def cell(stats, metric, fmt):
-        if metric not in stats:
-            return "-"
-        s = stats[metric]
-        text = fmt.format(s["mean"])
-        return text + (f" [{fmt.format(s['min'])}-{fmt.format(s['max'])}]" if s["n"] > 1 else "")
-
-    summary = {label: {int(L): s for L, s in by_length.items()} for label, by_length in summary.items()}  # JSON: str keys
-    lines = []
-    for title, metric, fmt in (("perplexity (all positions)", "ppl", "{:.2f}"),
-                               ("perplexity (positions beyond L_train)", "ppl_beyond", "{:.2f}"),
-                               ("passkey accuracy", "passkey", "{:.2f}")):
-        lines.append(f"{title}: mean over seeds [min-max]")
-        header = ["variant"] + [str(L) for L in lengths]
-        body = [[label] + [cell(by_length.get(L, {}), metric, fmt) for L in lengths] for label, by_length in summary.items()]
-        widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-        for r in [header] + body:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-        lines.append("")
-    skipped = [f"  {label} at {L}: {s['note']}" for label, by_length in summary.items()
-               for L, s in sorted(by_length.items()) if "note" in s]
-    if skipped:
-        lines += ["-: not measured", *skipped, ""]
-    return "\n".join(lines)
-
-
-def plot(summary, per_position, train_len, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric, ylabel in ((axes[0], "ppl", "perplexity (val)"), (axes[1], "passkey", "passkey accuracy")):
-        for label, by_length in summary.items():
-            pts = [(L, s[metric]) for L, s in sorted(by_length.items()) if metric in s]
-            if not pts:
-                continue
-            xs = [L for L, _ in pts]
-            line, = ax.plot(xs, [s["mean"] for _, s in pts], marker="o", label=label)
-            ax.fill_between(xs, [s["min"] for _, s in pts], [s["max"] for _, s in pts], color=line.get_color(), alpha=0.2)
-        ax.axvline(train_len, color="gray", linestyle="--", linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("evaluation length (tokens); dashed: training length")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[1].set_ylim(-0.03, 1.03)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path + ".png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, curves in per_position.items():
-        loss = np.mean(curves, axis=0)
-        bin_size = max(1, len(loss) // 64)
-        n = len(loss) // bin_size * bin_size
-        binned = loss[:n].reshape(-1, bin_size).mean(1)
-        ax.plot(np.arange(len(binned)) * bin_size + bin_size / 2, binned, label=label)
-    ax.axvline(train_len, color="gray", linestyle="--", linewidth=1)
-    ax.set_xlabel("token position (dashed: training length)")
-    ax.set_ylabel("val loss (mean over windows and seeds)")
-    ax.grid(alpha=0.3)
-    if per_position:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path + "_positions.png", dpi=120)
-    plt.close(fig)
 
 
 # -----------------------------------------------------------------------------
@@ -366,22 +174,6 @@ def eval_scaling(args):
     return scaling, f"+{kind}" + ("" if factor is None else f"{sep}{factor:g}")
 
 
-def parse_labels(label_args, ckpts):
-    """--label NAME=CKPT[,CKPT...] -> {ckpt as given in --ckpt: NAME}."""
-    given = {os.path.abspath(checkpoint_file(c)): c for c in ckpts}
-    names = {}
-    for arg in label_args:
-        name, eq, paths = arg.partition("=")
-        if not (name and eq and paths):
-            raise SystemExit(f"--label {arg}: write --label NAME=CKPT[,CKPT...]")
-        for path in paths.split(","):
-            ckpt = given.get(os.path.abspath(checkpoint_file(path)))
-            if ckpt is None:
-                raise SystemExit(f"--label {arg}: {path} is not one of the --ckpt checkpoints")
-            names[ckpt] = name
-    return names
-
-
 def prepare_out(out):
     """Make the output directory and check it takes files, before the sweep's work is done."""
     folder = os.path.dirname(out) or "."
@@ -396,10 +188,7 @@ def prepare_out(out):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
-    files = [os.path.abspath(checkpoint_file(c)) for c in args.ckpt]
-    for path, file in zip(args.ckpt, files):
-        if files.count(file) > 1:
-            raise SystemExit(f"--ckpt lists {path} twice: it would count as two seeds")
+    unique_checkpoints(args.ckpt)
     names = parse_labels(args.label, args.ckpt)
     scaling, suffix = eval_scaling(args)
     models = [load_model(path, scaling, device) for path in args.ckpt]
@@ -478,12 +267,12 @@ def main(argv=None):
     info = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python eval_length.py " + " ".join(argv or sys.argv[1:]),
             "train_len": train_len, "lengths": lengths, "tokens_per_length": args.tokens, "passkey_trials": args.trials,
             "passkey_depths": args.depths, "seconds": round(time.time() - t0, 1), "peak_rss_mb": round(peak_mb, 1),
-            "scaling": scaling, "groups": groups}
+            "scaling": scaling, "groups": groups, "machine": describe_machine()}
     with open(args.out + ".json", "w") as f:
         json.dump({"info": info, "rows": rows, "summary": summary,
                    "per_position": {"length": max(lengths), "loss": {k: np.mean(v, 0).tolist() for k, v in per_position.items()}}},
                   f, indent=1)
-    plot(summary, {k: np.array(v) for k, v in per_position.items()}, train_len, args.out)
+    plot_sweep(summary, {k: np.array(v) for k, v in per_position.items()}, train_len, args.out)
     print(f"wrote {args.out}.csv, .json, .png, _positions.png ({info['seconds']} s, peak memory {peak_mb:.0f} MB)")
 
 

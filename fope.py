@@ -1,15 +1,11 @@
 """
-Position embeddings for length generalization: the frequency math and the position modules.
+Position embeddings for length generalization: the frequency math and the rotary position modules.
 
 - RoPE: Su et al. 2021, "RoFormer" (arXiv 2104.09864), rotate-half (GPT-NeoX) layout.
 - FoPE: Hua et al. 2025, "Fourier Position Embedding: Enhancing Attention's Periodic Extension
   for Length Generalization" (arXiv 2412.17739, ICML 2025). Semantics follow the official code
   (TsinghuaC3I/Fourier-Position-Embedding, olmo/model.py, FourierEmbedding).
-- ALiBi: Press et al. 2022, "Train Short, Test Long" (arXiv 2108.12409).
-- Context extension: PI (Chen et al. 2023, arXiv 2306.15595), NTK-aware scaling (bloc97 2023),
-  dynamic NTK, YaRN (Peng et al. 2023, arXiv 2309.00071), Llama 3.1's rescaling, LongRoPE (Ding et
-  al. 2024, arXiv 2402.13753). rope_scaling dicts are spelled as HF transformers spells them, and the
-  frequencies and attention factors equal its ROPE_INIT_FUNCTIONS (tests/test_fope.py).
+- Context extension (rope_scaling: PI, NTK, dynamic, YaRN, Llama 3, LongRoPE) is rope_scaling.py.
 
 Every rotary variant is the same computation on tables C and S of shape (H or 1, T, head_dim//2):
 
@@ -19,8 +15,8 @@ RoPE:  C[t, m] = cos(t w_m),  S[t, m] = sin(t w_m),  w_m = theta^(-2m/d).
 FoPE:  the kept frequencies are w_m >= 2 pi / L_train (paper Sec. 4.2, "clamp the floor"), and
        every output dimension is a Fourier series over them, per head h (paper Eq. 10-11):
            S[h, t, :] = sin(t w) @ sin_coef[h],   C[h, t, :] = cos(t w) @ cos_coef[h],
-       padded to head_dim//2 with position-free dimensions. In this file RoPE is the base class and
-       FoPE only changes the frequencies (clamp) and the mixing (coefficients), i.e. the data.
+       padded to head_dim//2 with position-free dimensions. RoPE and FoPE share one table machinery
+       (RotaryEmbedding); FoPE only changes the frequencies (clamp) and the mixing (coefficients): data.
 
 The paper's ablation arms (its Fig. 6a) are four settings of the two parts:
     RoPE                  RotaryPositionEmbedding(...)
@@ -35,11 +31,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rope_scaling import LENGTH_DEPENDENT, check_scaling, rescale_inv_freq
+
+ROPE_THETA = 10000.0  # RoPE's base (Su et al.), the default of every rotary module and of GPTConfig
+FOPE_SIGMA = 0.3  # xavier gain of FoPE's coefficients: the official 60M config (0.4 for 180M, 0.6 for 1.2B)
+ZERO_PADS = ("official", "identity")  # how FoPE fills its position-free dimensions
+
 # -----------------------------------------------------------------------------
 # frequency math
 
 
-def rope_inv_freq(head_dim, theta=10000.0):
+def rope_inv_freq(head_dim, theta=ROPE_THETA):
     """w_m = theta^(-2m/head_dim), m = 0 .. head_dim/2 - 1 (float64)."""
     check_even(head_dim)
     return theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
@@ -47,7 +49,19 @@ def rope_inv_freq(head_dim, theta=10000.0):
 
 def check_even(head_dim):
     if head_dim % 2:
-        raise ValueError(f"head_dim must be even for a rotary embedding, got {head_dim}")
+        raise ValueError(f"a rotary embedding rotates pairs of dimensions: head_dim (n_embd / n_head) must be even, "
+                         f"got {head_dim}")
+
+
+def check_fope_args(head_dim, sigma, fourier_dim, zero_pad):
+    """The one check of FoPE's knobs (GPTConfig's fope_sigma, fope_dim, fope_zero_pad): a one-line ValueError."""
+    if sigma < 0:
+        raise ValueError(f"fope_sigma (the xavier gain of FoPE's coefficients) must be >= 0, got {sigma}")
+    if fourier_dim is not None and (fourier_dim % 2 or fourier_dim < head_dim):
+        raise ValueError(f"fope_dim (FoPE's basis: frequencies theta^(-2m/fope_dim)) must be an even number "
+                         f">= head_dim {head_dim}, or None for head_dim; got {fourier_dim}")
+    if zero_pad not in ZERO_PADS:
+        raise ValueError(f"fope_zero_pad must be one of {ZERO_PADS}, got {zero_pad!r}")
 
 
 def whole_cycle_inv_freq(inv_freq, train_len):
@@ -61,181 +75,6 @@ def floor_clamp_mask(inv_freq, train_len):
     """FoPE's floor clamp: frequencies whose period 2 pi / w exceeds the training length never
     complete a cycle in training, so they are zeroed (dropped): keep w >= 2 pi / train_len."""
     return inv_freq >= 2 * math.pi / train_len
-
-
-# -----------------------------------------------------------------------------
-# context extension: rope_scaling, spelled as HF transformers spells it (its ROPE_INIT_FUNCTIONS)
-#
-# Each rescaling maps the frequencies (after FoPE's clamp) to new ones for sequences past the original
-# length, and may set an attention factor that multiplies both tables (so q.k scales by its square),
-# as HF applies it. A rescaling only sees each frequency's index m in theta^(-2m/rot_dim), so it applies
-# alike to RoPE's frequencies and to the ones FoPE keeps ("after the clamp", as the official code's
-# `len_extra_before_clamp=False`). Every function returns (inv_freq, attention_factor).
-
-SCALING_KEYS = {  # rope_type -> the keys it reads besides rope_type, factor, original_max_position_embeddings
-    "default": (),
-    "linear": (),
-    "ntk": (),
-    "dynamic": (),
-    "yarn": ("attention_factor", "beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim", "ramp"),
-    "llama3": ("low_freq_factor", "high_freq_factor"),
-    "longrope": ("short_factor", "long_factor", "attention_factor"),
-}
-SCALING_TYPES = tuple(SCALING_KEYS)
-SCALING_ALIASES = {"type": "rope_type", "original_len": "original_max_position_embeddings"}  # nanoFoPE's short names
-LENGTH_DEPENDENT = ("dynamic", "longrope")  # their frequencies depend on the current sequence length
-
-
-def check_scaling(scaling):
-    """Validate a rope_scaling dict (HF's keys, or the short names type / original_len / attn_temperature);
-    returns it normalised to HF's keys (or None). attn_temperature=False means attention_factor=1.0."""
-    if scaling is None:
-        return None
-    if not isinstance(scaling, dict):
-        raise ValueError(f"rope_scaling must be a dict like {{'rope_type': 'yarn', 'factor': 8.0}}, got {scaling!r}")
-    scaling = {SCALING_ALIASES.get(k, k): v for k, v in scaling.items()}
-    kind = scaling.get("rope_type")
-    if kind not in SCALING_KEYS:
-        raise ValueError(f"rope_scaling rope_type must be one of {SCALING_TYPES}, got {kind!r}")
-    if "attn_temperature" in scaling:
-        if kind != "yarn":
-            raise ValueError("rope_scaling attn_temperature applies to yarn only")
-        if not scaling.pop("attn_temperature"):
-            scaling.setdefault("attention_factor", 1.0)
-    allowed = {"rope_type", "factor", "original_max_position_embeddings", *SCALING_KEYS[kind]}
-    unknown = set(scaling) - allowed
-    if unknown:
-        raise ValueError(f"rope_scaling has unknown keys {sorted(unknown)} for rope_type {kind!r}; allowed: {sorted(allowed)}")
-    if kind in ("linear", "ntk", "dynamic", "yarn", "llama3"):
-        if not isinstance(scaling.get("factor"), (int, float)) or scaling["factor"] < 1:
-            raise ValueError(f"rope_scaling {kind} needs a factor >= 1, got {scaling.get('factor')!r}")
-    if kind == "llama3" and not {"low_freq_factor", "high_freq_factor"} <= set(scaling):
-        raise ValueError("rope_scaling llama3 needs low_freq_factor and high_freq_factor (Llama 3.1: 1 and 4)")
-    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
-        raise ValueError("rope_scaling llama3 needs high_freq_factor > low_freq_factor")
-    if kind == "longrope" and not {"short_factor", "long_factor"} <= set(scaling):
-        raise ValueError("rope_scaling longrope needs short_factor and long_factor (one per frequency, head_dim/2 each)")
-    if kind == "yarn" and scaling.get("ramp", "index") not in ("index", "ratio"):
-        raise ValueError(f"rope_scaling yarn ramp must be 'index' (HF, the YaRN and FoPE code) or 'ratio' "
-                         f"(the YaRN paper's Eq. 18), got {scaling['ramp']!r}")
-    orig = scaling.get("original_max_position_embeddings")
-    if orig is not None and (not isinstance(orig, int) or orig < 1):
-        raise ValueError(f"rope_scaling original_max_position_embeddings must be a positive int, got {orig!r}")
-    return scaling
-
-
-def _linear(inv_freq, index, rot_dim, theta, p, seq_len):
-    """PI (Chen et al. 2023): positions t -> t / s."""
-    return inv_freq / p["factor"], 1.0
-
-
-def _ntk(inv_freq, index, rot_dim, theta, p, seq_len, factor=None):
-    """NTK-aware (bloc97 2023): the base theta -> theta * s^(d / (d - 2)), i.e. w_m * s^(-2m/(d-2))."""
-    alpha = (factor or p["factor"]) ** (rot_dim / (rot_dim - 2))
-    return inv_freq * alpha ** (-2.0 * index / rot_dim), 1.0
-
-
-def _dynamic(inv_freq, index, rot_dim, theta, p, seq_len):
-    """Dynamic NTK: NTK with s' = s L / L_orig - (s - 1) for a sequence of L > L_orig tokens (HF)."""
-    orig, s = p["original_max_position_embeddings"], p["factor"]
-    length = max(seq_len or orig, orig)
-    return _ntk(inv_freq, index, rot_dim, theta, p, seq_len, factor=s * length / orig - (s - 1))
-
-
-def _mscale(s, mscale=1.0):
-    """YaRN's sqrt(1/t) = 0.1 ln(s) + 1 (YaRN paper Eq. 22; DeepSeek's mscale generalises it)."""
-    return 0.1 * mscale * math.log(s) + 1.0 if s > 1 else 1.0
-
-
-def _yarn(inv_freq, index, rot_dim, theta, p, seq_len):
-    """YaRN (Peng et al. 2023): keep the frequencies that turn more than beta_fast times within the
-    original length, interpolate (w / s) those that turn fewer than beta_slow times, blend in between.
-
-    ramp="index" (default; HF, the YaRN authors' and the official FoPE code): the blend is linear in the
-    frequency index m between the correction dims d(beta) = rot_dim ln(L / (2 pi beta)) / (2 ln theta),
-    floored / ceiled when truncate (HF's default) and clamped to [0, rot_dim - 1] as HF clamps them.
-    ramp="ratio": linear in r = L w / 2 pi, the YaRN paper's Eq. 18 (an option; no code we compare with
-    runs it). The official FoPE code runs the index ramp with no attention factor: attention_factor=1.0."""
-    s, orig = p["factor"], p["original_max_position_embeddings"]
-    beta_fast, beta_slow = p.get("beta_fast") or 32.0, p.get("beta_slow") or 1.0
-    if p.get("ramp", "index") == "index":
-        def correction_dim(rotations):
-            return rot_dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(theta))
-        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
-        if p.get("truncate", True):
-            low, high = math.floor(low), math.ceil(high)
-        low, high = max(low, 0), min(high, rot_dim - 1)
-        if low == high:
-            high += 0.001  # as HF: avoid dividing by zero
-        keep = 1 - ((index.double() - low) / (high - low)).clamp(0, 1)  # 1: extrapolate (keep w)
-    else:
-        r = orig * inv_freq / (2 * math.pi)
-        keep = ((r - beta_slow) / (beta_fast - beta_slow)).clamp(0, 1)
-    inv_freq = (1 - keep) * inv_freq / s + keep * inv_freq
-    attention_factor = p.get("attention_factor")
-    if attention_factor is None:
-        if p.get("mscale") and p.get("mscale_all_dim"):
-            attention_factor = _mscale(s, p["mscale"]) / _mscale(s, p["mscale_all_dim"])
-        else:
-            attention_factor = _mscale(s)
-    return inv_freq, float(attention_factor)
-
-
-def _llama3(inv_freq, index, rot_dim, theta, p, seq_len):
-    """Llama 3.1: wavelengths longer than L_orig / low_freq_factor are interpolated (w / s), shorter than
-    L_orig / high_freq_factor kept, and the band between blended by L_orig / wavelength."""
-    s, orig = p["factor"], p["original_max_position_embeddings"]
-    low, high = p["low_freq_factor"], p["high_freq_factor"]
-    wavelen = 2 * math.pi / inv_freq  # inf for a clamped (zero) frequency: stays zero
-    smooth = ((orig / wavelen - low) / (high - low)).clamp(0, 1)
-    return (1 - smooth) * inv_freq / s + smooth * inv_freq, 1.0
-
-
-def _longrope(inv_freq, index, rot_dim, theta, p, seq_len):
-    """LongRoPE (Ding et al. 2024): a searched factor per frequency, short_factor up to the original
-    length and long_factor past it; attention factor sqrt(1 + ln s / ln L_orig)."""
-    orig = p["original_max_position_embeddings"]
-    factors = p["long_factor"] if seq_len and seq_len > orig else p["short_factor"]
-    factors = torch.tensor(factors, dtype=torch.float64, device=inv_freq.device)[index]
-    attention_factor = p.get("attention_factor")
-    if attention_factor is None:
-        s = p.get("factor") or 1.0
-        attention_factor = math.sqrt(1 + math.log(s) / math.log(orig)) if s > 1 else 1.0
-    return inv_freq / factors, float(attention_factor)
-
-
-ROPE_SCALING = {  # rope_type -> function; a new rescaling is one function and one line here
-    "default": lambda inv_freq, *args: (inv_freq, 1.0),
-    "linear": _linear,
-    "ntk": _ntk,
-    "dynamic": _dynamic,
-    "yarn": _yarn,
-    "llama3": _llama3,
-    "longrope": _longrope,
-}
-
-
-def rescale_inv_freq(inv_freq, index, rot_dim, theta, scaling, seq_len=None):
-    """Context extension. inv_freq: (D,) float64 frequencies; index: (D,) their m in theta^(-2m/rot_dim);
-    seq_len: the current length (dynamic and longrope depend on it). -> (inv_freq, attention_factor)."""
-    if scaling is None:
-        return inv_freq, 1.0
-    return ROPE_SCALING[scaling["rope_type"]](inv_freq, index, rot_dim, theta, scaling, seq_len)
-
-
-def alibi_slopes(n_head):
-    """ALiBi head slopes: a geometric sequence starting at 2^(-8/n) with that ratio. For a head count
-    that is not a power of two, take the slopes of the closest smaller power of two and fill up with
-    every other slope of the next power of two (Press et al. 2022, Sec. 3)."""
-    def geometric(n):
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-
-    if n_head & (n_head - 1) == 0:
-        return torch.tensor(geometric(n_head))
-    closest = 2 ** math.floor(math.log2(n_head))
-    extra = geometric(2 * closest)[0::2][: n_head - closest]
-    return torch.tensor(geometric(closest) + extra)
 
 
 # -----------------------------------------------------------------------------
@@ -257,10 +96,14 @@ BACKENDS = ("auto", "eager", "c", "compile")
 _compiled_apply_rotary = None
 
 
+def check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"rotary_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
 def resolve_backend(backend):
     """'auto' -> 'c' when the C extension is built (it is compiled on first use), else 'eager'."""
-    if backend not in BACKENDS:
-        raise ValueError(f"rotary_backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend != "auto":
         return backend
     import fope_ext
@@ -317,62 +160,61 @@ def rotate(x, cos, sin, backend="eager", norm=False):
 
 
 # -----------------------------------------------------------------------------
-# position modules
+# rotary position modules
 
 
-class RotaryPositionEmbedding(nn.Module):
-    """RoPE, and with clamp_floor=True the paper's clamp-only ablation ("FoPE w/o FS", Fig. 6a: the
-    official rope_clamp_floor_freq + rope_clamp_floor_to_zero without fourier): every frequency below
-    2 pi / train_len is set to zero, so its dimension pair passes through unrotated. whole_cycles=True is
-    RoPE-A (the paper's Table 2): every frequency snapped to whole cycles in train_len.
+class RotaryEmbedding(nn.Module):
+    """What every rotary module is to the rest of nanoFoPE. model.py calls only forward(x, offset, norm);
+    the lens (experiments/lens.py) reads head_dim, inv_freq and pair_frequencies(). A new rotary module
+    implements these four (tests/test_model.py registers one that does), or subclasses this class, which
+    implements them with tables built once per length: a subclass sets head_dim, theta, train_len and
+    rot_dim, registers inv_freq (D,) and freq_index (D,) (each frequency's m in theta^(-2m/rot_dim), what
+    rope_scaling reads) and whatever its mix() reads, then calls reset_tables().
 
-    Tables (H or 1, N, hd//2) are built once in float64, stored as float32 for the training length and
+    Tables (H or 1, N, hd//2) are computed in float64, stored as float32 for the training length and
     extended when a longer sequence arrives. They are plain attributes, not buffers: nothing to save,
     and DDP's buffer broadcast does not resend them every step; they follow x to its device."""
 
-    learnable = False
+    learnable = False  # True: the tables depend on parameters and are recomputed every call
 
-    def __init__(self, head_dim, theta=10000.0, scaling=None, train_len=None, backend="eager", clamp_floor=False,
-                 whole_cycles=False):
-        super().__init__()
-        inv_freq = rope_inv_freq(head_dim, theta)
-        if (clamp_floor or whole_cycles) and train_len is None:
-            raise ValueError("clamp_floor and whole_cycles need train_len (the training length)")
-        if clamp_floor:
-            inv_freq[~floor_clamp_mask(inv_freq, train_len)] = 0.0
-        if whole_cycles:  # RoPE-A
-            inv_freq = whole_cycle_inv_freq(inv_freq, train_len)
-        self._setup(head_dim, theta, train_len, scaling, backend, rot_dim=head_dim, inv_freq=inv_freq,
-                    freq_index=torch.arange(head_dim // 2))
-        self._build_initial()
-
-    def _setup(self, head_dim, theta, train_len, scaling, backend, rot_dim, inv_freq, freq_index):
-        """What RoPE and FoPE share: the frequencies (D,), their index m in theta^(-2m/rot_dim), scaling."""
-        self.head_dim, self.theta, self.train_len, self.rot_dim = head_dim, theta, train_len, rot_dim
+    def configure(self, scaling, backend):
+        """rope_scaling (HF's spelling, rope_scaling.check_scaling) and the rotation backend."""
         self.backend = resolve_backend(backend)
         self.scaling = check_scaling(scaling)
         if self.scaling is not None:
             if self.scaling.get("original_max_position_embeddings") is None:
-                if train_len is None:
+                if self.train_len is None:
                     raise ValueError("rope_scaling needs original_max_position_embeddings (the training length)")
-                self.scaling["original_max_position_embeddings"] = train_len
+                self.scaling["original_max_position_embeddings"] = self.train_len
             for key in ("short_factor", "long_factor"):
-                if key in self.scaling and len(self.scaling[key]) != rot_dim // 2:
-                    raise ValueError(f"rope_scaling {key} needs {rot_dim // 2} values (one per frequency), "
+                if key in self.scaling and len(self.scaling[key]) != self.rot_dim // 2:
+                    raise ValueError(f"rope_scaling {key} needs {self.rot_dim // 2} values (one per frequency), "
                                      f"got {len(self.scaling[key])}")
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("freq_index", freq_index, persistent=False)
 
-    def _build_initial(self):
-        self.cos_cached = self.sin_cached = None  # (H or 1, N, hd//2) float32, positions 0 .. N-1
+    def reset_tables(self):
+        """(Re)build the tables: at construction, and after the frequencies or frozen coefficients changed
+        (load_state_dict does it itself)."""
+        if not hasattr(self, "cos_cached"):
+            self.register_load_state_dict_post_hook(lambda module, keys: module.reset_tables())
+            self.cos_cached = None
         self._long = None  # (length, cos, sin): dynamic / longrope tables past the original length
-        if self.train_len is not None:
-            self._build(self.train_len)
-        self.register_load_state_dict_post_hook(lambda module, keys: module.clear_cache())
+        length = self.cos_cached.shape[1] if self.cos_cached is not None else self.train_len
+        self.cos_cached = self.sin_cached = None  # (H or 1, N, hd//2) float32, positions 0 .. N-1
+        if length is not None:
+            self._build(length)
 
     def mix(self, sin_basis, cos_basis):
         """(T, D) sin/cos of t*w -> tables (H or 1, T, hd//2). RoPE: identity coefficients."""
         return sin_basis[None], cos_basis[None]
+
+    def pair_frequencies(self):
+        """(head_dim//2,) float64: the frequency w (radians per token) each rotary pair turns at, 0 for a
+        position-free pair. RoPE (and clamp-only, whose dropped frequencies are zeros): inv_freq."""
+        freqs = torch.zeros(self.head_dim // 2, dtype=torch.float64)
+        inv_freq = self.inv_freq.detach().double().cpu()
+        n = min(len(freqs), inv_freq.numel())
+        freqs[:n] = inv_freq[:n]
+        return freqs
 
     def _compute(self, start, end, seq_len):
         """(cos, sin) in float64 for positions start .. end-1; seq_len drives dynamic NTK / longrope."""
@@ -394,12 +236,6 @@ class RotaryPositionEmbedding(nn.Module):
         # a length-dependent rescaling leaves such sequences as they were trained
         cos, sin = self._compute(0, length, seq_len=None)
         self.cos_cached, self.sin_cached = cos.float(), sin.float()
-
-    def clear_cache(self):
-        """Rebuild the tables (after the frequencies or frozen coefficients changed)."""
-        self._long = None
-        if self.cos_cached is not None:
-            self._build(self.cos_cached.shape[1])
 
     def tables(self, offset, T, device=None, dtype=torch.float32):
         """(cos, sin), each (H or 1, T, hd//2), for positions offset .. offset+T-1 of a sequence
@@ -429,15 +265,38 @@ class RotaryPositionEmbedding(nn.Module):
         return rotate(x, cos, sin, self.backend, norm)
 
 
-class FourierPositionEmbedding(RotaryPositionEmbedding):
+class RotaryPositionEmbedding(RotaryEmbedding):
+    """RoPE, and with clamp_floor=True the paper's clamp-only ablation ("FoPE w/o FS", Fig. 6a: the
+    official rope_clamp_floor_freq + rope_clamp_floor_to_zero without fourier): every frequency below
+    2 pi / train_len is set to zero, so its dimension pair passes through unrotated. whole_cycles=True is
+    RoPE-A (the paper's Table 2): every frequency snapped to whole cycles in train_len."""
+
+    def __init__(self, head_dim, theta=ROPE_THETA, scaling=None, train_len=None, backend="eager", clamp_floor=False,
+                 whole_cycles=False):
+        super().__init__()
+        if (clamp_floor or whole_cycles) and train_len is None:
+            raise ValueError("clamp_floor and whole_cycles need train_len (the training length)")
+        inv_freq = rope_inv_freq(head_dim, theta)
+        if clamp_floor:
+            inv_freq[~floor_clamp_mask(inv_freq, train_len)] = 0.0
+        if whole_cycles:  # RoPE-A
+            inv_freq = whole_cycle_inv_freq(inv_freq, train_len)
+        self.head_dim, self.theta, self.train_len, self.rot_dim = head_dim, theta, train_len, head_dim
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("freq_index", torch.arange(head_dim // 2), persistent=False)
+        self.configure(scaling, backend)
+        self.reset_tables()
+
+
+class FourierPositionEmbedding(RotaryEmbedding):
     """FoPE (Hua et al. 2025): floor-clamped frequencies, per-head Fourier-series coefficients.
 
     head_dim, n_head: attention shape. train_len: the training length L_train (clamp threshold).
-    sigma: xavier-normal gain of the random coefficients (official configs: 0.3 for 60M, 0.4 for
-      180M, 0.6 for 1.2B). sigma=0 leaves the step identity alone, which is NOT the clamp-only
-      ablation when D > head_dim/4 (the identity then keeps only some kept frequencies): the
-      clamp-only arm is RotaryPositionEmbedding(clamp_floor=True).
-    fourier_dim: draw the input frequencies from theta^(-2m/fourier_dim) instead (a richer basis).
+    sigma: xavier-normal gain of the random coefficients (FOPE_SIGMA). sigma=0 leaves the step identity
+      alone, which is NOT the clamp-only ablation when D > head_dim/4 (the identity then keeps only some
+      kept frequencies): the clamp-only arm is RotaryPositionEmbedding(clamp_floor=True).
+    fourier_dim: draw the input frequencies from theta^(-2m/fourier_dim) instead, an even number
+      >= head_dim (a richer basis; the paper's Fig. 6c).
     clamp_floor: drop frequencies w < 2 pi / train_len. With it (FoPE, the official
       `ignore_clamp_zero` configs) the series fill d_out = min(D, head_dim/4) dimension pairs and the
       rest are position-free; without it ("Fourier series only", Fig. 6a's "w/o CF") no frequency is
@@ -449,22 +308,22 @@ class FourierPositionEmbedding(RotaryPositionEmbedding):
       x2 + x1); "identity" puts cos=1, sin=0 (the dimension passes through unrotated).
     """
 
-    def __init__(self, head_dim, n_head, train_len, theta=10000.0, sigma=0.3, fourier_dim=None,
+    def __init__(self, head_dim, n_head, train_len, theta=ROPE_THETA, sigma=FOPE_SIGMA, fourier_dim=None,
                  clamp_floor=True, learnable=False, zero_pad="official", scaling=None, backend="eager"):
-        super(RotaryPositionEmbedding, self).__init__()
-        if zero_pad not in ("official", "identity"):
-            raise ValueError(f"zero_pad must be 'official' or 'identity', got {zero_pad!r}")
-        if sigma < 0:
-            raise ValueError(f"fope sigma (the coefficients' xavier gain) must be >= 0, got {sigma}")
-        check_even(head_dim)  # rot_dim may be a larger, even fourier_dim
-        rot_dim = max(head_dim, fourier_dim or 0)
+        super().__init__()
+        check_even(head_dim)
+        check_fope_args(head_dim, sigma, fourier_dim, zero_pad)
+        rot_dim = fourier_dim or head_dim
         inv_freq, freq_index = rope_inv_freq(rot_dim, theta), torch.arange(rot_dim // 2)
         if clamp_floor:
             keep = floor_clamp_mask(inv_freq, train_len)
             inv_freq, freq_index = inv_freq[keep], freq_index[keep]
         if inv_freq.numel() == 0:
-            raise ValueError(f"no frequency survives the floor clamp at train_len={train_len}; raise train_len")
-        self._setup(head_dim, theta, train_len, scaling, backend, rot_dim, inv_freq, freq_index)
+            raise ValueError(f"no frequency survives the floor clamp at train_len={train_len}; raise block_size")
+        self.head_dim, self.theta, self.train_len, self.rot_dim = head_dim, theta, train_len, rot_dim
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("freq_index", freq_index, persistent=False)
+        self.configure(scaling, backend)
         self.n_head, self.sigma, self.zero_pad, self.learnable = n_head, sigma, zero_pad, learnable
         D = inv_freq.numel()
         # official: with the clamp, the series fill a quarter of head_dim (fourier_ignore_zero)
@@ -476,7 +335,7 @@ class FourierPositionEmbedding(RotaryPositionEmbedding):
         else:
             self.register_buffer("sin_coef", sin_coef)
             self.register_buffer("cos_coef", cos_coef)
-        self._build_initial()
+        self.reset_tables()
 
     def mix(self, sin_basis, cos_basis):
         # paper Eq. 10-11: every output dim is a Fourier series over the kept frequencies, per head
@@ -486,6 +345,14 @@ class FourierPositionEmbedding(RotaryPositionEmbedding):
         sin = F.pad(sin, (0, pad), value=1.0 if self.zero_pad == "official" else 0.0)
         cos = F.pad(cos, (0, pad), value=1.0)
         return sin, cos
+
+    def pair_frequencies(self):
+        """Pair e < d_out follows its largest coefficient (the step identity), averaged over heads and the sin
+        and cos series; the pairs past d_out are position-free (0)."""
+        freqs = torch.zeros(self.head_dim // 2, dtype=torch.float64)
+        weight = (self.cos_coef.detach().double().abs() + self.sin_coef.detach().double().abs()).mean(0).cpu()
+        freqs[:weight.shape[1]] = self.inv_freq.detach().double().cpu()[weight.argmax(0)]
+        return freqs
 
 
 def step_identity(D, d_out):
@@ -526,23 +393,3 @@ def resize_coefficients(coef, D, d_out, sigma, fill="fresh"):
     keep_D, keep_d_out = min(old_D, D), min(old_d_out, d_out)
     new[:, :keep_D, :keep_d_out] = coef[:, :keep_D, :keep_d_out]
     return new.to(coef.dtype)
-
-
-class AlibiBias(nn.Module):
-    """ALiBi's additive causal bias -slope_h * (i - j), built once per length and shared by all
-    layers (it has no parameters)."""
-
-    def __init__(self, n_head):
-        super().__init__()
-        self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
-        self._cache = None
-
-    def forward(self, T, device, dtype):
-        key = (T, device, dtype)
-        if self._cache is None or self._cache[0] != key:
-            pos = torch.arange(T, device=device)
-            distance = (pos[:, None] - pos[None, :]).to(dtype)  # (T, T): i - j
-            bias = -self.slopes.to(device, dtype)[:, None, None] * distance  # (H, T, T)
-            bias = bias.masked_fill(distance < 0, float("-inf"))
-            self._cache = (key, bias)
-        return self._cache[1]

@@ -26,7 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines import AlibiBias, FireBias, KerpleLogBias, LearnedPositions, SinusoidalPositions, T5Bias, attend_with_bias
-from fope import FourierPositionEmbedding, RotaryPositionEmbedding, check_scaling, qk_norm, resize_coefficients
+from fope import (FOPE_SIGMA, ROPE_THETA, FourierPositionEmbedding, RotaryPositionEmbedding, check_backend, check_even,
+                  check_fope_args, qk_norm, resize_coefficients)
+from rope_scaling import check_scaling
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ POS_EMBS = {  # name -> how it is built; make ablate and eval_length.py take eve
     "sinusoidal": PositionEmbedding("absolute", lambda c: SinusoidalPositions(c.n_embd)),
     "rope": PositionEmbedding("rotary", build_rope),
     "rope-a": PositionEmbedding("rotary", lambda c: build_rope(c, whole_cycles=True)),
-    "fope": PositionEmbedding("rotary", build_fope),
+    "fope": PositionEmbedding("rotary", build_fope),  # fope_* knobs: the paper's ablation arms
     "alibi": PositionEmbedding("bias", lambda c: AlibiBias(c.n_head)),
     "kerple": PositionEmbedding("bias", lambda c: KerpleLogBias(c.n_head), shared=False),
     "fire": PositionEmbedding("bias", lambda c: FireBias(c.n_head, c.block_size), shared=False),
@@ -76,6 +78,8 @@ def is_rotary(pos_emb):
 
 @dataclass
 class GPTConfig:
+    """The model's fields and their defaults: their one home (train.py takes every field as a config key).
+    __post_init__ is the one check of their values, with one line per mistake."""
     block_size: int = 128  # the training length L_train
     vocab_size: int = 65
     n_layer: int = 4
@@ -87,26 +91,34 @@ class GPTConfig:
     qk_norm: bool = False  # q and k to zero mean, unit variance per head, before the rotation
     norm: str = "layernorm"  # layernorm | rmsnorm
     mlp: str = "gelu"  # gelu | swiglu
-    rope_theta: float = 10000.0
-    fope_sigma: float = 0.3  # xavier gain of FoPE's coefficients (0: the step identity alone)
+    rope_theta: float = ROPE_THETA
+    fope_sigma: float = FOPE_SIGMA  # xavier gain of FoPE's coefficients (0: the step identity alone)
     fope_dim: int = None  # draw FoPE's frequencies from this many dims (> head_dim: richer basis)
     fope_clamp: bool = True  # zero frequencies whose period exceeds block_size
     fope_fourier: bool = True  # False: no Fourier series (with fope_clamp: the clamp-only ablation)
     fope_learnable: bool = False
-    fope_zero_pad: str = "official"  # official | identity
-    rope_scaling: dict = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0}; see fope.check_scaling
+    fope_zero_pad: str = "official"  # official | identity (fope.FourierPositionEmbedding)
+    rope_scaling: dict = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0}; see rope_scaling.py
     rotary_backend: str = "auto"  # auto | eager | c | compile
 
     def __post_init__(self):
-        choices = {"pos_emb": tuple(POS_EMBS), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
-                   "fope_zero_pad": ("official", "identity")}
+        choices = {"pos_emb": tuple(POS_EMBS), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.fope_sigma < 0:
-            raise ValueError(f"fope_sigma (the xavier gain of FoPE's coefficients) must be >= 0, got {self.fope_sigma}")
+        if is_rotary(self.pos_emb):
+            check_even(head_dim(self))
+        check_fope_args(head_dim(self), self.fope_sigma, self.fope_dim, self.fope_zero_pad)
+        check_backend(self.rotary_backend)
         self.rope_scaling = check_scaling(self.rope_scaling)  # stored in HF's spelling
 
     @classmethod
@@ -257,7 +269,7 @@ class GPT(nn.Module):
         ))
         if spec.kind == "absolute":
             self.transformer.wpe = spec.build(config)
-        if spec.kind == "bias" and spec.shared:  # one bias module for all layers (ALiBi, FIRE, T5)
+        if spec.kind == "bias" and spec.shared:  # one bias module for all layers (ALiBi, T5)
             self.transformer.pos_bias = spec.build(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying

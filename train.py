@@ -15,9 +15,11 @@ After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
 
 import atexit
 import dataclasses
+import faulthandler
 import math
 import os
 import random
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -32,8 +34,7 @@ from checkpoint import changed_sources, file_sha256, load_checkpoint, save_check
 from configurator import configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
-from fope import BACKENDS
-from model import GPT, POS_EMBS, GPTConfig, is_rotary, load_parent_weights
+from model import GPT, GPTConfig, is_rotary, load_parent_weights
 from passkey import PasskeyDocs
 
 _names_before_config = set(globals())
@@ -56,29 +57,12 @@ wandb_run_name = "laptop_fope"
 dataset = "shakespeare/char"  # the shards in data/shakespeare/char
 gradient_accumulation_steps = 1  # micro-batches per optimizer step, summed over all DDP processes
 batch_size = 32  # sequences per micro-batch
-block_size = 128  # training length
 seed = 1337
 passkey_frac = 0.0  # fraction of training rows that start with a passkey document (passkey.py)
 passkey_warmup = 0  # first iterations on passkey documents only: the copy circuit forms there, not in a mix
-# model: every GPTConfig field (model.py) except vocab_size, which is the dataset's (meta.json)
-n_layer = 4
-n_head = 4
-n_embd = 128
-dropout = 0.0
-bias = False
-pos_emb = "fope"  # a name in model.POS_EMBS: nope learned sinusoidal rope rope-a fope alibi kerple fire t5
-qk_norm = False  # q and k to zero mean, unit variance per head before the rotation (the paper's Table 2)
-norm = "layernorm"  # layernorm | rmsnorm
-mlp = "gelu"  # gelu | swiglu
-rope_theta = 10000.0
-fope_sigma = 0.3  # xavier gain of FoPE's random coefficients
-fope_dim = None
-fope_clamp = True  # False: the Fourier series alone (config/laptop_fourier_only.py)
-fope_fourier = True  # False: the floor clamp alone (config/laptop_clamp_only.py)
-fope_learnable = False
-fope_zero_pad = "official"
-rope_scaling = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0} (fope.check_scaling)
-rotary_backend = "auto"  # auto | eager | c | compile
+# model: every GPTConfig field (model.py, where their defaults live) is a key too, except vocab_size (the
+# dataset's): --block_size=256 (the training length), --pos_emb=rope (a name in model.POS_EMBS), --n_layer=6,
+# --fope_sigma=0.1, --rope_scaling="{'rope_type': 'yarn', 'factor': 8.0}" (python train.py --help lists them)
 # AdamW, with a linear warmup then a cosine decay of the learning rate to min_lr at lr_decay_iters
 learning_rate = 1e-3
 max_iters = 800
@@ -95,28 +79,22 @@ device = "auto"  # auto (cuda, mps, then cpu) | cpu | cuda | cuda:1 | mps
 dtype = "auto"  # auto: bfloat16 autocast on CUDA (float16 if unsupported), float32 elsewhere
 compile = False  # torch.compile the model
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_config and not k.startswith("_")}
-OPTIONAL_TYPES = {"fope_dim": int, "rope_scaling": dict, "lr_decay_iters": int}  # the types of the None defaults
+TRAIN_DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_config and not k.startswith("_")}
+MODEL_FIELDS = [f for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]
+DEFAULTS = {**TRAIN_DEFAULTS, **{f.name: f.default for f in MODEL_FIELDS}}  # every config key and its default
+OPTIONAL_TYPES = {"lr_decay_iters": int, **{f.name: f.type for f in MODEL_FIELDS if f.default is None}}  # None defaults
 
-# What each number must be, checked before anything runs: a bad value is one line, not a ZeroDivisionError
-# or a silently odd run later. (The model's own fields are checked again by GPTConfig.)
+# What each training setting must be, checked before anything runs: a bad value is one line, not a
+# ZeroDivisionError or a silently odd run later. The model's fields are checked by GPTConfig.
 LIMITS = {
     "eval_interval": (">= 1", lambda v: v >= 1),
     "eval_iters": (">= 1", lambda v: v >= 1),
     "log_interval": (">= 1", lambda v: v >= 1),
     "gradient_accumulation_steps": (">= 1", lambda v: v >= 1),
     "batch_size": (">= 1", lambda v: v >= 1),
-    "block_size": (">= 1", lambda v: v >= 1),
     "seed": (">= 0", lambda v: v >= 0),
     "passkey_frac": ("in [0, 1]", lambda v: 0 <= v <= 1),
     "passkey_warmup": (">= 0", lambda v: v >= 0),
-    "n_layer": (">= 1", lambda v: v >= 1),
-    "n_head": (">= 1", lambda v: v >= 1),
-    "n_embd": (">= 1", lambda v: v >= 1),
-    "dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "rope_theta": ("> 0", lambda v: v > 0),
-    "fope_sigma": (">= 0", lambda v: v >= 0),
-    "fope_dim": ("None or >= 2", lambda v: v is None or v >= 2),
     "learning_rate": ("> 0", lambda v: v > 0),
     "max_iters": (">= 0", lambda v: v >= 0),
     "weight_decay": (">= 0", lambda v: v >= 0),
@@ -129,6 +107,14 @@ LIMITS = {
 }
 
 
+def model_config(cfg, vocab_size=1):
+    """The GPTConfig the config asks for (a one-line exit for a bad field); vocab_size: the dataset's."""
+    try:
+        return GPTConfig(**{f.name: getattr(cfg, f.name) for f in MODEL_FIELDS}, vocab_size=vocab_size)
+    except ValueError as e:
+        raise SystemExit(str(e))
+
+
 def check_config(cfg):
     """One-line exit for a value out of range (LIMITS) or not finite; returns cfg."""
     for key, value in vars(cfg).items():
@@ -136,13 +122,7 @@ def check_config(cfg):
             raise SystemExit(f"{key} must be a finite number, got {value}")
         if key in LIMITS and not LIMITS[key][1](value):
             raise SystemExit(f"{key} must be {LIMITS[key][0]}, got {value!r}")
-    if cfg.pos_emb not in POS_EMBS:
-        raise SystemExit(f"pos_emb must be one of {', '.join(POS_EMBS)}, got {cfg.pos_emb!r}")
-    if is_rotary(cfg.pos_emb) and cfg.n_head >= 1 and (cfg.n_embd // cfg.n_head) % 2:
-        raise SystemExit(f"pos_emb={cfg.pos_emb} rotates pairs of dimensions: n_embd / n_head = "
-                         f"{cfg.n_embd}/{cfg.n_head} must be even")
-    if cfg.rotary_backend not in BACKENDS:
-        raise SystemExit(f"rotary_backend must be one of {', '.join(BACKENDS)}, got {cfg.rotary_backend!r}")
+    model_config(cfg)  # the model's fields, checked by GPTConfig
     if not cfg.init_from:
         raise SystemExit("init_from is empty: use scratch, resume, or another run's out_dir")
     if cfg.fourier_expand not in ("fresh", "zero"):
@@ -283,12 +263,7 @@ def train(cfg, rank, world_size, device, ckpt_path):
             raise SystemExit(f"{data_dir} cannot spell passkey documents ({e}): set passkey_frac=0 and passkey_warmup=0")
     if passkey_docs is not None and passkey_docs.min_length > cfg.block_size + 1:
         raise SystemExit(f"passkey documents need block_size >= {passkey_docs.min_length - 1}: raise block_size or set passkey_frac=0")
-    model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
-    model_args["vocab_size"] = train_data.vocab_size
-    try:
-        gptconf = GPTConfig(**model_args)
-    except ValueError as e:
-        raise SystemExit(str(e))
+    gptconf = model_config(cfg, train_data.vocab_size)
     model_args = dataclasses.asdict(gptconf)
     sources = [source_hashes()]  # the code versions that trained this run (an earlier one first if resumed)
     checkpoint = parent = lineage = None
@@ -429,6 +404,22 @@ def train(cfg, rank, world_size, device, ckpt_path):
     return losses
 
 
+INTERRUPT_GRACE_S = 10  # after Ctrl-C, the run ends within this many seconds whatever it is doing
+
+
+def watch_interrupts(grace=INTERRUPT_GRACE_S):
+    """Ctrl-C raises KeyboardInterrupt as usual (main() reports the last checkpoint and exits 130), and also
+    arms faulthandler's watchdog: a C thread that needs no GIL, so if anything after the interrupt hangs
+    (a C call that never returns, a lock, a blocked write), the process still ends within `grace` seconds,
+    printing every thread's stack to stderr (exit status 1). Checkpoints are written atomically, so the
+    last one stays whole either way."""
+    def on_interrupt(signum, frame):
+        faulthandler.dump_traceback_later(grace, exit=True)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+
+
 def end_torchrun_process():
     """End a finished torchrun process without finalizing the interpreter. torch's DDP keeps the gloo
     process group and its worker threads alive past destroy_process_group; a worker still releasing
@@ -443,6 +434,7 @@ def end_torchrun_process():
 
 
 if __name__ == "__main__":
+    watch_interrupts()
     main(sys.argv[1:])
     if "RANK" in os.environ:
         end_torchrun_process()

@@ -1,7 +1,7 @@
-# The laptop reproduction (make demo / demo.py): the settings every variant shares.
+# The laptop reproduction (make demo / experiments/demo.py): the settings every variant shares.
 # block_size 64: the length effect shows at 64 as at 128 (RoPE degrades past it, FoPE less), and a
 # step costs half as much, so 5 variants x 2 seeds fit the 30-minute budget on 2 CPU cores.
-out_dir = "out/demo"  # demo.py trains each variant and seed into out/demo/<variant>_s<seed>
+out_dir = "out/demo"  # experiments/demo.py trains each variant and seed into out/demo/<variant>_s<seed>
 wandb_run_name = "demo"
 dataset = "shakespeare/char"
 block_size = 64

@@ -6,7 +6,7 @@ torch custom op (fope::rotate) so torch.compile(fullgraph=True) traces through i
 
 RoPE (tables shared by the heads) and FoPE (per-head tables) are the same call. Eager PyTorch
 makes about five passes over x for this; the kernel makes one, so it runs near the speed of a plain
-copy of x (bench.py measures both). The reference it is tested against is fope.apply_rotary.
+copy of x (fope_ext/bench.py measures both). The reference it is tested against is fope.apply_rotary.
 
     import fope_ext
     y = fope_ext.rotate(x, cos, sin)   # float32, float64 or bfloat16 on CPU
@@ -22,7 +22,7 @@ fope_ext/_build/). Backward: the gradient of a rotation is the inverse rotation 
 so dx is the same op with inverse=True; when the tables require grad (learnable FoPE
 coefficients) a second op, fope::rotate_backward, also sums dC and dS in the same pass.
 fope::norm_rotate and fope::norm_rotate_backward fuse model.py's QK norm into the same pass (constant
-tables; bench.py's qk_norm rows: F.layer_norm then the rotation take 3-6x the fused pass). Eager
+tables; fope_ext/bench.py's qk_norm rows: F.layer_norm then the rotation take 3-6x the fused pass). Eager
 calls go through a plain autograd.Function over the same kernels (cheaper than the dispatcher);
 under torch.compile the registered ops are traced.
 """

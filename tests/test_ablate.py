@@ -1,15 +1,14 @@
 """make ablate: the arms come from the registry, the paired comparisons, and the quick pipeline end to end."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-import ablate
-import demo
+from experiments import ablate, demo, runner
 from model import POS_EMBS, PositionEmbedding
+from test_demo import PASSKEY_CHARS, experiment
+from tinydata import write_random_chars
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +37,8 @@ def test_a_difference_exceeds_the_seed_spread_only_when_every_seed_agrees_and_th
 
 
 def test_claims_read_perplexity_lower_and_passkey_higher_as_better(monkeypatch):
-    monkeypatch.setattr(ablate, "CLAIMS", [("s", "A", "B", "ppl_beyond", 16, "A beats B"),
-                                           ("s", "A", "B", "passkey", 2, "A retrieves more")])
+    monkeypatch.setattr(ablate, "CLAIMS", [ablate.Claim("s", "A", "B", "ppl_beyond", 16, "A beats B"),
+                                           ablate.Claim("s", "A", "B", "passkey", 2, "A retrieves more")])
     r = rows([10.0, 11.0, 12.0], [12.0, 13.1, 13.9]) + rows([0.9, 0.8, 0.95], [0.1, 0.0, 0.2], "passkey", 128)
     verdicts = {c["metric"]: c["verdict"] for c in ablate.claim_rows(r, 64)}
     assert verdicts == {"ppl_beyond": "agrees", "passkey": "agrees"}
@@ -61,25 +60,26 @@ def test_the_demo_variants_are_the_same_runs_at_demo_scale():
     """--scale=demo trains make demo's variants with make demo's arguments into make demo's out_dirs."""
     for variant, flags in demo.VARIANTS.items():
         assert ablate.arms()[variant] == flags
-        assert demo.run_args("config/demo.py", "out/demo", variant, ablate.arms()[variant], 1) == \
-            demo.run_args("config/demo.py", "out/demo", variant, demo.VARIANTS[variant], 1)
+        assert runner.run_args("config/demo.py", "out/demo", variant, ablate.arms()[variant], 1) == \
+            runner.run_args("config/demo.py", "out/demo", variant, demo.VARIANTS[variant], 1)
     used = {arm for _, (_, pairs) in ablate.sections().items() for _, arm in pairs}
     assert used == set(ablate.arms())  # every arm is in a section, every section's arm is trained
 
 
-def test_quick_ablate_runs_end_to_end_and_reports_every_section_arm_and_claim():
-    proc = subprocess.run([sys.executable, "ablate.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+@pytest.mark.slow
+def test_quick_ablate_runs_end_to_end_and_reports_every_section_arm_and_claim(tmp_path):
+    write_random_chars(tmp_path / "data", PASSKEY_CHARS, 40_000, 8_000)
+    proc = experiment("ablate", tmp_path)
     for stage in ("1/4 data", "2/4 train", "3/4 eval", "4/4 write"):
         assert stage in proc.stdout
-    results = ROOT / "results" / "quick"
+    results = tmp_path / "results" / "quick"
     sweep = json.loads((results / "ablate.json").read_text())
     assert set(sweep["summary"]) == set(ablate.arms())
     assert all(len(sweep["info"]["groups"][arm]) == 2 for arm in ablate.arms())  # two seeds each
     assert sweep["info"]["lengths"] == [64, 128, 256, 1024]
     assert {c["section"] for c in sweep["claims"]} >= {"parts", "sigma", "table2", "embeddings"}
     assert all(c["n"] == 2 and c["verdict"] for c in sweep["claims"])
+    assert sweep["claim"]["fope vs rope, ppl_beyond at 16x"] == sweep["claims"][0]  # claims by name, for readings
     report = (results / "ablate.md").read_text()
     for name, (title, _) in ablate.sections().items():
         assert title in report and (results / f"ablate_{name}.png").is_file()
@@ -87,7 +87,13 @@ def test_quick_ablate_runs_end_to_end_and_reports_every_section_arm_and_claim():
     assert "learned at 128: skipped: learned positions stop at block_size 64" in report
     assert "| RoPE + QK norm | " in report  # the compact table of each section
     (results / "ablate.md").unlink()
-    again = subprocess.run([sys.executable, "ablate.py", "--quick", "--report_only"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
+    experiment("ablate", tmp_path, "--report_only")
     assert (results / "ablate.md").read_text() == report  # the report comes from ablate.json alone
+
+
+def test_a_claim_of_no_difference_is_read_by_its_expectation_not_its_wording(monkeypatch):
+    monkeypatch.setattr(ablate, "CLAIMS", [ablate.Claim("s", "A", "B", "ppl_beyond", 16, "(none: worded oddly)"),
+                                           ablate.Claim("s", "A", "B", "ppl_beyond", 16, "A ~ B", "no difference")])
+    r = rows([10.0, 11.0, 12.0], [12.0, 13.1, 13.9])  # a clear difference
+    verdicts = [c["verdict"] for c in ablate.claim_rows(r, 64)]
+    assert verdicts == ["agrees", "differs: a clear difference"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import (AlibiBias, BiasedAttention, FireBias, KerpleLogBias, SinusoidalPositions, T5Bias, attend_with_bias,
+from baselines import (AlibiBias, alibi_slopes, BiasedAttention, FireBias, KerpleLogBias, SinusoidalPositions, T5Bias, attend_with_bias,
                        biased_attention, sinusoidal_table, t5_bucket)
 from fope import RotaryPositionEmbedding, apply_rotary, rope_inv_freq, whole_cycle_inv_freq
 from model import GPT, POS_EMBS, GPTConfig, PositionEmbedding
@@ -292,3 +292,13 @@ def test_a_rope_parent_starts_a_bias_model_with_fresh_bias_parameters():
     load_parent_weights(child, parent.state_dict(), {**vars(parent.config)}, "fresh")
     assert torch.equal(child.transformer.h[0].attn.pos_bias.r1, r1)
     assert torch.equal(child.transformer.h[0].attn.c_attn.weight, parent.transformer.h[0].attn.c_attn.weight)
+
+
+def test_alibi_slopes_for_a_power_of_two_are_geometric():
+    assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -i for i in range(1, 9)]))
+
+
+def test_alibi_slopes_for_twelve_heads_follow_the_non_power_of_two_rule():
+    # the 8 slopes of 8 heads, then every other slope of 16 heads (2^-0.5, 2^-1.5, ...) for the rest
+    expected = [2.0 ** -i for i in range(1, 9)] + [2.0 ** -(i + 0.5) for i in range(4)]
+    assert torch.allclose(alibi_slopes(12), torch.tensor(expected))

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import demo
 import eval_length
 import sample
 import train
+from experiments import runner
 from checkpoint import SOURCES, changed_sources, source_hashes
 from configurator import configure
 from tinydata import write_random_chars
@@ -95,7 +95,7 @@ def test_every_script_reads_a_bad_checkpoint_through_one_loader_with_one_message
 @pytest.mark.parametrize("bad", [truncated, foreign, pickled_object])
 def test_demo_retrains_a_run_whose_checkpoint_it_cannot_read_and_says_why(tiny_run, tmp_path, bad):
     out_dir, message = bad(tiny_run, tmp_path)
-    assert demo.stale_reason(str(out_dir), tiny_run[2]) == f"unreadable ({message})"
+    assert runner.stale_reason(str(out_dir), tiny_run[2]) == f"unreadable ({message})"
 
 
 # -----------------------------------------------------------------------------
@@ -110,7 +110,9 @@ def test_a_checkpoint_records_the_resolved_config_and_the_sources_that_made_it(t
     files = set(checkpoint["sources"][0])
     assert {"train.py", "model.py", "fope.py", "passkey.py", "data/shards.py", "data/tokenizer.py", "torch"} <= files
     assert {"fope_ext/__init__.py", "fope_ext/build.py"} <= files and any(f.endswith(".c") for f in files)
-    assert not {"eval_length.py", "demo.py", "sample.py", "bench.py", "README.md"} & files
+    assert {"rope_scaling.py", "baselines.py"} <= files
+    assert not {"eval_length.py", "runs.py", "sample.py", "fope_ext/bench.py", "README.md"} & files
+    assert not any(f.startswith("experiments/") for f in files)
 
 
 def copy_sources(root):

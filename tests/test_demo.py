@@ -1,7 +1,8 @@
-"""make demo QUICK=1: the whole laptop pipeline (data, 5 variants, sweeps, report) end to end, small;
-and which finished runs the demo keeps."""
+"""make demo / make extend QUICK=1: the laptop pipelines end to end, small, in temporary folders; the runner
+they share: which finished runs it keeps, and the readings it renders from the results."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,32 +10,72 @@ from pathlib import Path
 import pytest
 import torch
 
-import demo
 import train
+from experiments import runner
+from passkey import FILLER, KEY_PREFIX
 from tinydata import write_random_chars
 
 ROOT = Path(__file__).resolve().parent.parent
+PASSKEY_CHARS = "".join(sorted(set(FILLER + KEY_PREFIX + "0123456789]. \n")))  # a vocabulary that spells passkeys
 
 
-def test_quick_demo_runs_end_to_end_and_reports_every_variant():
-    proc = subprocess.run([sys.executable, "demo.py", "--quick", "--fresh"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+def experiment(name, tmp, *flags):
+    """Run experiments/<name>.py --quick on the tiny data in tmp, from tmp: nothing is written into the checkout."""
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--quick", *flags,
+                           f"--dataset={tmp / 'data'}", f"--out_root={tmp / 'out'}", f"--results={tmp / 'results'}"],
+                          cwd=tmp, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    write_random_chars(tmp / "data", PASSKEY_CHARS, 40_000, 8_000)
+    return tmp, experiment("demo", tmp, "--fresh")
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_end_to_end_and_reports_every_variant(quick_demo):
+    tmp, proc = quick_demo
     for stage in ("1/4 data", "2/4 train", "3/4 eval", "4/4 write"):
         assert stage in proc.stdout
-    results = ROOT / "results" / "quick"
+    results = tmp / "results" / "quick"
     plain = json.loads((results / "demo.json").read_text())
     assert set(plain["summary"]) == {"rope", "fope", "clamp-only", "alibi", "nope"}
-    assert plain["info"]["groups"]["clamp-only"] == ["out/demo_quick/clamp-only_s1"]
-    assert plain["info"]["lengths"] == [64, 128, 256]
+    assert plain["info"]["groups"]["clamp-only"] == [f"{tmp}/out/demo_quick/clamp-only_s1"]
+    assert plain["info"]["lengths"] == [64, 128, 256] and plain["info"]["machine"]
     yarn = json.loads((results / "demo_yarn.json").read_text())
     assert set(yarn["summary"]) == {"rope+yarn8", "fope+yarn8", "clamp-only+yarn8"}
     report = (results / "demo.md").read_text()
     assert "passkey accuracy" in report and "Stage times" in report and "clamp-only " in report
     timing = json.loads((results / "demo_timing.json").read_text())
     assert timing["total"] >= timing["train"] > 0
-    clamp_only = torch.load(ROOT / "out" / "demo_quick" / "clamp-only_s1" / "ckpt.pt", weights_only=True)
+    clamp_only = torch.load(tmp / "out" / "demo_quick" / "clamp-only_s1" / "ckpt.pt", weights_only=True)
     assert clamp_only["model_args"]["pos_emb"] == "fope" and clamp_only["model_args"]["fope_fourier"] is False
+    assert clamp_only["config"]["dataset"] == str(tmp / "data")
+    (results / "demo.md").unlink()
+    experiment("demo", tmp, "--report_only")  # the report comes from the JSON alone
+    assert (results / "demo.md").read_text() == report
+
+
+@pytest.mark.slow
+def test_quick_extend_continues_the_quick_demo_runs_and_reports_every_arm_at_both_steps(quick_demo):
+    tmp, _ = quick_demo
+    proc = experiment("extend", tmp, "--fresh")
+    assert f"{tmp}/out/demo_quick/rope_s1: already trained" in proc.stdout  # the parents are current: kept
+    sweep = json.loads((tmp / "results" / "quick" / "extend.json").read_text())
+    assert set(sweep["summary"]) == {"rope (L 64)", "fope (L 64)", *(f"{arm} @{step}" for arm in (
+        "rope+yarn", "fope+yarn", "rope->fope", "fope->fope") for step in (40, 80))}
+    assert sweep["info"]["train_len"] == 64 and sweep["info"]["lengths"] == [64, 128, 256]
+    out = tmp / "out" / "extend_quick"
+    half, full = (torch.load(out / d / "ckpt.pt", weights_only=True) for d in ("fope-fope_it40_s1", "fope-fope_s1"))
+    assert half["iter_num"] == 40 and full["iter_num"] == 80 and full["model_args"]["block_size"] == 128
+    assert half["parent"] == full["parent"] and half["parent"]["init_from"] == f"{tmp}/out/demo_quick/fope_s1"
+    yarn = torch.load(out / "fope+yarn_s1" / "ckpt.pt", weights_only=True)["model_args"]["rope_scaling"]
+    assert yarn == {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 64, "attention_factor": 1.0}
+    rows = {(r["label"], r["length"]): r for r in sweep["rows"]}
+    assert rows["rope->fope @80", 128]["passkey"] is not None and rows["rope->fope @80", 256]["passkey"] is None
 
 
 @pytest.fixture
@@ -48,39 +89,19 @@ def finished_run(tmp_path):
     return str(tmp_path / "run"), argv
 
 
-def test_quick_extend_continues_the_quick_demo_runs_and_reports_every_arm_at_both_steps():
-    # after the quick demo above (its rope and fope runs are the parents; they are current, so kept)
-    proc = subprocess.run([sys.executable, "extend.py", "--quick", "--fresh"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "out/demo_quick/rope_s1: already trained" in proc.stdout
-    sweep = json.loads((ROOT / "results" / "quick" / "extend.json").read_text())
-    assert set(sweep["summary"]) == {"rope (L 64)", "fope (L 64)", *(f"{arm} @{step}" for arm in (
-        "rope+yarn", "fope+yarn", "rope->fope", "fope->fope") for step in (40, 80))}
-    assert sweep["info"]["train_len"] == 64 and sweep["info"]["lengths"] == [64, 128, 256]
-    out = ROOT / "out" / "extend_quick"
-    half, full = (torch.load(out / d / "ckpt.pt", weights_only=True) for d in ("fope-fope_it40_s1", "fope-fope_s1"))
-    assert half["iter_num"] == 40 and full["iter_num"] == 80 and full["model_args"]["block_size"] == 128
-    assert half["parent"] == full["parent"] and half["parent"]["init_from"] == "out/demo_quick/fope_s1"
-    yarn = torch.load(out / "fope+yarn_s1" / "ckpt.pt", weights_only=True)["model_args"]["rope_scaling"]
-    assert yarn == {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 64, "attention_factor": 1.0}
-    rows = {(r["label"], r["length"]): r for r in sweep["rows"]}
-    assert rows["rope->fope @80", 128]["passkey"] is not None and rows["rope->fope @80", 256]["passkey"] is None
-
-
 def test_a_finished_run_is_kept_only_while_its_resolved_config_and_sources_are_unchanged(finished_run, monkeypatch):
     out_dir, argv = finished_run
-    assert demo.stale_reason(out_dir, argv) is None  # kept
-    assert demo.stale_reason(out_dir, [*argv, "--seed=2"]) == "config changed (seed)"  # another run
-    assert demo.stale_reason(out_dir, [*argv, "--max_iters=3"]) == "config changed (max_iters)"
+    assert runner.stale_reason(out_dir, argv) is None  # kept
+    assert runner.stale_reason(out_dir, [*argv, "--seed=2"]) == "config changed (seed)"  # another run
+    assert runner.stale_reason(out_dir, [*argv, "--max_iters=3"]) == "config changed (max_iters)"
     with monkeypatch.context() as patch:  # train.py's defaults edited: no flag and no config file says so
         patch.setitem(train.DEFAULTS, "beta2", 0.95)
-        assert demo.stale_reason(out_dir, argv) == "config changed (beta2)"
+        assert runner.stale_reason(out_dir, argv) == "config changed (beta2)"
     with monkeypatch.context() as patch:  # model.py edited
-        edited = {**demo.source_hashes(), "model.py": "0" * 64}
-        patch.setattr(demo, "source_hashes", lambda: edited)
-        assert demo.stale_reason(out_dir, argv) == "code changed (model.py)"
-    assert demo.stale_reason(out_dir + "_never_trained", argv) == "not trained yet"
+        edited = {**runner.source_hashes(), "model.py": "0" * 64}
+        patch.setattr(runner, "source_hashes", lambda: edited)
+        assert runner.stale_reason(out_dir, argv) == "code changed (model.py)"
+    assert runner.stale_reason(out_dir + "_never_trained", argv) == "not trained yet"
 
 
 def test_a_run_resumed_across_a_code_change_records_both_and_is_retrained(finished_run, monkeypatch):
@@ -89,6 +110,51 @@ def test_a_run_resumed_across_a_code_change_records_both_and_is_retrained(finish
     monkeypatch.setattr(train, "source_hashes", lambda: edited)
     train.main([*argv, "--init_from=resume", "--max_iters=4"])
     sources = torch.load(Path(out_dir) / "ckpt.pt", weights_only=True)["sources"]
-    assert sources == [demo.source_hashes(), edited]
-    monkeypatch.setattr(demo, "source_hashes", lambda: edited)
-    assert demo.stale_reason(out_dir, [*argv, "--init_from=resume", "--max_iters=4"]) == "resumed across a code change"
+    assert sources == [runner.source_hashes(), edited]
+    monkeypatch.setattr(runner, "source_hashes", lambda: edited)
+    assert runner.stale_reason(out_dir, [*argv, "--init_from=resume", "--max_iters=4"]) == "resumed across a code change"
+
+
+# -----------------------------------------------------------------------------
+# readings: the prose of results/<experiment>.md, its numbers filled from the experiment's JSON
+
+
+def test_a_reading_placeholder_is_filled_from_the_json_and_a_missing_path_stops_the_report():
+    docs = {"demo": {"summary": {"fope": {"1024": {"ppl": {"mean": 12.3456}}}}, "seeds": [1, 2]}}
+    text = "FoPE {{demo/summary/fope/1024/ppl/mean:.2f}} over seeds {{demo/seeds/1}}; {{demo/seeds}}"
+    assert runner.render_reading(text, docs) == "FoPE 12.35 over seeds 2; [1, 2]"
+    with pytest.raises(SystemExit, match="no '512'"):
+        runner.render_reading("{{demo/summary/fope/512/ppl/mean}}", docs)
+
+
+def committed(path):
+    with open(ROOT / "results" / path) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("reading, docs", [
+    ("demo", lambda: {"demo": committed("demo.json"), "demo_yarn": committed("demo_yarn.json"),
+                      "timing": committed("demo_timing.json")}),
+    ("extend", lambda: {"extend": committed("extend.json"), "timing": committed("extend_timing.json")}),
+    ("ablate", lambda: {"ablate": committed("ablate.json"), "timing": committed("ablate_timing.json")}),
+    ("lens", lambda: {"lens": committed("lens/lens.json")}),
+    ("bench", lambda: {"bench": committed("bench.json")}),
+])
+def test_every_reading_renders_against_the_committed_results(reading, docs):
+    with open(ROOT / "experiments" / "readings" / f"{reading}.md") as f:
+        text = runner.render_reading(f.read(), docs())
+    assert "{{" not in text and len(text) > 200
+
+
+def test_the_committed_reports_are_what_report_only_writes_from_the_committed_json(tmp_path):
+    """results/<experiment>.md is written by its command: regenerated from the committed JSON, it is unchanged."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("demo.json", "demo_yarn.json", "demo_timing.json", "extend.json", "extend_timing.json"):
+        (results / name).write_bytes((ROOT / "results" / name).read_bytes())
+    for name in ("demo", "extend"):
+        proc = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--report_only",
+                               f"--results={results}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (results / f"{name}.md").read_text() == (ROOT / "results" / f"{name}.md").read_text()
+    assert not os.path.exists(tmp_path / "out")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import eval_length
+import runs
 import train
 from checkpoint import build_model, load_checkpoint
 from data.shards import TokenShards
@@ -236,13 +237,15 @@ def test_settings_a_position_embedding_never_reads_do_not_split_its_runs():
         checkpoint = {"config": {"seed": 1, "out_dir": "x", "fope_sigma": sigma, "pos_emb": pos_emb}, "iter_num": 5}
         model = torch.nn.Module()
         model.config = train.GPTConfig(pos_emb=pos_emb, fope_sigma=sigma)
-        return eval_length.run_settings(checkpoint, model)
+        return runs.run_settings(checkpoint, model)
 
     assert run("rope", 0.3) == run("rope", 0.1) and "fope_sigma" not in run("rope", 0.3)
     assert run("fope", 0.3) != run("fope", 0.1) and "seed" not in run("fope", 0.3)
-    labels = eval_length.label_runs({"a": settings(), "b": settings(iter_num=20), "c": settings(pos_emb="rope")}, {})
-    assert labels == {"a": "fope iter_num=10", "b": "fope iter_num=20", "c": "rope iter_num=10"}  # no default
-    labels = eval_length.label_runs({"a": settings(), "b": settings(), "c": settings(fope_sigma=0.1)}, {}, "+yarn8")
+    labels = runs.label_runs({"a": settings(), "b": settings(iter_num=20), "c": settings(pos_emb="rope")}, {})
+    assert labels == {"a": "fope", "b": "fope iter_num=20", "c": "rope"}  # shown where it differs from most runs
+    labels = runs.label_runs({"a": settings(), "b": settings(iter_num=20)}, {})
+    assert labels == {"a": "fope iter_num=10", "b": "fope iter_num=20"}  # no value most runs share: both shown
+    labels = runs.label_runs({"a": settings(), "b": settings(), "c": settings(fope_sigma=0.1)}, {}, "+yarn8")
     assert labels == {"a": "fope+yarn8", "b": "fope+yarn8", "c": "fope fope_sigma=0.1+yarn8"}  # a, b: seeds
 
 
@@ -314,3 +317,14 @@ def test_bad_input_is_one_line_exits_nonzero_and_writes_nothing(ckpts, tmp_path,
         eval_length.main([*ckpt_args, "--data_dir", str(data_dir), "--tokens", "1280", *out, *args])
     assert str(stop.value.code) == message.format(**paths)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a_file", "truncated", "foreign.pt"])
+
+
+def test_an_all_skipped_sweep_plots_without_warnings(tmp_path):
+    """A learned model swept only past its block_size draws no line: no empty legend, no matplotlib warning."""
+    import warnings
+
+    summary = {"learned": {128: {"note": "skipped: learned positions stop at block_size 64"}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runs.plot_sweep(summary, {}, 64, str(tmp_path / "sweep"))
+    assert (tmp_path / "sweep.png").is_file() and (tmp_path / "sweep_positions.png").is_file()

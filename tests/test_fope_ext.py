@@ -195,7 +195,7 @@ def test_torch_compile_fullgraph_runs_a_gpt_with_the_c_backend():
     reference = GPT(GPTConfig(**{**args, "rotary_backend": "eager"}))
     reference.load_state_dict(model.state_dict())
     idx = torch.randint(0, 11, (2, 8))
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # inductor: see bench.py
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # inductor: see fope_ext/bench.py
     _, loss = compiled(idx, idx)
     loss.backward()
     _, loss_ref = reference(idx, idx)

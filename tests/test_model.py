@@ -112,6 +112,74 @@ def test_bad_config_values_are_one_line_errors():
         GPTConfig.from_dict({**dataclasses.asdict(GPTConfig()), "n_kv_head": 2})
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("fope_dim", 3, "fope_dim .* must be an even number >= head_dim 32"),  # odd, below head_dim: refused
+    ("fope_dim", 30, "fope_dim .* must be an even number >= head_dim 32"),
+    ("fope_dim", 33, "fope_dim .* must be an even number"),
+    ("fope_sigma", -0.1, "fope_sigma .* must be >= 0"),
+    ("fope_zero_pad", "zeros", "fope_zero_pad must be one of"),
+    ("rotary_backend", "cuda", "rotary_backend must be one of"),
+    ("n_layer", 0, "n_layer must be >= 1"),
+    ("dropout", 1.0, "dropout must be in"),
+    ("rope_theta", 0.0, "rope_theta must be > 0"),
+    ("n_embd", 132, "head_dim .* must be even"),  # 132 / 4 = 33 for a rotary embedding
+])
+def test_every_model_field_is_checked_once_by_gptconfig_in_one_line(field, value, match):
+    with pytest.raises(ValueError, match=match) as err:
+        GPTConfig(**{"n_embd": 128, "n_head": 4, field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_fope_refuses_a_basis_narrower_than_head_dim_as_gptconfig_does():
+    from fope import FourierPositionEmbedding
+    with pytest.raises(ValueError, match="fope_dim"):
+        FourierPositionEmbedding(32, 2, 64, fourier_dim=3)
+    assert FourierPositionEmbedding(32, 2, 64, fourier_dim=64).rot_dim == 64
+
+
+class PhaseRotary(torch.nn.Module):
+    """A rotary module written against the contract alone (fope.RotaryEmbedding's docstring), not derived
+    from it: RoPE at theta 500 with a fixed phase per pair, y = R(t w + phi) x."""
+
+    def __init__(self, head_dim, train_len):
+        super().__init__()
+        self.head_dim = head_dim
+        self.register_buffer("inv_freq", 500.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        self.register_buffer("phase", torch.linspace(0, 1, head_dim // 2, dtype=torch.float64))
+        self.calls = 0
+
+    def pair_frequencies(self):
+        return self.inv_freq.clone()
+
+    def forward(self, x, offset=0, norm=False):
+        self.calls += 1
+        if norm:
+            x = torch.nn.functional.layer_norm(x, x.shape[-1:])
+        pos = torch.arange(offset, offset + x.shape[2], dtype=torch.float64)
+        angle = pos[:, None] * self.inv_freq + self.phase  # (T, hd/2)
+        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def test_a_rotary_module_that_keeps_the_contract_joins_by_one_registry_line(monkeypatch):
+    from model import PositionEmbedding
+    monkeypatch.setitem(POS_EMBS, "phase", PositionEmbedding("rotary", lambda c: PhaseRotary(c.n_embd // c.n_head, c.block_size)))
+    model = tiny("phase", qk_norm=True)
+    assert all(block.attn.rotary.calls == 0 for block in model.transformer.h)
+    idx = torch.randint(0, 17, (2, 64))  # twice the training length
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(block.attn.rotary.calls == 2 for block in model.transformer.h)  # q and k
+    # it rotates: scores depend on the relative position only, so shifting both q and k by 7 keeps q.k
+    rotary = model.transformer.h[0].attn.rotary
+    q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
+    score = (rotary(q, offset=9) * rotary(k, offset=2)).sum()
+    assert torch.allclose(score, (rotary(q, offset=16) * rotary(k, offset=9)).sum())
+    assert not torch.allclose(score, (rotary(q, offset=2) * rotary(k, offset=9)).sum())
+    model.generate(idx[:, :5], 3)  # sampling takes it too
+
+
 def test_generate_appends_tokens():
     model = tiny("alibi")
     out = model.generate(torch.zeros(1, 3, dtype=torch.long), 40, top_k=5)

@@ -272,6 +272,29 @@ def test_ctrl_c_exits_cleanly_and_leaves_a_loadable_checkpoint(tiny_data, tmp_pa
     assert load(ckpt)["iter_num"] % 3 == 0 and load(ckpt)["iter_num"] > 0
 
 
+HANG_AFTER_INTERRUPT = """
+import sys, time
+import train
+train.watch_interrupts(grace=2)
+print("ready", flush=True)
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    while True:  # whatever hangs after the interrupt, holding the GIL: the watchdog must still end the process
+        pass
+"""
+
+
+def test_a_run_that_hangs_after_ctrl_c_still_ends_within_the_grace_and_says_where(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", HANG_AFTER_INTERRUPT], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)  # ends about 2 s after the interrupt, busy loop or not
+    assert proc.returncode != 0
+    assert "Timeout" in stderr and "File" in stderr  # faulthandler's dump: where each thread was
+
+
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     real_forward = train.GPT.forward
     steps = []
@@ -466,14 +489,16 @@ def assert_refused(argv, message, out_dir):
     ("eval_interval=0", "eval_interval must be >= 1, got 0"),
     ("log_interval=0", "log_interval must be >= 1, got 0"),
     ("gradient_accumulation_steps=0", "gradient_accumulation_steps must be >= 1, got 0"),
-    ("fope_sigma=-1", "fope_sigma must be >= 0, got -1.0"),
+    ("fope_sigma=-1", "fope_sigma (the xavier gain of FoPE's coefficients) must be >= 0, got -1.0"),
+    ("fope_dim=3", "fope_dim (FoPE's basis: frequencies theta^(-2m/fope_dim)) must be an even number >= head_dim 16, "
+                   "or None for head_dim; got 3"),
     ("dropout=1.0", "dropout must be in [0, 1), got 1.0"),
     ("beta2=1.5", "beta2 must be in [0, 1), got 1.5"),
     ("min_lr=-0.1", "min_lr must be >= 0, got -0.1"),
     ("seed=-3", "seed must be >= 0, got -3"),
     ("passkey_frac=2", "passkey_frac must be in [0, 1], got 2.0"),
     ("n_head=0", "n_head must be >= 1, got 0"),
-    ("n_embd=30", "pos_emb=fope rotates pairs of dimensions: n_embd / n_head = 30/2 must be even"),
+    ("n_embd=30", "a rotary embedding rotates pairs of dimensions: head_dim (n_embd / n_head) must be even, got 15"),
     ("n_embd=33", "n_embd (33) must be divisible by n_head (2)"),
     ("rotary_backend=fast", "rotary_backend must be one of auto, eager, c, compile, got 'fast'"),
     ("pos_emb=xpos", "pos_emb must be one of nope, learned, sinusoidal, rope, rope-a, fope, alibi, kerple, fire, t5, "

@@ -14,35 +14,38 @@ Then one length sweep (eval_length.py) over every run: perplexity beyond L_train
 2x, 8x), perplexity at L_train, passkey at 1x and 2x; per section a table, a figure and the paper's
 claims tested with a paired per-seed difference (see compare()).
 
-A finished run is kept while its config and code are unchanged (demo.stale_reason). With --scale=demo
+A finished run is kept while its config and code are unchanged (runner.stale_reason). With --scale=demo
 the arms are trained at make demo's own settings into out/demo, so make demo's runs (rope, fope,
 clamp-only, alibi, nope; seeds 1 and 2), when made by the same code, are the same runs and are reused.
 
-    python ablate.py                  # ~75 minutes on 2 CPU cores (make ablate)
-    python ablate.py --quick          # a smoke run of the same pipeline: 2 seeds, 20 iterations
-    python ablate.py --scale=demo     # the demo's 2200 iterations, reusing make demo's runs (~2.5 h)
+    python experiments/ablate.py                  # about 70 minutes on 2 CPU cores (make ablate)
+    python experiments/ablate.py --quick          # a smoke run of the same pipeline: 2 seeds, 20 iterations
+    python experiments/ablate.py --scale=demo     # the demo's 2200 iterations, reusing make demo's runs (~2.5 h)
 
 Writes results/ablate.{csv,json,md}, results/ablate_<section>.png and results/ablate_timing.json.
 """
 
-import argparse
 import json
 import math
 import os
 import statistics
 import sys
-import time
 from collections import defaultdict
+from typing import NamedTuple
 
 import numpy as np
 
-import demo
-from model import POS_EMBS
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from configurator import read_config_file  # noqa: E402
+from experiments import demo, runner  # noqa: E402
+from fope import FOPE_SIGMA  # noqa: E402  (GPTConfig's default: the "fope" arm is sigma 0.3, fourier_dim = head_dim)
+from model import POS_EMBS  # noqa: E402
+from runs import format_table, plot_sweep, spread  # noqa: E402
 
 SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-HEAD_DIM = 32  # config/demo.py: n_embd 128 / n_head 4
+_config = read_config_file(runner.code("config/ablate.py"))
+HEAD_DIM = _config["n_embd"] // _config["n_head"]  # config/ablate.py's (make demo's): 32
 FOURIER_DIMS = (HEAD_DIM, 2 * HEAD_DIM, 3 * HEAD_DIM, 4 * HEAD_DIM)
-FOPE_SIGMA = 0.3  # model.GPTConfig's default: the "fope" arm is sigma 0.3 and fourier_dim = head_dim
 
 
 def arms():
@@ -75,31 +78,42 @@ def sections():
     }
 
 
-# the paper's claims, each a paired comparison: (section, A, B, metric, multiple of L_train, claim)
-# with A expected below B (perplexity) or above B (passkey)
+class Claim(NamedTuple):
+    """One of the paper's claims as a paired comparison of arms A and B at a multiple of L_train. expect:
+    "better" (A below B in perplexity, above in passkey) or "no difference" (the paper sees little effect)."""
+    section: str
+    a: str
+    b: str
+    metric: str
+    multiple: int
+    text: str
+    expect: str = "better"
+
+
 CLAIMS = [
-    ("parts", "fope", "rope", "ppl_beyond", 16, "FoPE generalizes past L_train better than RoPE"),
-    ("parts", "clamp-only", "rope", "ppl_beyond", 16, "the clamp alone helps"),
-    ("parts", "fourier-only", "rope", "ppl_beyond", 16, "the Fourier series alone helps"),
-    ("parts", "fope", "clamp-only", "ppl_beyond", 16, "the combination beats the clamp alone"),
-    ("parts", "fope", "fourier-only", "ppl_beyond", 16, "the combination beats the Fourier series alone"),
-    ("parts", "fourier-only", "clamp-only", "ppl_beyond", 16, "the Fourier series contributes more to length generalization"),
-    ("parts", "clamp-only", "fourier-only", "ppl", 1, "the clamp contributes more to fitting the training length"),
-    *[("sigma", "fope", f"fope-sigma{s:g}", "ppl_beyond", 16, f"sigma 0.3 beats sigma {s:g}") for s in SIGMAS if s != FOPE_SIGMA],
-    *[("basis", "fope", f"fope-dim{d}", "ppl_beyond", 16, f"(none: little effect on perplexity) fourier_dim {HEAD_DIM} vs {d}")
+    Claim("parts", "fope", "rope", "ppl_beyond", 16, "FoPE generalizes past L_train better than RoPE"),
+    Claim("parts", "clamp-only", "rope", "ppl_beyond", 16, "the clamp alone helps"),
+    Claim("parts", "fourier-only", "rope", "ppl_beyond", 16, "the Fourier series alone helps"),
+    Claim("parts", "fope", "clamp-only", "ppl_beyond", 16, "the combination beats the clamp alone"),
+    Claim("parts", "fope", "fourier-only", "ppl_beyond", 16, "the combination beats the Fourier series alone"),
+    Claim("parts", "fourier-only", "clamp-only", "ppl_beyond", 16, "the Fourier series contributes more to length generalization"),
+    Claim("parts", "clamp-only", "fourier-only", "ppl", 1, "the clamp contributes more to fitting the training length"),
+    *[Claim("sigma", "fope", f"fope-sigma{s:g}", "ppl_beyond", 16, f"sigma 0.3 beats sigma {s:g}") for s in SIGMAS if s != FOPE_SIGMA],
+    *[Claim("basis", "fope", f"fope-dim{d}", "ppl_beyond", 16, f"little effect on perplexity: fourier_dim {HEAD_DIM} vs {d}",
+            "no difference")
       for d in FOURIER_DIMS if d != HEAD_DIM],
-    ("table2", "rope+qknorm", "rope", "ppl_beyond", 16, "QK norm helps RoPE past L_train (7.16 -> 6.66 at 16x)"),
-    ("table2", "rope-a", "rope", "ppl_beyond", 16, "RoPE-A generalizes better than RoPE (7.16 -> 6.67 at 16x)"),
-    ("table2", "rope", "rope-a", "ppl", 1, "RoPE fits L_train better than RoPE-A (5.50 vs 5.72)"),
-    ("table2", "nope", "rope", "ppl_beyond", 16, "NoPE degrades less than RoPE at 16x (6.99 vs 7.16)"),
-    ("table2", "rope-a", "rope-a+qknorm", "ppl_beyond", 16, "QK norm does not help RoPE-A (6.67 vs 6.81 at 16x)"),
-    ("table2", "nope", "nope+qknorm", "ppl_beyond", 16, "QK norm hurts NoPE past L_train (6.99 vs 7.43 at 16x)"),
-    ("embeddings", "fope", "rope", "ppl_beyond", 4, "FoPE's perplexity is far more stable than RoPE's"),
-    ("embeddings", "alibi", "fope", "ppl_beyond", 16, "ALiBi's perplexity is slightly below FoPE's"),
-    ("embeddings", "fope", "rope", "passkey", 2, "RoPE's passkey falls to 0 at 2x, FoPE's stays"),
-    ("embeddings", "fope", "alibi", "passkey", 2, "FoPE's passkey is stable where ALiBi's declines"),
-    ("embeddings", "fope", "kerple", "ppl_beyond", 16, "(Fig. 1 plots it) FoPE vs KERPLE"),
-    ("embeddings", "fope", "fire", "ppl_beyond", 16, "(Fig. 1 plots it) FoPE vs FIRE"),
+    Claim("table2", "rope+qknorm", "rope", "ppl_beyond", 16, "QK norm helps RoPE past L_train (7.16 -> 6.66 at 16x)"),
+    Claim("table2", "rope-a", "rope", "ppl_beyond", 16, "RoPE-A generalizes better than RoPE (7.16 -> 6.67 at 16x)"),
+    Claim("table2", "rope", "rope-a", "ppl", 1, "RoPE fits L_train better than RoPE-A (5.50 vs 5.72)"),
+    Claim("table2", "nope", "rope", "ppl_beyond", 16, "NoPE degrades less than RoPE at 16x (6.99 vs 7.16)"),
+    Claim("table2", "rope-a", "rope-a+qknorm", "ppl_beyond", 16, "QK norm does not help RoPE-A (6.67 vs 6.81 at 16x)"),
+    Claim("table2", "nope", "nope+qknorm", "ppl_beyond", 16, "QK norm hurts NoPE past L_train (6.99 vs 7.43 at 16x)"),
+    Claim("embeddings", "fope", "rope", "ppl_beyond", 4, "FoPE's perplexity is far more stable than RoPE's"),
+    Claim("embeddings", "alibi", "fope", "ppl_beyond", 16, "ALiBi's perplexity is slightly below FoPE's"),
+    Claim("embeddings", "fope", "rope", "passkey", 2, "RoPE's passkey falls to 0 at 2x, FoPE's stays"),
+    Claim("embeddings", "fope", "alibi", "passkey", 2, "FoPE's passkey is stable where ALiBi's declines"),
+    Claim("embeddings", "fope", "kerple", "ppl_beyond", 16, "(Fig. 1 plots it) FoPE vs KERPLE"),
+    Claim("embeddings", "fope", "fire", "ppl_beyond", 16, "(Fig. 1 plots it) FoPE vs FIRE"),
 ]
 METRIC_NAMES = {"ppl_beyond": "ppl beyond L_train", "ppl": "ppl", "passkey": "passkey"}
 # two-sided 5% critical values of Student's t with df = n_seeds - 1
@@ -127,22 +141,28 @@ def compare(rows, a, b, metric, length):
 
 def claim_rows(rows, train_len):
     out = []
-    for section, a, b, metric, multiple, claim in CLAIMS:
-        c = compare(rows, a, b, metric, multiple * train_len)
+    for claim in CLAIMS:
+        c = compare(rows, claim.a, claim.b, claim.metric, claim.multiple * train_len)
         if c is None:
             continue
-        better = c["mean"] > 0 if metric == "passkey" else c["mean"] < 0  # A better than B on average
+        better = c["mean"] > 0 if claim.metric == "passkey" else c["mean"] < 0  # A better than B on average
         if c["min"] == c["max"] == 0:  # every seed equal (passkey 1.00 against 1.00, say)
             verdict = "no difference (every seed equal)"
-        elif claim.startswith("(none"):
+        elif claim.expect == "no difference":
             verdict = "agrees (no clear difference)" if not c["exceeds_seed_spread"] else "differs: a clear difference"
         elif c["exceeds_seed_spread"]:
             verdict = "agrees" if better else "opposite, beyond the seed spread"
         else:
             verdict = ("same direction, " if better else "opposite direction, ") + "within the seed spread"
-        out.append({"section": section, "claim": claim, "a": a, "b": b, "metric": metric, "length": multiple * train_len,
-                    "multiple": multiple, **c, "verdict": verdict})
+        out.append({"section": claim.section, "claim": claim.text, "a": claim.a, "b": claim.b, "metric": claim.metric,
+                    "length": claim.multiple * train_len, "multiple": claim.multiple, "expect": claim.expect, **c,
+                    "verdict": verdict})
     return out
+
+
+def claim_key(c):
+    """A claim's name in ablate.json's "claim": e.g. "fope vs rope, ppl_beyond at 16x"."""
+    return f"{c['a']} vs {c['b']}, {c['metric']} at {c['multiple']}x"
 
 
 def format_claims(claims):
@@ -155,106 +175,77 @@ def format_claims(claims):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="the paper's ablations and baselines at laptop scale, with seeds")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 20 iterations, small sweeps")
+    p = runner.parser("the paper's ablations and baselines at laptop scale, with seeds",
+                      "smoke run: 2 seeds, 20 iterations, small sweeps", seeds=(1, 2, 3))
     p.add_argument("--scale", choices=("ablate", "demo"), default="ablate",
                    help="ablate: config/ablate.py (900 iterations); demo: make demo's settings and runs")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
-    p.add_argument("--report_only", action="store_true",
-                   help="rewrite the tables, figures and claims from results/ablate.json (no training, no sweep)")
     args = p.parse_args(argv)
     config, extra = f"config/{args.scale}.py", []
-    out, results = ("out/demo" if args.scale == "demo" else "out/ablate"), "results"
+    out, results = os.path.join(args.out_root, "demo" if args.scale == "demo" else "ablate"), args.results
     lengths = [1, 2, 4, 8, 16]
     sweep = ["--tokens=32768", "--trials=20", "--passkey_up_to=2"]
     seeds = args.seeds
     if args.quick:
-        seeds, out, results = args.seeds[:2], "out/ablate_quick", "results/quick"
+        seeds, out, results = args.seeds[:2], os.path.join(args.out_root, "ablate_quick"), os.path.join(results, "quick")
         extra = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
         lengths, sweep = [1, 2, 4, 16], ["--tokens=2048", "--trials=2", "--passkey_up_to=2"]
     if len(seeds) < 2:
         raise SystemExit("ablate needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
     if args.report_only:
-        with open(f"{results}/ablate_timing.json") as f:
-            stages = json.load(f)
-        return report(results, stages, seeds, config)
+        return report(results, runner.load_json(f"{results}/ablate_timing.json"), seeds, config, args.quick)
     os.makedirs(out, exist_ok=True)
     os.makedirs(results, exist_ok=True)
-    stages, t_all = {}, time.time()
-
-    def stage(message):
-        print(f"[ablate {time.time() - t_all:6.0f}s] {message}", flush=True)
-        return time.time()
-
-    t0 = stage("1/4 data: char-level Shakespeare")
-    if not os.path.isfile("data/shakespeare/char/meta.json"):
-        demo.run([sys.executable, "data/shakespeare/prepare.py", "--char-only"], f"{out}/prepare.log")
-    stages["data"] = time.time() - t0
-
+    stages = runner.Stages("ablate")
+    with stages("data", "1/4 data: char-level Shakespeare"):
+        runner.prepare_data(args, out)
     all_arms = arms()
-    t0 = stage(f"2/4 train: {len(all_arms)} arms x {len(seeds)} seeds ({config}{' quick' if args.quick else ''})")
     ckpts = {}
-    for arm, flags in all_arms.items():
-        for seed in seeds:
-            out_dir, train_args = demo.run_args(config, out, arm, flags, seed, extra)
-            ckpts.setdefault(arm, []).append(out_dir)
-            demo.ensure_trained(out_dir, train_args, stages, args.fresh)
-    stages["train"] = time.time() - t0
-
-    t0 = stage("3/4 eval: one length sweep over every run")
-    demo.run([sys.executable, "eval_length.py", "--ckpt", *[c for cs in ckpts.values() for c in cs],
-              *[f"--label={arm}={','.join(cs)}" for arm, cs in ckpts.items()],
-              "--multipliers", *map(str, lengths), "--out", f"{results}/ablate", *sweep], f"{out}/eval_ablate.log")
-    stages["eval"] = time.time() - t0
-
-    stage("4/4 write: tables, figures, the paper's claims")
-    stages["total"] = time.time() - t_all
-    report(results, stages, seeds, config)
-    print(f"[ablate {stages['total']:6.0f}s] done: {results}/ablate.md", flush=True)
+    with stages("train", f"2/4 train: {len(all_arms)} arms x {len(seeds)} seeds ({config}{' quick' if args.quick else ''})"):
+        for arm, flags in all_arms.items():
+            for seed in seeds:
+                run_dir, train_args = runner.run_args(config, out, arm, flags, seed, extra, args.dataset)
+                ckpts.setdefault(arm, []).append(run_dir)
+                runner.ensure_trained(run_dir, train_args, stages, args.fresh)
+    with stages("eval", "3/4 eval: one length sweep over every run"):
+        runner.sweep(ckpts, f"{results}/ablate", ["--multipliers", *map(str, lengths), *sweep], f"{out}/eval_ablate.log")
+    stages.say("4/4 write: tables, figures, the paper's claims")
+    stages.done(f"{results}/ablate.md")
+    report(results, stages.times, seeds, config, args.quick)
 
 
-def report(results, stages, seeds, config):
+def report(results, times, seeds, config, quick=False):
     """The paper's claims into results/ablate.json, then the tables and figures (write_report)."""
-    with open(f"{results}/ablate.json") as f:
-        sweep_result = json.load(f)
+    sweep_result = runner.load_json(f"{results}/ablate.json")
     sweep_result["claims"] = claim_rows(sweep_result["rows"], sweep_result["info"]["train_len"])
+    sweep_result["claim"] = {claim_key(c): c for c in sweep_result["claims"]}  # by name: what readings cite
     sweep_result["sections"] = {name: {"title": title, "rows": dict(rows)} for name, (title, rows) in sections().items()}
     with open(f"{results}/ablate.json", "w") as f:
         json.dump(sweep_result, f, indent=1)
-    write_report(results, sweep_result, stages, seeds, config)
-
-
-def cell(stats, metric):
-    if metric not in stats:
-        return "-"
-    s = stats[metric]
-    return f"{s['mean']:.2f} [{s['min']:.2f}-{s['max']:.2f}]" if s["n"] > 1 else f"{s['mean']:.2f}"
+    write_report(results, sweep_result, times, seeds, config, quick)
 
 
 def compact_table(summary, rows, train_len):
-    """The issue's four numbers per arm: perplexity beyond L_train at 4x and 16x, passkey at 1x and 2x."""
+    """Per arm: perplexity beyond L_train at 4x and 16x, perplexity at L_train, passkey at 1x and 2x."""
     cols = [("ppl_beyond", 4), ("ppl_beyond", 16), ("ppl", 1), ("passkey", 1), ("passkey", 2)]
     lines = ["| arm | " + " | ".join(f"{METRIC_NAMES[m]} {k}x" for m, k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for label, arm in rows:
         by_length = summary.get(arm, {})
-        lines.append(f"| {label} | " + " | ".join(cell(by_length.get(str(k * train_len), by_length.get(k * train_len, {})), m)
+        lines.append(f"| {label} | " + " | ".join(spread(by_length.get(str(k * train_len), {}).get(m))
                                                   for m, k in cols) + " |")
     return lines
 
 
-def write_report(results, sweep, stages, seeds, config):
-    from eval_length import format_table, plot
+def write_report(results, sweep, times, seeds, config, quick=False):
     lengths, train_len = sweep["info"]["lengths"], sweep["info"]["train_len"]
     per_position = sweep["per_position"]["loss"]
-    lines = [f"# nanoFoPE ablations and baselines ({time.strftime('%Y-%m-%d')})", "",
-             f"{config}; seeds {seeds}; L_train = {train_len}; lengths {lengths}. Perplexity 'beyond L_train' "
-             f"averages the positions >= {train_len}; passkey is exact match, measured up to 2x.", ""]
+    lines = [f"{config}; seeds {seeds}; L_train = {train_len}; lengths {lengths}. Perplexity 'beyond L_train' "
+             f"averages the positions >= {train_len}; passkey is exact match, measured up to 2x. Made "
+             f"{sweep['info']['date']} by `python experiments/ablate.py` (`make ablate`); machine: "
+             f"{sweep['info'].get('machine', 'not recorded')}.", ""]
     for name, (title, rows) in sections().items():
         summary = {label: sweep["summary"][arm] for label, arm in rows if arm in sweep["summary"]}
-        plot({label: {int(L): s for L, s in by.items()} for label, by in summary.items()},
-             {label: np.array([per_position[arm]]) for label, arm in rows if arm in per_position},
-             train_len, f"{results}/ablate_{name}")
+        plot_sweep(summary, {label: np.array([per_position[arm]]) for label, arm in rows if arm in per_position},
+                   train_len, f"{results}/ablate_{name}")
         lines += [f"## {title}", "", f"![{name}](ablate_{name}.png)", "", *compact_table(sweep["summary"], rows, train_len), "",
                   "```", format_table(summary, lengths).strip(), "```", ""]
         claims = [c for c in sweep["claims"] if c["section"] == name]
@@ -262,7 +253,7 @@ def write_report(results, sweep, stages, seeds, config):
             lines += ["The paper's claims, as paired per-seed differences A - B (a paired t-test: 'beyond the seed "
                       "spread' when every seed agrees in sign and |t| exceeds the 5% critical value):", "",
                       *format_claims(claims), ""]
-    demo.write_markdown(f"{results}/ablate", lines, stages)
+    runner.write_report(f"{results}/ablate", "nanoFoPE ablations and baselines", lines, times, None if quick else "ablate", {"ablate": sweep})
 
 
 if __name__ == "__main__":

@@ -1,23 +1,27 @@
 """
-Check fope.py's context-extension rescalings against HF transformers' ROPE_INIT_FUNCTIONS.
+Check rope_scaling.py's context-extension rescalings against HF transformers' ROPE_INIT_FUNCTIONS.
 
     pip install transformers     # not a dependency of nanoFoPE: only this check needs it
-    python compare_hf.py         # prints the largest relative difference per rope_type
+    python experiments/compare_hf.py   # prints the largest relative difference per rope_type
 
 Over head_dim {32, 64, 128}, theta {1e4, 5e5}, original length {64, 512, 2048}, factor {1, 2, 4, 8, 16}:
 default, linear, yarn (with its options), llama3, dynamic (at lengths below, at and above the original)
 and longrope (random per-frequency factors, below and above the original length). Both the inverse
 frequencies and the attention factor are compared. HF computes in float32, nanoFoPE in float64, so
-differences of a few 1e-7 are float32 rounding. tests/test_fope.py carries a few of these cases written
+differences of a few 1e-7 are float32 rounding. tests/test_rope_scaling.py carries a few of these cases written
 out, so the test suite runs without transformers.
 """
 
 import itertools
 import sys
 
+import os
+
 import torch
 
-from fope import check_scaling, rescale_inv_freq, rope_inv_freq
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from fope import rope_inv_freq  # noqa: E402
+from rope_scaling import check_scaling, rescale_inv_freq  # noqa: E402
 
 GRID = dict(head_dim=(32, 64, 128), theta=(1e4, 5e5), original=(64, 512, 2048), factor=(1, 2, 4, 8, 16))
 

@@ -1,8 +1,9 @@
 """
 The lens: FoPE's frequency-domain account of length generalization, measured on trained checkpoints.
 
-    python lens.py --ckpt out/demo/rope_s1 out/demo/fope_s1 ... --out results/lens
-    make lens                                    # the same on the demo's checkpoints
+    python experiments/lens.py --ckpt out/demo/rope_s1 out/demo/rope_s2 out/demo/fope_s1 ... --out results/lens
+    python experiments/lens.py --report_only --out results/lens  # lens.md and figures again from lens.json
+    make lens                                                    # the same on the demo's checkpoints
 
 The paper (Hua et al. 2025, arXiv 2412.17739, Sec. 3 and App. "Analyses") says RoPE makes attention a
 sum of periodic terms, one per frequency, and that this periodicity is damaged (1) by linear layers and
@@ -10,8 +11,10 @@ activations, which mix frequencies, and (2) by frequencies that complete less th
 training length L_train, which training never sees whole. It argues this mostly analytically. This
 script measures it on a checkpoint, from the model's own q and k: forward hooks on each layer's
 attn.c_attn give q and k before the rotation (split as CausalSelfAttention.forward splits them), the
-layer's attn.rotary module rotates them, and the scores are q.k / sqrt(head_dim), plus the additive bias's (attn.pos_bias or the model's shared one)
-bias for ALiBi: exactly what the layer feeds to its softmax (tests/test_lens.py checks it).
+layer's attn.rotary module rotates them (after QK norm if the model has it), and the scores are
+q.k / sqrt(head_dim) plus the bias of the bias embeddings (ALiBi, T5: model.transformer.pos_bias, shared
+by all layers; FIRE, KERPLE: each layer's own attn.pos_bias): exactly what the layer feeds to its
+softmax (tests/test_lens.py checks it). The measures on tensors: experiments/lens_measures.py.
 
 Four measurements, per checkpoint and layer (heads averaged):
 1. Undertrained dimensions (the paper's Fig. 7): |mean| of q and of k before the rotation over val
@@ -38,10 +41,11 @@ Four measurements, per checkpoint and layer (heads averaged):
      not position: it is removed from the energy.
    - "At a frequency" is measured exactly, not on the DFT grid: the own energy is that of the curve's
      least-squares projection onto cos(w d), sin(w d) for every own w (the DFT generalised to
-     frequencies off the bin grid). On the grid, a pure cosine at one of FoPE's kept frequencies puts 2-11%
-     of its energy in bins more than one bin from it (the rectangular window's sidelobes: r is not an
-     integer) and would read as leakage; projected, it reads 0 at any phase. A foreign frequency within about one bin of an own one is, over L_train samples, not separable
-     from it and counts (partly) as own: this is the "within one bin".
+     frequencies off the bin grid). On the grid, a pure cosine at one of FoPE's kept frequencies puts
+     2-11% of its energy in bins more than one bin from it (the rectangular window's sidelobes: r is not
+     an integer) and would read as leakage; projected, it reads 0 at any phase. A foreign frequency
+     within about one bin of an own one is, over L_train samples, not separable from it and counts
+     (partly) as own.
    - RoPE's r < 1 frequencies (11 of 16 pairs at head_dim 32, L_train 64) are own, but over L_train they
      are partial cycles: together they span only smooth trends (a ramp, a bend), not 22 independent
      shapes. The projection keeps the directions of their span whose singular value is at least 1% of
@@ -57,12 +61,12 @@ Four measurements, per checkpoint and layer (heads averaged):
 
 Learned absolute positions cannot take more than block_size tokens: (2) past L_train is skipped with a
 note; everything within L_train is measured. Outputs in --out: lens_dims.png, lens_distance.png,
-lens_spectrum.png, lens_fig8.png, lens.json (every number and curve), lens.md (tables and runtime).
+lens_spectrum.png, lens_fig8.png, lens.json (every number and curve), lens.md (the tables, the reading
+experiments/readings/lens.md filled from lens.json, the runtime) and lens_timing.json.
 """
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -72,212 +76,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.shards import ShardError, TokenShards
-from configurator import resolve_device
-from eval_length import label_runs, load_model, parse_labels, run_settings
-from fope import RotaryPositionEmbedding
-from model import POS_EMBS
-
-OWN_RANK_CUTOFF = 0.01  # keep own directions with singular value >= 1% of the largest (see 3. above)
-
-# -----------------------------------------------------------------------------
-# reading q and k out of a model
-
-
-class QKProbe:
-    """Forward hooks on every layer's attn.c_attn: q and k (B, H, T, hd) before the rotation, per layer."""
-
-    def __init__(self, model):
-        self.model, self.qk, self.handles = model, {}, []
-        for layer, block in enumerate(model.transformer.h):
-            self.handles.append(block.attn.c_attn.register_forward_hook(self._hook(layer, block.attn)))
-
-    def _hook(self, layer, attn):
-        def hook(module, inputs, output):
-            B, T, _ = output.shape
-            q, k, _ = output.split(attn.n_embd, dim=2)  # as CausalSelfAttention.forward
-            hd = attn.n_embd // attn.n_head
-            self.qk[layer] = (q.reshape(B, T, attn.n_head, hd).transpose(1, 2),  # (B, nh, T, hs)
-                              k.reshape(B, T, attn.n_head, hd).transpose(1, 2))
-        return hook
-
-    @torch.no_grad()
-    def __call__(self, idx):
-        """-> [(q, k) per layer] for the token windows idx (B, T)."""
-        self.qk = {}
-        self.model(idx)
-        return [self.qk[layer] for layer in range(len(self.model.transformer.h))]
-
-    def close(self):
-        for h in self.handles:
-            h.remove()
-
-
-def attention_scores(attn, q, k, shared_bias=None):
-    """The pre-softmax scores (B, H, T, T) a layer computes from q, k before the rotation: normalised if
-    the model uses QK norm, rotated by the layer's own rotary module, q.k / sqrt(hd), plus the additive
-    bias if any (the layer's own, or the model's shared one: model.transformer.pos_bias); -inf above the
-    diagonal."""
-    T = q.shape[2]
-    q, k = attn.position_qk(q, k)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    bias = attn.pos_bias if attn.pos_bias is not None else shared_bias
-    if bias is not None:
-        return scores + bias(0, T, T, q.device, q.dtype)  # the bias carries the causal -inf
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    return scores.masked_fill(future, float("-inf"))
-
-
-# -----------------------------------------------------------------------------
-# the measurements, on tensors (tests/test_lens.py gives each a known answer)
-
-
-def pair_frequencies(rotary, head_dim):
-    """(head_dim//2,) float64: the frequency w (radians per token) each rotary pair turns at; 0 for a
-    position-free pair. None without a rotary module. RoPE (and clamp-only, whose dropped frequencies
-    are zeros in inv_freq): inv_freq. FoPE: pair e < d_out follows its largest coefficient (the step
-    identity, averaged over heads and the sin and cos series); the pairs past d_out are position-free."""
-    if rotary is None:
-        return None
-    inv_freq = rotary.inv_freq.detach().double().cpu()
-    freqs = torch.zeros(head_dim // 2, dtype=torch.float64)
-    cos_coef = getattr(rotary, "cos_coef", None)
-    if cos_coef is not None:  # (H, D, d_out)
-        weight = (cos_coef.detach().double().abs() + rotary.sin_coef.detach().double().abs()).mean(0).cpu()
-        freqs[:weight.shape[1]] = inv_freq[weight.argmax(0)]
-    else:
-        n = min(len(freqs), inv_freq.numel())
-        freqs[:n] = inv_freq[:n]
-    return freqs
-
-
-def own_frequencies(rotary):
-    """The distinct nonzero frequencies the module rotates with (float64, ascending); empty without one."""
-    if rotary is None:
-        return torch.zeros(0, dtype=torch.float64)
-    inv_freq = rotary.inv_freq.detach().double().cpu()
-    return torch.unique(inv_freq[inv_freq > 0])
-
-
-def cycles(freqs, train_len):
-    """r = w L_train / 2 pi: how many cycles a frequency turns within the training length."""
-    return freqs * train_len / (2 * math.pi)
-
-
-def pair_mean_norms(x):
-    """x: (..., H, T, hd) before the rotation -> (H, hd//2): per head and rotary pair (dims m and
-    m + hd/2), the length of the pair's mean vector over all tokens (the rotation-invariant |mean|)."""
-    hd = x.shape[-1]
-    mean = x.reshape(-1, x.shape[-3], x.shape[-2], hd).double().mean(dim=(0, 2))  # (H, hd)
-    return torch.sqrt(mean[:, : hd // 2] ** 2 + mean[:, hd // 2:] ** 2)
-
-
-def mean_by_distance(matrix):
-    """(..., T, T) causal matrix -> (..., T): entry d is the mean of matrix[..., i, i - d] over i >= d.
-    Entries above the diagonal (masked, possibly -inf) are ignored."""
-    T = matrix.shape[-1]
-    pos = torch.arange(T, device=matrix.device)
-    distance = pos[:, None] - pos[None, :]  # (T, T): i - j
-    flat = matrix.masked_fill(distance < 0, 0.0).flatten(-2).double()
-    sums = torch.zeros(*matrix.shape[:-2], T, dtype=torch.float64, device=matrix.device)
-    sums.index_add_(-1, distance.clamp(min=0).flatten(), flat)  # masked entries add 0 to bin 0
-    return sums / (T - pos).double()
-
-
-def far_mass(weights, train_len):
-    """(..., T, T) attention weights -> (...): the weight the last train_len queries put on keys
-    farther than train_len, averaged over those queries (0 when T <= train_len)."""
-    T = weights.shape[-1]
-    if T <= train_len:
-        return torch.zeros(weights.shape[:-2], dtype=torch.float64)
-    rows = weights[..., T - train_len:, :].double()  # queries i = T - L .. T - 1
-    pos = torch.arange(T - train_len, T, device=weights.device)
-    far = torch.arange(T, device=weights.device)[None, :] < (pos[:, None] - train_len + 1)  # j <= i - L
-    return (rows * far).sum(-1).mean(-1)
-
-
-def own_basis(own_freqs, n):
-    """Orthonormal (n, rank) basis of the mean-free span of cos(w d), sin(w d), d = 0 .. n-1, over the
-    own frequencies: the directions with singular value >= OWN_RANK_CUTOFF of the largest."""
-    if len(own_freqs) == 0:
-        return torch.zeros(n, 0, dtype=torch.float64)
-    d = torch.arange(n, dtype=torch.float64)[:, None]
-    angle = d * torch.as_tensor(own_freqs, dtype=torch.float64)[None, :]
-    basis = torch.cat([angle.cos(), angle.sin()], dim=1)
-    basis = basis - basis.mean(0)  # the mean (bin 0) is not counted: see 3. in the docstring
-    u, s, _ = torch.linalg.svd(basis, full_matrices=False)
-    return u[:, s >= OWN_RANK_CUTOFF * s[0]] if s[0] > 0 else u[:, :0]
-
-
-def leakage(curve, own_freqs):
-    """The share of a curve's energy (mean removed) outside the span of its own frequencies, with the
-    rank of that span and the chance level (the leakage of white noise). None without frequencies."""
-    curve = torch.as_tensor(curve, dtype=torch.float64)
-    n = curve.shape[-1]
-    basis = own_basis(own_freqs, n)
-    if basis.shape[1] == 0:
-        return None
-    centred = curve - curve.mean()
-    total = float(centred @ centred)
-    own = float(((basis.T @ centred) ** 2).sum())
-    return {"leakage": 1 - own / total if total > 0 else 0.0, "own_rank": basis.shape[1],
-            "chance_leakage": 1 - basis.shape[1] / (n - 1)}
-
-
-def power_spectrum(curve):
-    """DFT power of a curve with its mean removed; bin k = k cycles over the curve's length."""
-    curve = torch.as_tensor(curve, dtype=torch.float64)
-    return torch.fft.rfft(curve - curve.mean()).abs() ** 2
-
-
-@torch.no_grad()
-def expected_score(rotary, mu_q, mu_k, max_distance, key_positions):
-    """E[q'.k'] at distances 0 .. max_distance for independent q, k with means mu_q, mu_k (H or 1, hd)
-    and any variance: rot(mu_q) . rot(mu_k) (the rotation is linear; noise terms have mean 0), averaged
-    over key positions 0 .. key_positions-1 (FoPE's score also depends on absolute position). Unscaled."""
-    H, hd = mu_q.shape
-    T = key_positions + max_distance
-    q = rotary(mu_q.float()[None, :, None, :].expand(1, H, T, hd).contiguous())[0].double()  # (H, T, hd)
-    k = rotary(mu_k.float()[None, :, None, :].expand(1, H, key_positions, hd).contiguous())[0].double()
-    j = torch.arange(key_positions)[:, None]
-    d = torch.arange(max_distance + 1)[None, :]
-    q_at = q[:, j + d, :]  # (H, key_positions, D + 1, hd): the query at j + d for each key j
-    return (q_at * k[:, :, None, :]).sum(-1).mean(1).mean(0)  # (D + 1,)
-
-
-@torch.no_grad()
-def sampled_score(rotary, mu, max_distance, draws, generator):
-    """The paper's Fig. 8 by sampling: q, k ~ N(mu, 1) per coordinate, k at position 0, q at position d.
-    -> (mean, standard error) over draws of q'.k' at d = 0 .. max_distance (unscaled)."""
-    hd = rotary.head_dim
-    q = mu + torch.randn(draws, 1, 1, hd, generator=generator, dtype=torch.float64)
-    k = mu + torch.randn(draws, 1, 1, hd, generator=generator, dtype=torch.float64)
-    T = max_distance + 1
-    q_rot = rotary(q.float().expand(draws, 1, T, hd).contiguous()).double()  # (draws, 1, T, hd)
-    k_rot = rotary(k.float())
-    score = (q_rot * k_rot).sum(-1)[:, 0]  # (draws, T)
-    return score.mean(0), score.std(0) / math.sqrt(draws)
-
-
-def rope_closed_form(head_dim, theta, mu, max_distance):
-    """E[q'.k'] = 2 mu^2 sum_m cos(w_m d) for q, k ~ N(mu, 1) per coordinate under RoPE."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    d = torch.arange(max_distance + 1, dtype=torch.float64)[:, None]
-    return 2 * mu ** 2 * torch.cos(d * inv_freq[None, :]).sum(1)
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from checkpoint import load_model  # noqa: E402
+from configurator import resolve_device  # noqa: E402
+from data.shards import ShardError, TokenShards  # noqa: E402
+from experiments import runner  # noqa: E402
+from experiments.lens_measures import (OWN_RANK_CUTOFF, QKProbe, cycles, distance_means, expected_score,  # noqa: E402
+                                       fig8_curves, leakage, log_bins, own_frequencies, pair_frequencies, pair_norms,
+                                       pick_windows, power_spectrum, window_means)
+from fope import RotaryPositionEmbedding  # noqa: E402
+from model import POS_EMBS  # noqa: E402
+from runs import label_runs, parse_labels, run_settings, spread, stats, unique_checkpoints  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # one checkpoint
-
-
-def pick_windows(data, length, n):
-    """n windows of `length` tokens spread evenly over the split -> (n, length) int64."""
-    windows = [w[:-1] for w in data.windows(length)]
-    if not windows:
-        raise SystemExit(f"the {data.split} split of {data.data_dir} has fewer than {length + 1} tokens: "
-                         f"lower --max_multiple")
-    picks = np.linspace(0, len(windows) - 1, min(n, len(windows))).round().astype(int)
-    return torch.from_numpy(np.stack([windows[i] for i in picks]))
 
 
 @torch.no_grad()
@@ -286,36 +98,25 @@ def measure(model, ckpt, data, args):
     config = model.config
     L, hd, H = config.block_size, config.n_embd // config.n_head, config.n_head
     blocks = list(model.transformer.h)
-    shared_bias = getattr(model.transformer, "pos_bias", None)  # ALiBi, FIRE, T5: one bias for every layer
+    shared_bias = getattr(model.transformer, "pos_bias", None)  # ALiBi, T5 (FIRE, KERPLE: attn.pos_bias per layer)
     rope_ref = RotaryPositionEmbedding(hd, config.rope_theta, backend="eager")
     result = {"ckpt": ckpt["path"], "label": None, "pos_emb": config.pos_emb,
               "seed": ckpt["config"].get("seed"), "train_len": L, "head_dim": hd, "n_head": H,
               "n_layer": len(blocks), "rope_theta": config.rope_theta, "note": ""}
     rotary = blocks[0].attn.rotary
-    freqs = pair_frequencies(rotary, hd)
+    freqs = pair_frequencies(rotary)
     result["pair_r"] = None if freqs is None else cycles(freqs, L).tolist()
     result["own_r"] = cycles(own_frequencies(rotary), L).tolist()
     # the r < 1 split: the model's own r (position-free: 0), or RoPE's r of the same index as a control
-    split_r = cycles(pair_frequencies(rope_ref, hd) if freqs is None else freqs, L)
+    split_r = cycles(pair_frequencies(rope_ref) if freqs is None else freqs, L)
     slow = split_r < 1
 
     # 1, 3: windows of L_train tokens, the training condition
     probe = QKProbe(model)
-    idx = pick_windows(data, L, args.windows).to(args.device)
-    sums = [defaultdict(float) for _ in blocks]
-    score_within = torch.zeros(len(blocks), H, L, dtype=torch.float64)
-    for batch in idx.split(args.batch, dim=0):
-        for layer, (q, k) in enumerate(probe(batch)):
-            sums[layer]["q"] = sums[layer]["q"] + q.double().sum(dim=(0, 2))  # (H, hd)
-            sums[layer]["k"] = sums[layer]["k"] + k.double().sum(dim=(0, 2))
-            scores = attention_scores(blocks[layer].attn, q, k, shared_bias)
-            score_within[layer] += mean_by_distance(scores.masked_fill(scores.isinf(), 0).sum(0)).cpu()
-    score_within /= len(idx)
-    n_tokens = idx.numel()
-    mu = [{name: (s[name] / n_tokens).cpu() for name in ("q", "k")} for s in sums]  # (H, hd) each
+    mu, score_within = window_means(probe, pick_windows(data, L, args.windows).to(args.device), shared_bias, args.batch)
     result["qk_mean"], result["undertrained_ratio"] = {}, {}
     for name in ("q", "k"):
-        norms = [torch.sqrt(m[name][:, :hd // 2] ** 2 + m[name][:, hd // 2:] ** 2).mean(0) for m in mu]  # (hd/2,)
+        norms = [pair_norms(m[name]).mean(0) for m in mu]  # (hd/2,): heads averaged
         result["qk_mean"][name] = [n.tolist() for n in norms]
         result["undertrained_ratio"][name] = [
             float(n[slow].mean() / n[~slow].mean()) if slow.any() and (~slow).any() else None for n in norms]
@@ -342,24 +143,13 @@ def measure(model, ckpt, data, args):
     if not POS_EMBS[config.pos_emb].past_block_size and T > L:
         result["note"] = f"past L_train skipped: {config.pos_emb} positions stop at block_size {L}"
     else:
-        idx = pick_windows(data, T, args.long_windows).to(args.device)
-        score = torch.zeros(len(blocks), H, T, dtype=torch.float64)
-        weight, mass = torch.zeros_like(score), torch.zeros(len(blocks), H, dtype=torch.float64)
-        future = torch.ones(T, T, dtype=torch.bool, device=args.device).triu(1)
-        for batch in idx.split(2, dim=0):  # (B, H, T, T) scores and weights: the memory peak
-            for layer, (q, k) in enumerate(probe(batch)):
-                scores = attention_scores(blocks[layer].attn, q, k, shared_bias)
-                weights = torch.softmax(scores, dim=-1).sum(0)  # sums over windows: the measures are linear
-                score[layer] += mean_by_distance(scores.masked_fill(future, 0.0).sum(0)).cpu()
-                weight[layer] += mean_by_distance(weights).cpu()
-                mass[layer] += far_mass(weights, L).cpu()
-        n = len(idx)
-        result["score_by_distance"] = (score / n).mean(1).tolist()
-        result["weight_by_distance"] = (weight / n).mean(1).tolist()
-        result["far_mass"] = (mass / n).mean(1).tolist()
+        score, weight, mass = distance_means(probe, pick_windows(data, T, args.long_windows).to(args.device), shared_bias, L)
+        result["score_by_distance"] = score.mean(1).tolist()
+        result["weight_by_distance"] = weight.mean(1).tolist()
+        result["far_mass"] = mass.mean(1).tolist()
         if args.per_head:
-            result["score_by_distance_per_head"] = (score / n).tolist()
-            result["weight_by_distance_per_head"] = (weight / n).tolist()
+            result["score_by_distance_per_head"] = score.tolist()
+            result["weight_by_distance_per_head"] = weight.tolist()
     probe.close()
     return result
 
@@ -373,13 +163,6 @@ def by_label(results):
     for r in results:
         groups[r["label"]].append(r)
     return dict(groups)
-
-
-def stats(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values)), "n": len(values)}
 
 
 def summarize(results):
@@ -400,12 +183,6 @@ def summarize(results):
     return summary
 
 
-def log_bins(curve, edges):
-    """Mean of curve over [edges[b], edges[b+1]) -> (centres, means): a long curve, readable on a log axis."""
-    centres = np.sqrt(edges[:-1] * np.maximum(edges[1:] - 1, edges[:-1]))
-    return centres, np.array([np.mean(curve[a:b]) for a, b in zip(edges[:-1], edges[1:])])
-
-
 def plot_all(results, out, draws, seed):
     import matplotlib
     matplotlib.use("Agg")
@@ -416,6 +193,11 @@ def plot_all(results, out, draws, seed):
     L = results[0]["train_len"]
     n_layer = max(r["n_layer"] for r in results)
     colors = {label: f"C{i}" for i, label in enumerate(labels)}
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(f"{out}/{name}", dpi=110)
+        plt.close(fig)
 
     # 1. undertrained dimensions: |mean| of q and k before the rotation per layer and pair
     fig, axes = plt.subplots(len(labels), 1, figsize=(10, 1.0 + 0.45 * 2 * n_layer * len(labels) + 0.6 * len(labels)),
@@ -438,9 +220,7 @@ def plot_all(results, out, draws, seed):
             ax.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize=7)
             for tick, r in zip(ax.get_xticklabels(), pair_r):
                 tick.set_color("red" if r < 1 else "black")
-    fig.tight_layout()
-    fig.savefig(f"{out}/lens_dims.png", dpi=110)
-    plt.close(fig)
+    save(fig, "lens_dims.png")
 
     # 2. score and attention weight against distance, out to max_multiple * L_train
     long_runs = [r for r in results if "score_by_distance" in r]
@@ -468,9 +248,7 @@ def plot_all(results, out, draws, seed):
                 ax.grid(alpha=0.3)
             axes[1, layer].set_yscale("log")
         axes[0, 0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(f"{out}/lens_distance.png", dpi=110)
-        plt.close(fig)
+        save(fig, "lens_distance.png")
 
     # 3. the spectrum of the score-vs-distance curve within L_train
     fig, axes = plt.subplots(len(labels), n_layer, figsize=(4.5 * n_layer, 1.2 + 2.0 * len(labels)), squeeze=False)
@@ -491,23 +269,16 @@ def plot_all(results, out, draws, seed):
         axes[i, 0].set_ylabel("DFT power")
     for ax in axes[-1]:
         ax.set_xlabel("cycles within L_train (red: own frequencies, r)")
-    fig.tight_layout()
-    fig.savefig(f"{out}/lens_spectrum.png", dpi=110)
-    plt.close(fig)
+    save(fig, "lens_spectrum.png")
 
     # 4. the paper's Fig. 8, then the same expectation with the measured means
     rotary_runs = [r for r in results if "expected_score_measured" in r]
     hd, theta = (rotary_runs or results)[0]["head_dim"], (rotary_runs or results)[0]["rope_theta"]
     max_multiple = len(rotary_runs[0]["expected_score_measured"][0]) // L if rotary_runs else 16
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
-    rope = RotaryPositionEmbedding(hd, theta, backend="eager")
-    generator = torch.Generator().manual_seed(seed)
-    D = max_multiple * L - 1
-    for i, mu in enumerate((0.0, 0.1, 1.0)):
-        mean, se = sampled_score(rope, mu, D, draws, generator)
-        axes[0].plot(mean.numpy(), color=f"C{i}", linewidth=0.8, label=f"mu = {mu:g}: mean of {draws} draws")
-        axes[0].plot(rope_closed_form(hd, theta, mu, D).numpy(), color=f"C{i}", linestyle="--", linewidth=1,
-                     label=f"mu = {mu:g}: 2 mu^2 sum cos(w d)")
+    for i, (mu, (sampled, closed)) in enumerate(fig8_curves(hd, theta, max_multiple * L - 1, draws, seed).items()):
+        axes[0].plot(sampled.numpy(), color=f"C{i}", linewidth=0.8, label=f"mu = {mu:g}: mean of {draws} draws")
+        axes[0].plot(closed.numpy(), color=f"C{i}", linestyle="--", linewidth=1, label=f"mu = {mu:g}: 2 mu^2 sum cos(w d)")
     axes[0].set_yscale("symlog", linthresh=0.5)  # mu = 0.1's curve is 100x smaller than mu = 1's
     axes[0].set_title(f"Fig. 8: q, k ~ N(mu, 1), RoPE head_dim {hd} (symlog y)", fontsize=9)
     axes[0].set_ylabel("q'.k' (unscaled)")
@@ -524,23 +295,15 @@ def plot_all(results, out, draws, seed):
         ax.set_xlabel("distance (dashed: L_train)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(f"{out}/lens_fig8.png", dpi=110)
-    plt.close(fig)
+    save(fig, "lens_fig8.png")
 
 
-def format_report(results, summary, info):
-    def cell(s, fmt="{:.2f}"):
-        if s is None:
-            return "-"
-        text = fmt.format(s["mean"])
-        return text + (f" [{fmt.format(s['min'])}-{fmt.format(s['max'])}]" if s["n"] > 1 else "")
-
+def report_lines(results, summary, info):
+    """lens.md's tables, under its title (runner.write_report adds the reading and the stage times)."""
     n_layer = max(r["n_layer"] for r in results)
     L = info["train_len"]
     layers = range(n_layer)
-    lines = [f"# The lens ({info['date']})", "",
-             f"`{info['command']}`", "",
+    lines = [f"`{info['command']}`", "",
              f"{len(results)} checkpoints, L_train = {L}, {info['windows']} windows of L_train tokens for the means and the "
              f"spectrum, {info['long_windows']} of {info['max_multiple']} L_train for attention vs distance; "
              f"{info['seconds']:.0f} s on {info['threads']} threads. Mean over seeds [min-max].", "",
@@ -555,7 +318,7 @@ def format_report(results, summary, info):
         if len(s["own_r"]) > len(whole):
             own += f" + {len(s['own_r']) - len(whole)} with r < 1"
         chance = f"{s['chance_leakage']:.2f}" if s["chance_leakage"] is not None else "-"
-        lines.append(f"| {label} | {own} | " + " | ".join(cell(l["leakage"], "{:.3f}") for l in s["layers"]) + f" | {chance} |")
+        lines.append(f"| {label} | {own} | " + " | ".join(spread(l["leakage"], "{:.3f}") for l in s["layers"]) + f" | {chance} |")
     lines += ["", "## Undertrained dimensions: |mean| of the r < 1 pairs over that of the r >= 1 pairs (q / k)", "",
               "Above 1: the pairs that never turn a full cycle within L_train carry larger means (the paper's Fig. 7 "
               "claim, for RoPE). Position-free pairs count as r < 1; models without rotation are split by RoPE's r "
@@ -563,7 +326,7 @@ def format_report(results, summary, info):
               "| variant | " + " | ".join(f"layer {i} q | layer {i} k" for i in layers) + " |",
               "| --- | " + " | ".join("--- | ---" for _ in layers) + " |"]
     for label, s in summary.items():
-        lines.append(f"| {label} | " + " | ".join(f"{cell(l['undertrained_ratio_q'])} | {cell(l['undertrained_ratio_k'])}"
+        lines.append(f"| {label} | " + " | ".join(f"{spread(l['undertrained_ratio_q'])} | {spread(l['undertrained_ratio_k'])}"
                                                   for l in s["layers"]) + " |")
     for label, s in summary.items():
         ratios = [l[f"undertrained_ratio_{name}"] for l in s["layers"] for name in ("q", "k")]
@@ -575,25 +338,44 @@ def format_report(results, summary, info):
               "put on keys farther than L_train", "",
               "| variant | " + " | ".join(f"layer {i}" for i in layers) + " |", "| --- | " + " | ".join("---" for _ in layers) + " |"]
     for label, s in summary.items():
-        lines.append(f"| {label} | " + " | ".join(cell(l["far_mass"], "{:.3f}") for l in s["layers"]) + " |")
+        lines.append(f"| {label} | " + " | ".join(spread(l["far_mass"], "{:.3f}") for l in s["layers"]) + " |")
     notes = sorted({f"{r['label']}: {r['note']}" for r in results if r["note"]})
     if notes:
         lines += ["", "Notes: " + "; ".join(notes) + "."]
     lines += ["", "Figures: lens_dims.png (|mean| per pair), lens_distance.png (score and weight vs distance), "
               "lens_spectrum.png (DFT power, own frequencies in red), lens_fig8.png (the paper's Fig. 8, and with the "
               "measured means)."]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def write_outputs(results, info, args):
+    """The figures and lens.md (its tables, the reading experiments/readings/lens.md, the runtime) -> lens.md's text."""
+    summary = summarize(results)
+    plot_all(results, args.out, info.get("draws", args.draws), info.get("seed", args.seed))
+    path, title, lines = f"{args.out}/lens", f"The lens ({info['date']})", report_lines(results, summary, info)
+    try:
+        runner.write_report(path, title, lines, {"total": info["seconds"]}, "lens",
+                            {"lens": {"info": info, "summary": summary, "checkpoints": results}})
+    except SystemExit as e:  # the reading cites the demo's runs (make lens); other checkpoints get the tables
+        print(f"lens.md without its reading (experiments/readings/lens.md): {e}")
+        lines += ["", "(The reading experiments/readings/lens.md is left out: it is written for the demo's runs (make lens) "
+                  "and cites numbers these checkpoints do not have.)"]
+        runner.write_report(path, title, lines, {"total": info["seconds"]})
+    with open(f"{args.out}/lens.md") as f:
+        return f.read()
 
 
 # -----------------------------------------------------------------------------
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", required=True, help="out_dirs or ckpt.pt files")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", nargs="+", default=[], help="out_dirs or ckpt.pt files")
     p.add_argument("--label", action="append", default=[], metavar="NAME=CKPT[,CKPT...]",
                    help="name the run these checkpoints belong to (repeatable); default: what sets it apart")
     p.add_argument("--out", default="results/lens", help="a directory: PNGs, lens.json, lens.md")
+    p.add_argument("--report_only", action="store_true", help="rewrite lens.md and the figures from <out>/lens.json "
+                   "(no checkpoint is loaded)")
     p.add_argument("--windows", type=int, default=256, help="val windows of L_train tokens (means, spectrum)")
     p.add_argument("--long_windows", type=int, default=8, help="val windows of max_multiple * L_train tokens")
     p.add_argument("--max_multiple", type=int, default=16, help="attention vs distance out to this many L_train "
@@ -606,6 +388,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps | auto")
     args = p.parse_args(argv)
+    if not args.ckpt and not args.report_only:
+        p.error("--ckpt is required (unless --report_only)")
     for name in ("windows", "long_windows", "max_multiple", "draws", "batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -614,9 +398,13 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report_only:
+        doc = runner.load_json(f"{args.out}/lens.json")
+        print(write_outputs(doc["checkpoints"], doc["info"], args))
+        print(f"rewrote {args.out}/lens.md and the figures from {args.out}/lens.json")
+        return
     args.device = resolve_device(args.device)
-    if len({os.path.abspath(p) for p in args.ckpt}) < len(args.ckpt):
-        raise SystemExit("--ckpt lists a checkpoint twice: it would count as two seeds")
+    unique_checkpoints(args.ckpt)
     names = parse_labels(args.label, args.ckpt)
     t0 = time.time()
     results, settings, data_cache, train_lens = [], {}, {}, set()
@@ -637,22 +425,18 @@ def main(argv=None):
     labels = label_runs(settings, names)  # seeds of one run share a label, as in eval_length.py
     for r in results:
         r["label"] = labels[r["ckpt"]]
-    summary = summarize(results)
     os.makedirs(args.out, exist_ok=True)
-    info = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python lens.py " + " ".join(argv or sys.argv[1:]),
+    info = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python experiments/lens.py " + " ".join(argv or sys.argv[1:]),
             "train_len": train_lens.pop(), "windows": args.windows, "long_windows": args.long_windows,
-            "max_multiple": args.max_multiple, "threads": torch.get_num_threads(),
-            "own_rank_cutoff": OWN_RANK_CUTOFF}
-    plot_all(results, args.out, args.draws, args.seed)
-    info["seconds"] = round(time.time() - t0, 1)
-    report = format_report(results, summary, info)
+            "max_multiple": args.max_multiple, "draws": args.draws, "seed": args.seed,
+            "threads": torch.get_num_threads(), "own_rank_cutoff": OWN_RANK_CUTOFF}
+    info["seconds"] = round(time.time() - t0, 1)  # the measurements; the figures take a second more
     with open(f"{args.out}/lens.json", "w") as f:
-        json.dump({"info": info, "summary": summary, "checkpoints": results}, f)
-    with open(f"{args.out}/lens.md", "w") as f:
-        f.write(report)
+        json.dump({"info": info, "summary": summarize(results), "checkpoints": results}, f)
+    report = write_outputs(results, info, args)
     print(report)
     print(f"wrote {args.out}/lens.md, lens.json, lens_dims.png, lens_distance.png, lens_spectrum.png, lens_fig8.png "
-          f"({info['seconds']} s)")
+          f"({time.time() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

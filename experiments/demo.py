@@ -1,0 +1,98 @@
+"""
+The laptop reproduction of FoPE's length curves, end to end (what `make demo` runs):
+
+  1. data:  char-level Shakespeare (data/shakespeare/prepare.py), if not prepared yet
+  2. train: rope, fope, clamp-only (FoPE's floor clamp without its Fourier series), alibi and nope,
+            each with several seeds (config/demo.py), into out/demo/<variant>_s<seed>
+  3. eval:  the length sweep (eval_length.py) at L_train x {1, 2, 4, 8, 16}, then again with YaRN
+            (factor 8) on the rotary variants
+  4. write: results/demo.{csv,json,png}, results/demo_positions.png, results/demo_yarn.*, and
+            results/demo.md (the tables, their reading against the paper, the stage times)
+
+    python experiments/demo.py            # the full run (about half an hour on 2 CPU cores)
+    python experiments/demo.py --quick    # a smoke run of the same pipeline in a few minutes (results/quick/)
+
+A finished training run is kept and not trained again only if it is current (runner.stale_reason): its
+checkpoint is at max_iters, records the same resolved config as train.py would resolve now and was made by
+the same sources (checkpoint.SOURCES). Otherwise it is trained again and the demo says why; --fresh
+retrains everything.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from experiments import runner  # noqa: E402
+from runs import format_table  # noqa: E402
+
+VARIANTS = {  # name (the label of its row in the tables) -> train.py overrides
+    "rope": ["--pos_emb=rope"],
+    "fope": ["--pos_emb=fope"],
+    "clamp-only": ["--pos_emb=fope", "--fope_fourier=False"],  # the ablation: RoPE with the floor clamp alone
+    "alibi": ["--pos_emb=alibi"],
+    "nope": ["--pos_emb=nope"],
+}
+ROTARY = ("rope", "fope", "clamp-only")
+QUICK_TRAIN = ["--max_iters=200", "--passkey_warmup=100", "--eval_interval=100"]  # --quick: a smoke run
+
+
+def out_dir(args):
+    """Where the demo's runs are (extend.py starts from them)."""
+    return os.path.join(args.out_root, "demo_quick" if args.quick else "demo")
+
+
+def train_variants(args, variants, stages, fresh=False):
+    """Train (or keep) the demo's runs of `variants` -> {variant: [out_dir per seed]}."""
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    ckpts = {}
+    for variant in variants:
+        for seed in seeds:
+            run_dir, train_args = runner.run_args("config/demo.py", out_dir(args), variant, VARIANTS[variant], seed,
+                                                  QUICK_TRAIN if args.quick else [], args.dataset)
+            ckpts.setdefault(variant, []).append(run_dir)
+            runner.ensure_trained(run_dir, train_args, stages, fresh)
+    return ckpts
+
+
+def main(argv=None):
+    args = runner.parser("the laptop reproduction of FoPE's length curves",
+                         "smoke run: 1 seed, 200 iters, small sweeps").parse_args(argv)
+    results = os.path.join(args.results, "quick") if args.quick else args.results
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    if args.report_only:
+        return write_report(results, runner.load_json(f"{results}/demo_timing.json"), seeds, args.quick)
+    sweep = (["--tokens=4096", "--trials=4", "--multipliers", "1", "2", "4"] if args.quick
+             else ["--tokens=65536", "--trials=20"])
+    out = out_dir(args)
+    os.makedirs(out, exist_ok=True)
+    os.makedirs(results, exist_ok=True)
+    stages = runner.Stages("demo")
+    with stages("data", "1/4 data: char-level Shakespeare"):
+        runner.prepare_data(args, out)
+    with stages("train", f"2/4 train: {len(VARIANTS)} variants x {len(seeds)} seeds"):
+        ckpts = train_variants(args, VARIANTS, stages, args.fresh)
+    with stages("eval", "3/4 eval: length sweep, then YaRN x8 on the rotary variants"):
+        runner.sweep(ckpts, f"{results}/demo", sweep, f"{out}/eval.log")
+        runner.sweep({v: ckpts[v] for v in ROTARY}, f"{results}/demo_yarn",
+                     ["--rope_scaling", "yarn", "--factor", "8", *sweep], f"{out}/eval_yarn.log")
+    stages.say("4/4 write: tables")
+    stages.done(f"{results}/demo.png", f"{results}/demo.md")
+    write_report(results, stages.times, seeds, args.quick)
+
+
+def write_report(results, times, seeds, quick=False):
+    plain = runner.load_json(f"{results}/demo.json")
+    yarn = runner.load_json(f"{results}/demo_yarn.json")
+    lines = [f"Machine: {plain['info'].get('machine', 'not recorded')}; seeds {seeds}; L_train = {plain['info']['train_len']}; "
+             f"made {plain['info']['date']} by `python experiments/demo.py` (`make demo`).", "",
+             "![perplexity and passkey accuracy vs length](demo.png)", "",
+             "Without context extension:", "", "```", format_table(plain["summary"], plain["info"]["lengths"]).strip(), "```", "",
+             "With YaRN (factor 8, attention temperature on), rotary variants:", "", "```",
+             format_table(yarn["summary"], yarn["info"]["lengths"]).strip(), "```", "",
+             f"Peak memory of the sweep: {plain['info']['peak_rss_mb']:.0f} MB (eval_length.py's ru_maxrss)."]
+    runner.write_report(f"{results}/demo", "nanoFoPE laptop demo", lines, times, None if quick else "demo",
+                        {"demo": plain, "demo_yarn": yarn})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""
+The runner the experiments share (demo, extend, ablate, lens, bench): the common flags, the stage timer,
+the data, training a grid of runs with train.py (kept while current), sweeping them with eval_length.py,
+and writing results/<experiment>.md with its reading (experiments/readings/<experiment>.md, whose
+{{DOC/key/...:FMT}} placeholders are filled from the experiment's JSON).
+
+Code (train.py, eval_length.py, config/) is found from the repo root; data, out/ and results/ are relative
+to the working directory (make runs from the repo root), or wherever --dataset, --out_root and --results say.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import train  # noqa: E402  (experiments may import scripts; nothing below experiments/ does)
+from checkpoint import CheckpointError, changed_sources, checkpoint_file, file_sha256, load_checkpoint, source_hashes  # noqa: E402
+from configurator import configure  # noqa: E402
+
+READINGS = os.path.join(ROOT, "experiments", "readings")
+
+
+def code(path):
+    """A file of the repo (train.py, config/demo.py, ...) as an absolute path."""
+    return os.path.join(ROOT, path)
+
+
+def parser(description, quick_help, seeds=(1, 2)):
+    """The flags every experiment takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--report_only", action="store_true",
+                   help="rewrite results/<experiment>.md from the saved JSON (no training, no sweep)")
+    p.add_argument("--dataset", help="train on these shards instead of the config's (a data/ name or a folder)")
+    p.add_argument("--out_root", default="out", help="where the runs go: <out_root>/<experiment>/<run>_s<seed>")
+    p.add_argument("--results", default="results", help="where the tables, figures and reports go")
+    return p
+
+
+class Stages:
+    """Times the stages of an experiment: `with stages("train", "2/4 train: ...")` prints the message
+    with the time since the start, and records the stage's seconds (stages.times)."""
+
+    def __init__(self, name):
+        self.name, self.start, self.times = name, time.time(), {}
+
+    def __call__(self, key, message):
+        self.say(message)
+        self.key, self.t0 = key, time.time()
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.times[self.key] = time.time() - self.t0
+
+    def say(self, message):
+        print(f"[{self.name} {time.time() - self.start:6.0f}s] {message}", flush=True)
+
+    def done(self, *paths):
+        self.times["total"] = time.time() - self.start
+        self.say(f"done: {', '.join(paths)}")
+
+
+def run(cmd, log):
+    """Run a stage's command; its output goes to a log file, a failure ends the experiment with one line."""
+    with open(log, "w") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if code:
+        with open(log) as f:
+            tail = f.read().strip().splitlines()[-1:] or ["(no output)"]
+        raise SystemExit(f"'{' '.join(cmd)}' failed ({tail[0]}); full log: {log}")
+
+
+def prepare_data(args, out):
+    """The char-level Shakespeare shards the configs train on, prepared once (unless --dataset is given)."""
+    if args.dataset:
+        if not os.path.isfile(os.path.join("data", args.dataset, "meta.json")):
+            raise SystemExit(f"--dataset {args.dataset}: no shards there (no meta.json): prepare it first")
+        return
+    if not os.path.isfile("data/shakespeare/char/meta.json"):
+        run([sys.executable, code("data/shakespeare/prepare.py"), "--char-only"], f"{out}/prepare.log")
+
+
+def stale_reason(out_dir, train_args):
+    """None if out_dir holds a finished run of `python train.py *train_args` made by today's code, else why
+    it must be trained (again): results/ never mixes in a run made with other settings or sources."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.isfile(path):
+        return "not trained yet"
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        return f"unreadable ({e})"
+    expected = configure(train.DEFAULTS, train_args, train.OPTIONAL_TYPES)  # as train.py resolves it now
+    saved = ckpt["config"]
+    changed = sorted(k for k in expected.keys() | saved.keys() if k not in saved or k not in expected or saved[k] != expected[k])
+    if changed:
+        return f"config changed ({', '.join(changed)})"
+    if ckpt["iter_num"] < expected["max_iters"]:
+        return f"unfinished (iter {ckpt['iter_num']} of {expected['max_iters']})"
+    sources, current = ckpt.get("sources") or [], source_hashes()
+    if len(sources) > 1:
+        return "resumed across a code change"
+    if sources != [current]:
+        return f"code changed ({', '.join(changed_sources(sources[0] if sources else {}, current))})"
+    parent = ckpt.get("parent")
+    if parent and (not os.path.isfile(checkpoint_file(parent["init_from"]))
+                   or file_sha256(parent["init_from"]) != parent["sha256"]):
+        return f"its parent {parent['init_from']} was trained again"
+    return None
+
+
+def run_args(config, out, name, flags, seed, extra=(), dataset=None):
+    """(out_dir, train.py arguments) of one run: a config file, the run's flags, its seed, the mode's extras."""
+    out_dir = f"{out}/{name}_s{seed}"
+    data = [f"--dataset={dataset}"] if dataset else []
+    return out_dir, [code(config), *flags, f"--seed={seed}", *extra, *data, f"--out_dir={out_dir}",
+                     f"--wandb_run_name={name}_s{seed}"]
+
+
+def ensure_trained(out_dir, train_args, stages, fresh=False, why="--fresh"):
+    """Train `python train.py *train_args` into out_dir unless it holds a current finished run (stale_reason)
+    or fresh is set (`why` says why). Returns True if it trained."""
+    reason = why if fresh else stale_reason(out_dir, train_args)
+    if reason is None:
+        print(f"  {out_dir}: already trained with this config and code, kept", flush=True)
+        return False
+    t1 = time.time()
+    run([sys.executable, code("train.py"), *train_args], f"{out_dir}.log")
+    stages.times[f"train {os.path.basename(out_dir)}"] = time.time() - t1
+    print(f"  {out_dir}: trained ({reason}), {time.time() - t1:.0f} s", flush=True)
+    return True
+
+
+def sweep(groups, out, sweep_args, log):
+    """eval_length.py over {label: [checkpoints]}, one row per label -> out.{csv,json,png}."""
+    ckpts = [c for cs in groups.values() for c in cs]
+    labels = [f"--label={label}={','.join(cs)}" for label, cs in groups.items()]
+    run([sys.executable, code("eval_length.py"), "--ckpt", *ckpts, *labels, "--out", out, *sweep_args], log)
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"no {path}: run the experiment first (without --report_only)") from None
+
+
+PLACEHOLDER = re.compile(r"\{\{([^{}]+?)\}\}")
+
+
+def render_reading(template, docs):
+    """Fill {{DOC/key/key/...:FMT}} from docs {DOC: JSON}: dict keys as strings, list indices as integers,
+    FMT a format spec (none: str). A path that does not resolve is an error, so a reading cannot outlive
+    the numbers it cites."""
+    def fill(match):
+        text = match.group(1)
+        path, _, fmt = text.partition(":")
+        value = docs
+        for key in path.split("/"):
+            if isinstance(value, list) and key.lstrip("-").isdigit() and -len(value) <= int(key) < len(value):
+                value = value[int(key)]
+            elif isinstance(value, dict) and key in value:
+                value = value[key]
+            else:
+                raise SystemExit(f"reading placeholder {{{{{text}}}}}: no '{key}' in {path}")
+        return format(value, fmt) if fmt else str(value)
+
+    return PLACEHOLDER.sub(fill, template)
+
+
+def write_report(path, title, lines, stages, reading=None, docs=None):
+    """path.md: a title, the lines (tables), the reading (experiments/readings/<reading>.md filled from docs;
+    None for a --quick run, whose numbers the reading does not describe) and the stage times;
+    path_timing.json: the stage times (seconds)."""
+    out = [f"# {title}", "", *lines]
+    template = os.path.join(READINGS, f"{reading}.md") if reading else None
+    if template and os.path.isfile(template):
+        with open(template) as f:
+            out += ["", render_reading(f.read(), {**docs, "timing": stages}).rstrip(), ""]
+    out += ["", "Stage times (seconds):", "", *(f"- {k}: {v:.0f}" for k, v in stages.items())]
+    with open(f"{path}.md", "w") as f:
+        f.write("\n".join(out) + "\n")
+    with open(f"{path}_timing.json", "w") as f:
+        json.dump(stages, f, indent=1)

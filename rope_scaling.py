@@ -1,0 +1,174 @@
+"""
+Context extension: the rope_scaling rescalings of RoPE's frequencies, spelled as HF transformers spells them
+(its modeling_rope_utils.ROPE_INIT_FUNCTIONS), kept apart from the models as HF keeps them.
+
+- PI, "linear": Chen et al. 2023, "Extending Context Window of Large Language Models via Positional
+  Interpolation" (arXiv 2306.15595).
+- NTK-aware scaling, "ntk": bloc97 2023; dynamic NTK, "dynamic" (HF's).
+- YaRN, "yarn": Peng et al. 2023 (arXiv 2309.00071).
+- Llama 3.1's rescaling, "llama3".
+- LongRoPE, "longrope": Ding et al. 2024 (arXiv 2402.13753).
+
+The frequencies and attention factors equal HF's for the same dict (tests/test_rope_scaling.py carries
+cases written out; experiments/compare_hf.py runs the whole grid against transformers).
+"""
+
+import math
+
+import torch
+
+# # Each rescaling maps the frequencies (after FoPE's clamp) to new ones for sequences past the original
+# length, and may set an attention factor that multiplies both tables (so q.k scales by its square),
+# as HF applies it. A rescaling only sees each frequency's index m in theta^(-2m/rot_dim), so it applies
+# alike to RoPE's frequencies and to the ones FoPE keeps ("after the clamp", as the official code's
+# `len_extra_before_clamp=False`). Every function returns (inv_freq, attention_factor).
+
+SCALING_KEYS = {  # rope_type -> the keys it reads besides rope_type, factor, original_max_position_embeddings
+    "default": (),
+    "linear": (),
+    "ntk": (),
+    "dynamic": (),
+    "yarn": ("attention_factor", "beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim", "ramp"),
+    "llama3": ("low_freq_factor", "high_freq_factor"),
+    "longrope": ("short_factor", "long_factor", "attention_factor"),
+}
+SCALING_TYPES = tuple(SCALING_KEYS)
+SCALING_ALIASES = {"type": "rope_type", "original_len": "original_max_position_embeddings"}  # nanoFoPE's short names
+LENGTH_DEPENDENT = ("dynamic", "longrope")  # their frequencies depend on the current sequence length
+
+
+def check_scaling(scaling):
+    """Validate a rope_scaling dict (HF's keys, or the short names type / original_len / attn_temperature);
+    returns it normalised to HF's keys (or None). attn_temperature=False means attention_factor=1.0."""
+    if scaling is None:
+        return None
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rope_scaling must be a dict like {{'rope_type': 'yarn', 'factor': 8.0}}, got {scaling!r}")
+    scaling = {SCALING_ALIASES.get(k, k): v for k, v in scaling.items()}
+    kind = scaling.get("rope_type")
+    if kind not in SCALING_KEYS:
+        raise ValueError(f"rope_scaling rope_type must be one of {SCALING_TYPES}, got {kind!r}")
+    if "attn_temperature" in scaling:
+        if kind != "yarn":
+            raise ValueError("rope_scaling attn_temperature applies to yarn only")
+        if not scaling.pop("attn_temperature"):
+            scaling.setdefault("attention_factor", 1.0)
+    allowed = {"rope_type", "factor", "original_max_position_embeddings", *SCALING_KEYS[kind]}
+    unknown = set(scaling) - allowed
+    if unknown:
+        raise ValueError(f"rope_scaling has unknown keys {sorted(unknown)} for rope_type {kind!r}; allowed: {sorted(allowed)}")
+    if kind in ("linear", "ntk", "dynamic", "yarn", "llama3"):
+        if not isinstance(scaling.get("factor"), (int, float)) or scaling["factor"] < 1:
+            raise ValueError(f"rope_scaling {kind} needs a factor >= 1, got {scaling.get('factor')!r}")
+    if kind == "llama3" and not {"low_freq_factor", "high_freq_factor"} <= set(scaling):
+        raise ValueError("rope_scaling llama3 needs low_freq_factor and high_freq_factor (Llama 3.1: 1 and 4)")
+    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise ValueError("rope_scaling llama3 needs high_freq_factor > low_freq_factor")
+    if kind == "longrope" and not {"short_factor", "long_factor"} <= set(scaling):
+        raise ValueError("rope_scaling longrope needs short_factor and long_factor (one per frequency, head_dim/2 each)")
+    if kind == "yarn" and scaling.get("ramp", "index") not in ("index", "ratio"):
+        raise ValueError(f"rope_scaling yarn ramp must be 'index' (HF, the YaRN and FoPE code) or 'ratio' "
+                         f"(the YaRN paper's Eq. 18), got {scaling['ramp']!r}")
+    orig = scaling.get("original_max_position_embeddings")
+    if orig is not None and (not isinstance(orig, int) or orig < 1):
+        raise ValueError(f"rope_scaling original_max_position_embeddings must be a positive int, got {orig!r}")
+    return scaling
+
+
+def _linear(inv_freq, index, rot_dim, theta, p, seq_len):
+    """PI (Chen et al. 2023): positions t -> t / s."""
+    return inv_freq / p["factor"], 1.0
+
+
+def _ntk(inv_freq, index, rot_dim, theta, p, seq_len, factor=None):
+    """NTK-aware (bloc97 2023): the base theta -> theta * s^(d / (d - 2)), i.e. w_m * s^(-2m/(d-2))."""
+    alpha = (factor or p["factor"]) ** (rot_dim / (rot_dim - 2))
+    return inv_freq * alpha ** (-2.0 * index / rot_dim), 1.0
+
+
+def _dynamic(inv_freq, index, rot_dim, theta, p, seq_len):
+    """Dynamic NTK: NTK with s' = s L / L_orig - (s - 1) for a sequence of L > L_orig tokens (HF)."""
+    orig, s = p["original_max_position_embeddings"], p["factor"]
+    length = max(seq_len or orig, orig)
+    return _ntk(inv_freq, index, rot_dim, theta, p, seq_len, factor=s * length / orig - (s - 1))
+
+
+def _mscale(s, mscale=1.0):
+    """YaRN's sqrt(1/t) = 0.1 ln(s) + 1 (YaRN paper Eq. 22; DeepSeek's mscale generalises it)."""
+    return 0.1 * mscale * math.log(s) + 1.0 if s > 1 else 1.0
+
+
+def _yarn(inv_freq, index, rot_dim, theta, p, seq_len):
+    """YaRN (Peng et al. 2023): keep the frequencies that turn more than beta_fast times within the
+    original length, interpolate (w / s) those that turn fewer than beta_slow times, blend in between.
+
+    ramp="index" (default; HF, the YaRN authors' and the official FoPE code): the blend is linear in the
+    frequency index m between the correction dims d(beta) = rot_dim ln(L / (2 pi beta)) / (2 ln theta),
+    floored / ceiled when truncate (HF's default) and clamped to [0, rot_dim - 1] as HF clamps them.
+    ramp="ratio": linear in r = L w / 2 pi, the YaRN paper's Eq. 18 (an option; no code we compare with
+    runs it). The official FoPE code runs the index ramp with no attention factor: attention_factor=1.0."""
+    s, orig = p["factor"], p["original_max_position_embeddings"]
+    beta_fast, beta_slow = p.get("beta_fast") or 32.0, p.get("beta_slow") or 1.0
+    if p.get("ramp", "index") == "index":
+        def correction_dim(rotations):
+            return rot_dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+        if p.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, rot_dim - 1)
+        if low == high:
+            high += 0.001  # as HF: avoid dividing by zero
+        keep = 1 - ((index.double() - low) / (high - low)).clamp(0, 1)  # 1: extrapolate (keep w)
+    else:
+        r = orig * inv_freq / (2 * math.pi)
+        keep = ((r - beta_slow) / (beta_fast - beta_slow)).clamp(0, 1)
+    inv_freq = (1 - keep) * inv_freq / s + keep * inv_freq
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:
+        if p.get("mscale") and p.get("mscale_all_dim"):
+            attention_factor = _mscale(s, p["mscale"]) / _mscale(s, p["mscale_all_dim"])
+        else:
+            attention_factor = _mscale(s)
+    return inv_freq, float(attention_factor)
+
+
+def _llama3(inv_freq, index, rot_dim, theta, p, seq_len):
+    """Llama 3.1: wavelengths longer than L_orig / low_freq_factor are interpolated (w / s), shorter than
+    L_orig / high_freq_factor kept, and the band between blended by L_orig / wavelength."""
+    s, orig = p["factor"], p["original_max_position_embeddings"]
+    low, high = p["low_freq_factor"], p["high_freq_factor"]
+    wavelen = 2 * math.pi / inv_freq  # inf for a clamped (zero) frequency: stays zero
+    smooth = ((orig / wavelen - low) / (high - low)).clamp(0, 1)
+    return (1 - smooth) * inv_freq / s + smooth * inv_freq, 1.0
+
+
+def _longrope(inv_freq, index, rot_dim, theta, p, seq_len):
+    """LongRoPE (Ding et al. 2024): a searched factor per frequency, short_factor up to the original
+    length and long_factor past it; attention factor sqrt(1 + ln s / ln L_orig)."""
+    orig = p["original_max_position_embeddings"]
+    factors = p["long_factor"] if seq_len and seq_len > orig else p["short_factor"]
+    factors = torch.tensor(factors, dtype=torch.float64, device=inv_freq.device)[index]
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:
+        s = p.get("factor") or 1.0
+        attention_factor = math.sqrt(1 + math.log(s) / math.log(orig)) if s > 1 else 1.0
+    return inv_freq / factors, float(attention_factor)
+
+
+ROPE_SCALING = {  # rope_type -> function; a new rescaling is one function and one line here
+    "default": lambda inv_freq, *args: (inv_freq, 1.0),
+    "linear": _linear,
+    "ntk": _ntk,
+    "dynamic": _dynamic,
+    "yarn": _yarn,
+    "llama3": _llama3,
+    "longrope": _longrope,
+}
+
+
+def rescale_inv_freq(inv_freq, index, rot_dim, theta, scaling, seq_len=None):
+    """Context extension. inv_freq: (D,) float64 frequencies; index: (D,) their m in theta^(-2m/rot_dim);
+    seq_len: the current length (dynamic and longrope depend on it). -> (inv_freq, attention_factor)."""
+    if scaling is None:
+        return inv_freq, 1.0
+    return ROPE_SCALING[scaling["rope_type"]](inv_freq, index, rot_dim, theta, scaling, seq_len)

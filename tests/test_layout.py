@@ -1,0 +1,54 @@
+"""The layout a reader relies on: the FoPE path on top, scripts above libraries, every file short."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = {"train", "eval_length", "sample"}  # what a library module never imports
+LIBRARY_FOLDERS = ("", "data", "fope_ext")  # the top level, data/ and fope_ext/: libraries and their scripts
+
+
+def python_files():
+    return [p for p in ROOT.rglob("*.py")
+            if not {".venv", "tests", "_build", "__pycache__"} & set(p.relative_to(ROOT).parts)]
+
+
+def imported_modules(path):
+    """The top-level names of every module a file imports (`import a.b` and `from a.b import c` -> a)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_top_level_holds_at_most_twelve_python_files():
+    top = sorted(p.name for p in ROOT.glob("*.py"))
+    assert len(top) <= 12, top
+    assert {"fope.py", "rope_scaling.py", "baselines.py", "model.py", "train.py", "sample.py", "eval_length.py",
+            "passkey.py", "configurator.py", "checkpoint.py"} <= set(top)
+
+
+def test_no_python_file_outside_tests_is_longer_than_450_lines():
+    long = {str(p.relative_to(ROOT)): n for p in python_files() if (n := len(p.read_text().splitlines())) > 450}
+    assert not long
+
+
+def test_libraries_never_import_scripts_and_only_experiments_import_experiments():
+    for path in python_files():
+        folder = path.relative_to(ROOT).parts[0] if len(path.relative_to(ROOT).parts) > 1 else ""
+        imports = imported_modules(path)
+        if folder in LIBRARY_FOLDERS:
+            assert not imports & SCRIPTS, f"{path.relative_to(ROOT)} imports {imports & SCRIPTS}"
+        if folder != "experiments":
+            assert "experiments" not in imports, f"{path.relative_to(ROOT)} imports experiments/"
+
+
+def test_the_readme_stays_a_front_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    assert "../shared" not in readme  # nothing outside the repository
+    for link in ("results/demo.md", "results/extend.md", "results/ablate.md", "results/lens/lens.md", "results/bench.md"):
+        assert link in readme and (ROOT / link).is_file(), link
