@@ -408,11 +408,11 @@ INTERRUPT_GRACE_S = 10  # after Ctrl-C, the run ends within this many seconds wh
 
 
 def watch_interrupts(grace=INTERRUPT_GRACE_S):
-    """Ctrl-C raises KeyboardInterrupt as usual (main() reports the last checkpoint and exits 130), and also
-    arms faulthandler's watchdog: a C thread that needs no GIL, so if anything after the interrupt hangs
-    (a C call that never returns, a lock, a blocked write), the process still ends within `grace` seconds,
-    printing every thread's stack to stderr (exit status 1). Checkpoints are written atomically, so the
-    last one stays whole either way."""
+    """Ctrl-C raises KeyboardInterrupt as usual (main() reports the last checkpoint, then the process exits 130
+    without finalizing the interpreter), and also arms faulthandler's watchdog: a C thread that needs no GIL,
+    so if anything after the interrupt hangs (a C call that never returns, a lock, a blocked write), the
+    process still ends within `grace` seconds, printing every thread's stack to stderr (exit status 1).
+    Checkpoints are written atomically, so the last one stays whole either way."""
     def on_interrupt(signum, frame):
         faulthandler.dump_traceback_later(grace, exit=True)
         signal.default_int_handler(signum, frame)
@@ -420,21 +420,27 @@ def watch_interrupts(grace=INTERRUPT_GRACE_S):
     signal.signal(signal.SIGINT, on_interrupt)
 
 
-def end_torchrun_process():
-    """End a finished torchrun process without finalizing the interpreter. torch's DDP keeps the gloo
-    process group and its worker threads alive past destroy_process_group; a worker still releasing
-    the last collective's tensors while the interpreter finalizes needs the GIL, is ended inside a
-    noexcept destructor, and std::terminate aborts the process (SIGABRT, "terminate called without an
-    active exception") after the run finished -- on a busy machine, typically the rank that skips the
-    checkpoint write. The atexit handlers (wandb, logging) still run."""
+def exit_without_finalizing(code):
+    """End the process now: the atexit handlers (wandb, logging) run and the output is flushed, but the
+    interpreter is not finalized. Finalizing after a run is a full garbage collection of everything the run
+    held and the teardown of torch's libraries: it took over 10 s after a Ctrl-C on a loaded machine (a
+    native backtrace showed Py_FinalizeEx in gc_collect_main), and under torchrun it can abort: torch's DDP
+    keeps the gloo process group and its worker threads alive past destroy_process_group, and a worker still
+    releasing the last collective's tensors while the interpreter finalizes needs the GIL, is ended inside a
+    noexcept destructor, and std::terminate aborts the process (SIGABRT) after the run finished."""
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 if __name__ == "__main__":
     watch_interrupts()
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except SystemExit as stop:
+        if stop.code != 130:  # errors end as usual; an interrupt, reported by main(), ends at once
+            raise
+        exit_without_finalizing(130)
     if "RANK" in os.environ:
-        end_torchrun_process()
+        exit_without_finalizing(0)
