@@ -50,7 +50,7 @@ lens: $(STAMP)
 	@test -n "$(LENS_CKPTS)" || { echo "no checkpoints in $(LENS_DIR): run make demo$(if $(QUICK), QUICK=1) first"; exit 1; }
 	$(PY) experiments/lens.py --ckpt $(LENS_CKPTS) $(LENS_LABELS) --out $(if $(QUICK),results/quick/lens,results/lens)
 
-# context extension by continued training (the paper's Fig. 4), from make demo's runs (about 11 min after it)
+# context extension by continued training (the paper's Fig. 4), from make demo's runs (about 10 min after it)
 extend: $(STAMP)
 	$(PY) experiments/extend.py $(if $(QUICK),--quick)
 

@@ -16,7 +16,7 @@ paper reports its best checkpoint; here both are reported): the 500-iteration ru
 and resumed to 1000, which train.py makes identical to an uninterrupted run. Then the length sweep
 (eval_length.py) out to 32x the parent's length, perplexity beyond the parent's L_train and passkey.
 
-    python experiments/extend.py            # about 11 minutes on 2 CPU cores after make demo
+    python experiments/extend.py            # about 10 minutes on 2 CPU cores after make demo
     python experiments/extend.py --quick    # a smoke run on make demo --quick's runs (results/quick/)
 
 Writes results/extend.{csv,json,md,png} and results/extend_positions.png.
