@@ -199,13 +199,8 @@ def main(argv=None):
     with stages("data", "1/4 data: char-level Shakespeare"):
         runner.prepare_data(args, out)
     all_arms = arms()
-    ckpts = {}
     with stages("train", f"2/4 train: {len(all_arms)} arms x {len(seeds)} seeds ({config}{' quick' if args.quick else ''})"):
-        for arm, flags in all_arms.items():
-            for seed in seeds:
-                run_dir, train_args = runner.run_args(config, out, arm, flags, seed, extra, args.dataset)
-                ckpts.setdefault(arm, []).append(run_dir)
-                runner.ensure_trained(run_dir, train_args, stages, args.fresh)
+        ckpts = runner.train_grid(config, out, all_arms, seeds, stages, extra, args.dataset, args.fresh)
     with stages("eval", "3/4 eval: one length sweep over every run"):
         runner.sweep(ckpts, f"{results}/ablate", ["--multipliers", *map(str, lengths), *sweep], f"{out}/eval_ablate.log")
     stages.say("4/4 write: tables, figures, the paper's claims")

@@ -43,15 +43,9 @@ def out_dir(args):
 
 def train_variants(args, variants, stages, fresh=False):
     """Train (or keep) the demo's runs of `variants` -> {variant: [out_dir per seed]}."""
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    ckpts = {}
-    for variant in variants:
-        for seed in seeds:
-            run_dir, train_args = runner.run_args("config/demo.py", out_dir(args), variant, VARIANTS[variant], seed,
-                                                  QUICK_TRAIN if args.quick else [], args.dataset)
-            ckpts.setdefault(variant, []).append(run_dir)
-            runner.ensure_trained(run_dir, train_args, stages, fresh)
-    return ckpts
+    return runner.train_grid("config/demo.py", out_dir(args), {v: VARIANTS[v] for v in variants},
+                             args.seeds[:1] if args.quick else args.seeds, stages, QUICK_TRAIN if args.quick else [],
+                             args.dataset, fresh)
 
 
 def main(argv=None):

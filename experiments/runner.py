@@ -143,6 +143,17 @@ def ensure_trained(out_dir, train_args, stages, fresh=False, why="--fresh"):
     return True
 
 
+def train_grid(config, out, arms, seeds, stages, extra=(), dataset=None, fresh=False):
+    """Train (or keep) every arm {name: train.py flags} x seed into out/<name>_s<seed> -> {name: [out_dirs]}."""
+    ckpts = {}
+    for name, flags in arms.items():
+        for seed in seeds:
+            run_dir, train_args = run_args(config, out, name, flags, seed, extra, dataset)
+            ckpts.setdefault(name, []).append(run_dir)
+            ensure_trained(run_dir, train_args, stages, fresh)
+    return ckpts
+
+
 def sweep(groups, out, sweep_args, log):
     """eval_length.py over {label: [checkpoints]}, one row per label -> out.{csv,json,png}."""
     ckpts = [c for cs in groups.values() for c in cs]
@@ -156,6 +167,10 @@ def load_json(path):
             return json.load(f)
     except FileNotFoundError:
         raise SystemExit(f"no {path}: run the experiment first (without --report_only)") from None
+
+
+class ReadingError(SystemExit):
+    """A reading cites a number its experiment's JSON does not hold (a one-line error, like SystemExit)."""
 
 
 PLACEHOLDER = re.compile(r"\{\{([^{}]+?)\}\}")
@@ -175,7 +190,7 @@ def render_reading(template, docs):
             elif isinstance(value, dict) and key in value:
                 value = value[key]
             else:
-                raise SystemExit(f"reading placeholder {{{{{text}}}}}: no '{key}' in {path}")
+                raise ReadingError(f"reading placeholder {{{{{text}}}}}: no '{key}' in {path}")
         return format(value, fmt) if fmt else str(value)
 
     return PLACEHOLDER.sub(fill, template)

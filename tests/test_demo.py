@@ -123,7 +123,7 @@ def test_a_reading_placeholder_is_filled_from_the_json_and_a_missing_path_stops_
     docs = {"demo": {"summary": {"fope": {"1024": {"ppl": {"mean": 12.3456}}}}, "seeds": [1, 2]}}
     text = "FoPE {{demo/summary/fope/1024/ppl/mean:.2f}} over seeds {{demo/seeds/1}}; {{demo/seeds}}"
     assert runner.render_reading(text, docs) == "FoPE 12.35 over seeds 2; [1, 2]"
-    with pytest.raises(SystemExit, match="no '512'"):
+    with pytest.raises(runner.ReadingError, match="no '512'"):
         runner.render_reading("{{demo/summary/fope/512/ppl/mean}}", docs)
 
 
