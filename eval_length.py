@@ -69,7 +69,7 @@ def perplexity(model, data, length, train_len, tokens, device, batch_tokens=1638
     batch = max(1, batch_tokens // length)
     for i in range(0, len(windows), batch):
         w = torch.from_numpy(np.stack(windows[i:i + batch])).to(device)
-        _, loss = model(w[:, :-1], w[:, 1:], reduction="none")  # (B, T)
+        loss = model.token_losses(w[:, :-1], w[:, 1:])  # (B, T)
         per_position += loss.double().sum(0).cpu()
     per_position /= len(windows)
     beyond = per_position[train_len:].mean().item() if length > train_len else float("nan")
@@ -89,10 +89,11 @@ def passkey_accuracy(model, docs, tok, length, depths, trials, seed, device, bat
         batch = max(1, batch_tokens // length)
         for i in range(0, trials, batch):
             ids = torch.tensor([b[0] for b in built[i:i + batch]], device=device)
-            logits, _ = model(ids, ids)  # the whole document, exactly `length` tokens
-            pred = logits.argmax(-1)  # pred[:, j] is the greedy guess for token j + 1
-            for row, (_, answer_start, _), key in zip(pred, built[i:i + batch], keys[i:i + batch]):
-                guess = tok.decode(row[answer_start - 1:length - 1].tolist())
+            answer_start = min(b[1] for b in built[i:i + batch])
+            # the whole document, exactly `length` tokens; logits only where the answer is read
+            pred = model.lm_head(model.hidden_states(ids)[:, answer_start - 1:length - 1]).argmax(-1)
+            for row, (_, start, _), key in zip(pred, built[i:i + batch], keys[i:i + batch]):
+                guess = tok.decode(row[start - answer_start:].tolist())  # row[j]: the guess for token answer_start + j
                 e, d = score(guess, key)
                 exact.append(e)
                 digits.append(d)

@@ -85,12 +85,16 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
+    n_kv_head: int = None  # key/value heads (GQA, Ainslie et al. 2023); None: n_head (multi-head attention)
     dropout: float = 0.0
     bias: bool = False
     pos_emb: str = "fope"  # a name in POS_EMBS
     qk_norm: bool = False  # q and k to zero mean, unit variance per head, before the rotation
     norm: str = "layernorm"  # layernorm | rmsnorm
     mlp: str = "gelu"  # gelu | swiglu
+    mlp_hidden: int = None  # the MLP's hidden size; None: 4 n_embd (gelu), 8/3 n_embd rounded up to 64 (swiglu)
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True  # the output head is the token embedding (GPT-2, SmolLM2)
     rope_theta: float = ROPE_THETA
     fope_sigma: float = FOPE_SIGMA  # xavier gain of FoPE's coefficients (0: the step identity alone)
     fope_dim: int = None  # draw FoPE's frequencies from this many dims (> head_dim: richer basis)
@@ -115,6 +119,12 @@ class GPTConfig:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_kv_head is not None and not (0 < self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0):
+            raise ValueError(f"n_kv_head must divide n_head ({self.n_head}), got {self.n_kv_head}")
+        if self.mlp_hidden is not None and self.mlp_hidden < 1:
+            raise ValueError(f"mlp_hidden must be >= 1, got {self.mlp_hidden}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         if is_rotary(self.pos_emb):
             check_even(head_dim(self))
         check_fope_args(head_dim(self), self.fope_sigma, self.fope_dim, self.fope_zero_pad)
@@ -133,7 +143,8 @@ class GPTConfig:
 
 
 # what a parent run must share with the model it starts (load_parent_weights); everything else may change
-SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "norm", "mlp", "qk_norm")
+SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "bias", "norm", "mlp", "mlp_hidden",
+                "tie_embeddings", "qk_norm")
 
 
 def load_parent_weights(model, parent_state, parent_args, fourier_expand="fresh"):
@@ -175,8 +186,8 @@ def load_parent_weights(model, parent_state, parent_args, fourier_expand="fresh"
 
 def make_norm(config):
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=1e-5)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -184,8 +195,10 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.n_kv_head = config.n_kv_head or config.n_head
         self.qk_norm, self.rotary_backend = config.qk_norm, config.rotary_backend
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.kv_dim = self.n_kv_head * (config.n_embd // config.n_head)
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_dim, bias=config.bias)  # q, k, v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         spec = POS_EMBS[config.pos_emb]
@@ -203,12 +216,30 @@ class CausalSelfAttention(nn.Module):
             return qk_norm(q, self.rotary_backend), qk_norm(k, self.rotary_backend)
         return q, k
 
+    def repeat_kv(self, x):
+        """GQA: (B, n_kv_head, T, hs) -> (B, n_head, T, hs), key/value head j serving query heads
+        j*g .. j*g+g-1 (g = n_head / n_kv_head), as Llama does. Repeated before the position embedding, so
+        every embedding (FoPE's per-head coefficients, biases, the C kernel) sees n_head heads as before."""
+        g = self.n_head // self.n_kv_head
+        if g == 1:
+            return x
+        B, H, T, hs = x.shape
+        return x[:, :, None].expand(B, H, g, T, hs).reshape(B, H * g, T, hs)
+
+    def split_heads(self, qkv):
+        """c_attn's output (B, T, n_embd + 2 kv_dim) -> q, k, v, each (B, nh, T, hs), k and v repeated to
+        n_head (GQA). The lens calls this too."""
+        B, T, _ = qkv.shape
+        hs = self.n_embd // self.n_head
+        q, k, v = qkv.split((self.n_embd, self.kv_dim, self.kv_dim), dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)
+        k = self.repeat_kv(k.view(B, T, self.n_kv_head, hs).transpose(1, 2))
+        v = self.repeat_kv(v.view(B, T, self.n_kv_head, hs).transpose(1, 2))
+        return q, k, v
+
     def forward(self, x, shared_bias=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q, k, v = self.split_heads(self.c_attn(x))  # (B, nh, T, hs)
         q, k = self.position_qk(q, k)
         dropout = self.dropout if self.training else 0.0
         bias = self.pos_bias if self.pos_bias is not None else shared_bias
@@ -227,6 +258,7 @@ class MLP(nn.Module):
         self.swiglu = config.mlp == "swiglu"
         # SwiGLU keeps the parameter count of a 4x GELU MLP: hidden 8/3 * n_embd, rounded up to 64
         hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64) if self.swiglu else 4 * config.n_embd
+        hidden = config.mlp_hidden or hidden
         self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
@@ -272,7 +304,8 @@ class GPT(nn.Module):
         if spec.kind == "bias" and spec.shared:  # one bias module for all layers (ALiBi, T5)
             self.transformer.pos_bias = spec.build(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
         for m in self.modules():  # position modules with an init of their own (FIRE's MLP)
             if hasattr(m, "reset_position_parameters"):
@@ -280,6 +313,14 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @classmethod
+    def from_pretrained(cls, source, **overrides):
+        """A pretrained Llama-family model as this GPT, as nanoGPT loads GPT-2: source is "smollm2-135m",
+        a .gguf file or an HF folder; overrides change block_size, pos_emb, rope_scaling or FoPE's knobs.
+        See pretrained.py."""
+        from pretrained import from_pretrained
+        return from_pretrained(source, **overrides)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -297,15 +338,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, reduction="mean"):
         B, T = idx.size()
-        x = self.transformer.wte(idx)  # (B, T, C)
-        if "wpe" in self.transformer:  # absolute positions (learned raises past block_size)
-            wpe = self.transformer.wpe
-            x = x * getattr(wpe, "embed_scale", 1.0) + wpe(T, idx.device, x.dtype)
-        x = self.transformer.drop(x)
-        shared_bias = self.transformer.pos_bias if "pos_bias" in self.transformer else None
-        for block in self.transformer.h:
-            x = block(x, shared_bias)
-        x = self.transformer.ln_f(x)
+        x = self.hidden_states(idx)
         if targets is None:  # inference: only the last position's logits
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)  # (B, T, vocab)
@@ -314,6 +347,27 @@ class GPT(nn.Module):
         if reduction == "none":
             loss = loss.view(B, T)
         return logits, loss
+
+    @torch.no_grad()
+    def token_losses(self, idx, targets, chunk=2048):
+        """(B, T) float32 loss per token, without ever holding (B, T, vocab) logits: an evaluation of
+        32k tokens with a 49k vocabulary would need 6 GB for them."""
+        x = self.hidden_states(idx)
+        losses = [F.cross_entropy(self.lm_head(x[:, i:i + chunk]).float().transpose(1, 2), targets[:, i:i + chunk],
+                                  ignore_index=-1, reduction="none") for i in range(0, idx.shape[1], chunk)]
+        return torch.cat(losses, dim=1)
+
+    def hidden_states(self, idx):
+        """(B, T, n_embd): the last layer's output after the final norm, what lm_head reads."""
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:  # absolute positions (learned raises past block_size)
+            wpe = self.transformer.wpe
+            x = x * getattr(wpe, "embed_scale", 1.0) + wpe(idx.shape[1], idx.device, x.dtype)
+        x = self.transformer.drop(x)
+        shared_bias = self.transformer.pos_bias if "pos_bias" in self.transformer else None
+        for block in self.transformer.h:
+            x = block(x, shared_bias)
+        return self.transformer.ln_f(x)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # frozen FoPE coefficients are buffers (or requires_grad=False): they never reach the optimizer

@@ -2,6 +2,7 @@
 
     python data/prepare_text.py "notes/*.txt" "dump/*.jsonl" --out data/notes/gpt2
     python data/prepare_text.py "books/**/*.txt" --out data/books/char --tokenizer char
+    python data/prepare_text.py "notes/*.txt" --out data/notes/smollm2 --tokenizer pretrained:smollm2-135m
 
 A .txt file is one document; each line of a .jsonl file is one document (its --field, default "text").
 Whole documents go to val (--val-fraction of them, chosen with --seed), so no document is split
@@ -126,8 +127,11 @@ def prepare_text(patterns, out_dir, tokenizer="gpt2", field="text", val_fraction
         tok = CharTokenizer.from_texts(iter_documents(files, field))
     elif tokenizer == "gpt2":
         tok = GPT2Tokenizer()
+    elif tokenizer.startswith("pretrained:"):
+        from pretrained import load_tokenizer
+        tok = load_tokenizer(tokenizer.split(":", 1)[1])
     else:
-        raise ValueError(f"unknown tokenizer {tokenizer!r}: use gpt2 or char")
+        raise ValueError(f"unknown tokenizer {tokenizer!r}: use gpt2, char or pretrained:SOURCE")
     docs = (("val" if i in val_docs else "train", text) for i, text in enumerate(iter_documents(files, field)))
     return write_dataset(docs, out_dir, tok, num_proc=num_proc, shard_tokens=shard_tokens, total=num_docs)
 
@@ -136,7 +140,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("patterns", nargs="+", help="glob patterns of .txt / .jsonl files (quote them)")
     parser.add_argument("--out", required=True, help="dataset dir to write, e.g. data/notes/gpt2")
-    parser.add_argument("--tokenizer", choices=["gpt2", "char"], default="gpt2")
+    parser.add_argument("--tokenizer", default="gpt2", help="gpt2 | char | pretrained:SOURCE, a pretrained model's "
+                        "tokenizer (pretrained.py: pretrained:smollm2-135m, a .gguf file or an HF folder)")
     parser.add_argument("--field", default="text", help="the text field of .jsonl records")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="fraction of documents that go to val")
     parser.add_argument("--seed", type=int, default=0, help="chooses the val documents")

@@ -1,7 +1,9 @@
-"""Tokenizers of nanoFoPE datasets: characters, or GPT-2's byte-level BPE through tiktoken.
+"""Tokenizers of nanoFoPE datasets: characters, GPT-2's byte-level BPE through tiktoken, or a pretrained
+model's byte-level BPE through HF `tokenizers` (pretrained.load_tokenizer builds it from the model's file).
 
-A dataset's meta.json says which: {"tokenizer": "char", "vocab_size": 65, "chars": "\\n !$&..."}
-or {"tokenizer": "gpt2", "vocab_size": 50257}; get_tokenizer(meta) gives the matching object.
+A dataset's meta.json says which: {"tokenizer": "char", "vocab_size": 65, "chars": "\\n !$&..."},
+{"tokenizer": "gpt2", "vocab_size": 50257} or {"tokenizer": "pretrained", "source": "smollm2-135m",
+"vocab_size": 49152}; get_tokenizer(meta) gives the matching object.
 
 GPT-2 works offline. tiktoken.get_encoding("gpt2") downloads its ranks on first use; without
 internet we build the same Encoding from the ranks file that PyPI's openai-whisper sdist ships
@@ -161,6 +163,62 @@ class GPT2Tokenizer:
         return self.encoding.decode(np.asarray(ids).tolist())
 
 
+class BPETokenizer:
+    """A pretrained model's byte-level BPE (GPT-2 style), on HF `tokenizers`. tokens: the vocabulary by id;
+    merges: (left, right) pairs by rank; pre: the pre-tokenizer by llama.cpp's name (tokenizer.ggml.pre):
+    "smollm" splits digits one by one before GPT-2's regex (llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM),
+    "gpt2"/"default" is GPT-2's regex alone; special: tokens that are never split (control tokens).
+    Each document is followed by the end-of-text token eos_id."""
+
+    name = "pretrained"
+    PRE = ("default", "gpt2", "smollm")
+
+    def __init__(self, tokens, merges, pre, special, eos_id, source):
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+        if pre not in self.PRE:
+            raise ValueError(f"pre-tokenizer {pre!r} is not one nanoFoPE knows ({', '.join(self.PRE)})")
+        vocab = {t: i for i, t in enumerate(tokens)}
+        tok = Tokenizer(models.BPE(vocab, list(merges), fuse_unk=False))
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                             if pre == "smollm" else byte_level)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+        self._init(tok, eos_id, source)
+
+    @classmethod
+    def from_file(cls, path, source):
+        """From an HF tokenizer.json; its eos is <|endoftext|> or </s> where it has one."""
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(path))
+        eos = next((tok.token_to_id(t) for t in ("<|endoftext|>", "</s>", "<|end_of_text|>") if tok.token_to_id(t) is not None), None)
+        self = cls.__new__(cls)
+        self._init(tok, eos, source)
+        return self
+
+    def _init(self, tok, eos_id, source):
+        self.tokenizer, self.source, self.eos_id = tok, source, eos_id
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self.end_of_document_ids = [eos_id] if eos_id is not None else []
+
+    def meta(self):
+        return {"tokenizer": "pretrained", "source": self.source, "vocab_size": self.vocab_size}
+
+    def encode(self, text):
+        # no special tokens added, and none parsed from plain text by choice of the caller
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids):
+        return self.tokenizer.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+
+    def __getstate__(self):  # tokenizers' objects pickle as JSON, for prepare_text's worker processes
+        return {**self.__dict__, "tokenizer": self.tokenizer.to_str()}
+
+    def __setstate__(self, state):
+        from tokenizers import Tokenizer
+        self.__dict__.update({**state, "tokenizer": Tokenizer.from_str(state["tokenizer"])})
+
+
 def get_tokenizer(meta):
     """The tokenizer a dataset's meta.json names."""
     name = meta.get("tokenizer")
@@ -170,4 +228,7 @@ def get_tokenizer(meta):
         return CharTokenizer(meta["chars"])
     if name == "gpt2":
         return GPT2Tokenizer()
-    raise ValueError(f"unknown tokenizer {name!r} in meta.json: expected 'char' or 'gpt2'")
+    if name == "pretrained":
+        from pretrained import load_tokenizer
+        return load_tokenizer(meta["source"])
+    raise ValueError(f"unknown tokenizer {name!r} in meta.json: expected 'char', 'gpt2' or 'pretrained'")

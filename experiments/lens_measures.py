@@ -39,11 +39,8 @@ class QKProbe:
 
     def _hook(self, layer, attn):
         def hook(module, inputs, output):
-            B, T, _ = output.shape
-            q, k, _ = output.split(attn.n_embd, dim=2)  # as CausalSelfAttention.forward
-            hd = attn.n_embd // attn.n_head
-            self.qk[layer] = (q.reshape(B, T, attn.n_head, hd).transpose(1, 2),  # (B, nh, T, hs)
-                              k.reshape(B, T, attn.n_head, hd).transpose(1, 2))
+            q, k, _ = attn.split_heads(output)  # as CausalSelfAttention.forward: (B, nh, T, hs)
+            self.qk[layer] = (q, k)
         return hook
 
     @torch.no_grad()

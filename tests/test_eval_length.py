@@ -153,9 +153,9 @@ def test_sweep_numbers_match_a_plain_recomputation(ckpts, tmp_path):
 class KnownLossModel(torch.nn.Module):
     """A 'model' whose loss at position t is (t + 1) ** 2, whatever the tokens."""
 
-    def forward(self, idx, targets, reduction="none"):
+    def token_losses(self, idx, targets):
         B, T = idx.shape
-        return None, (torch.arange(T, dtype=torch.float32) + 1)[None].expand(B, T) ** 2
+        return (torch.arange(T, dtype=torch.float32) + 1)[None].expand(B, T) ** 2
 
 
 def test_beyond_train_len_view_averages_exactly_the_positions_from_train_len_on(ckpts):
@@ -174,11 +174,12 @@ class ParrotModel(torch.nn.Module):
     def __init__(self, vocab_size):
         super().__init__()
         self.vocab_size = vocab_size
+        self.lm_head = torch.nn.Identity()  # passkey scoring reads lm_head(hidden_states(idx)) where the answer is
 
-    def forward(self, idx, targets=None):
+    def hidden_states(self, idx):
         following = torch.roll(idx, -1, dims=1)
         following[idx.sum(1) % 3 == 0] = 0
-        return torch.nn.functional.one_hot(following, self.vocab_size).float(), None
+        return torch.nn.functional.one_hot(following, self.vocab_size).float()
 
 
 def test_passkey_accuracy_scores_each_document_by_its_greedy_answer_across_batches():

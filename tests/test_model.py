@@ -109,7 +109,7 @@ def test_bad_config_values_are_one_line_errors():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="written by another model.py"):
-        GPTConfig.from_dict({**dataclasses.asdict(GPTConfig()), "n_kv_head": 2})
+        GPTConfig.from_dict({**dataclasses.asdict(GPTConfig()), "n_expert": 8})
 
 
 @pytest.mark.parametrize("field,value,match", [

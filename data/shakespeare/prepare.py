@@ -86,9 +86,16 @@ def split_works(works):
     return train, val
 
 
+def dataset_name(tokenizer):
+    """char, gpt2, or the pretrained source's name (smollm2-135m)."""
+    return Path(tokenizer.source).name.removesuffix(".gguf") if hasattr(tokenizer, "source") else tokenizer.name
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--char-only", action="store_true", help="skip the GPT-2 tokenization")
+    parser.add_argument("--pretrained", metavar="SOURCE", help="also tokenize for a pretrained model "
+                        "(pretrained.py: e.g. smollm2-135m), into data/shakespeare/<SOURCE>")
     parser.add_argument("--num-proc", type=int, default=min(4, os.cpu_count() or 1), help="tokenizer processes")
     args = parser.parse_args()
 
@@ -97,6 +104,9 @@ def main():
         tokenizers = [CharTokenizer.from_texts([*train.values(), *val.values()])]
         if not args.char_only:
             tokenizers.append(GPT2Tokenizer())
+        if args.pretrained:
+            from pretrained import load_tokenizer
+            tokenizers.append(load_tokenizer(args.pretrained))
     except RuntimeError as e:
         raise SystemExit(str(e)) from None
 
@@ -104,7 +114,8 @@ def main():
     tokens = {}  # tokenizer name -> write_dataset's summary
     for tokenizer in tokenizers:
         docs = [(split, text) for split, works in splits.items() for text in works.values()]
-        tokens[tokenizer.name] = write_dataset(docs, HERE / tokenizer.name, tokenizer, args.num_proc, total=len(docs))
+        tokens[dataset_name(tokenizer)] = write_dataset(docs, HERE / dataset_name(tokenizer), tokenizer, args.num_proc,
+                                                         total=len(docs))
 
     num_poems = sum(name in POEMS for name in train)
     total_chars = sum(len(text) for works in splits.values() for text in works.values())
@@ -115,7 +126,7 @@ def main():
         names = f" plays ({', '.join(works)})" if split == "val" else " works"
         print(f"{split:>5}: {len(works)}{names}, {chars:,} chars ({chars / total_chars:.1%}); tokens: {counts}")
     for tokenizer in tokenizers:
-        print(f"wrote {os.path.relpath(HERE / tokenizer.name)} (vocab_size {tokenizer.vocab_size})")
+        print(f"wrote {os.path.relpath(HERE / dataset_name(tokenizer))} (vocab_size {tokenizer.vocab_size})")
 
 
 if __name__ == "__main__":
