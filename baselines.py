@@ -23,6 +23,7 @@ attend_with_bias asks for rows of queries at a time once a sequence is long, so 
 (H, T, T) tensor for the whole sequence at once.
 """
 
+import functools
 import math
 
 import torch
@@ -48,13 +49,18 @@ class SinusoidalPositions(nn.Module):
     the token embeddings are multiplied by sqrt(n_embd) before the sinusoids are added (embed_scale; the
     tied output layer is unchanged), else GPT's N(0, 0.02) embeddings would drown in unit-size sinusoids."""
 
-    def __init__(self, n_embd):
+    def __init__(self, n_embd, length=1024):
         super().__init__()
         self.n_embd = n_embd
         self.embed_scale = math.sqrt(n_embd)
+        # computed once in float64 (extended for a longer input), kept in float32; a non-persistent buffer,
+        # so it follows the model to its device and a compiled step only slices it
+        self.register_buffer("table", sinusoidal_table(torch.arange(length), n_embd).float(), persistent=False)
 
     def forward(self, T, device, dtype=torch.float32):
-        return sinusoidal_table(torch.arange(T), self.n_embd).to(device, dtype)
+        if T > self.table.shape[0]:
+            self.table = sinusoidal_table(torch.arange(2 * T), self.n_embd).float().to(self.table.device)
+        return self.table[:T].to(device, dtype)
 
 
 class LearnedPositions(nn.Embedding):
@@ -76,7 +82,16 @@ class LearnedPositions(nn.Embedding):
 
 class AttentionBias(nn.Module):
     """Base class: subclasses give `values(distance, query_pos)` for distance = i - j >= 0 (long,
-    (Tq, Tk)) and query positions i (long, (Tq,)), returning (H, Tq, Tk); the base adds the causal mask."""
+    (Tq, Tk)) and query positions i (long, (Tq,)), returning (H, Tq, Tk); the base adds the causal mask.
+    distance_only: the bias is a function of (head, i - j) alone (ALiBi, KERPLE, T5; not FIRE), so one
+    (H, T) row of it serves FlexAttention's score_mod on a GPU (flex_biased_attention)."""
+
+    distance_only = True
+
+    def distance_values(self, T, device, dtype=torch.float32):
+        """(H, T): the bias at distances 0 .. T-1 (distance_only biases)."""
+        d = torch.arange(T, device=device)
+        return self.values(d[None, :], d[-1:])[:, 0].to(dtype)
 
     def forward(self, q_start, q_end, k_end, device, dtype=torch.float32):
         """The bias of query rows q_start..q_end-1 over keys 0..k_end-1: (H, Tq, Tk), -inf above the diagonal."""
@@ -114,6 +129,8 @@ class AlibiBias(AttentionBias):
         return -self.slopes.to(distance.device)[:, None, None] * distance
 
     def forward(self, q_start, q_end, k_end, device, dtype=torch.float32):
+        if torch.compiler.is_compiling():  # a compiled model computes it in its graph: no cache to guard on
+            return super().forward(q_start, q_end, k_end, device, dtype)
         key = (q_start, q_end, k_end, torch.device(device), dtype)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, super().forward(q_start, q_end, k_end, device, dtype))
@@ -145,6 +162,8 @@ class FireBias(AttentionBias):
     the query's own position, so a longer sequence never leaves the MLP's training range. c (init 0.1) and
     L (init L_train, learned as a multiple of it) are learned; the MLP is 1 -> 32 (ReLU) -> n_head.
     Every layer owns one (its own MLP, c and L), as every layer owns its KERPLE bias."""
+
+    distance_only = False  # the query's position enters too
 
     def __init__(self, n_head, train_len, hidden=32, init_c=0.1, eps=1e-6):
         super().__init__()
@@ -250,10 +269,47 @@ def biased_attention(q, k, v, bias, is_causal=False, dropout=0.0):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
 
 
+@functools.cache
+def causal_block_mask(T, device):
+    """FlexAttention's block mask of causal attention over T tokens: blocks above the diagonal are skipped."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    return create_block_mask(lambda b, h, i, j: i >= j, None, None, T, T, device=device)
+
+
+@functools.cache
+def compiled_flex_attention():
+    """flex_attention compiled once (its fused kernel; a compiled model traces through it)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_biased_attention(q, k, v, bias, compiled=True):
+    """Causal attention with a distance_only bias through FlexAttention (Dong et al. 2024, torch's fused
+    attention with a score_mod): the bias enters as one (H, T) row read per score, the causal block mask
+    skips the blocks above the diagonal, so no (H, T, T) bias is ever made or read. The GPU path."""
+    from torch.nn.attention.flex_attention import flex_attention
+    T = q.shape[2]
+    table = bias.distance_values(T, q.device, torch.float32)
+
+    def score_mod(score, b, h, i, j):
+        return score + table[h, i - j]
+
+    attend = compiled_flex_attention() if compiled else flex_attention
+    return attend(q, k, v, score_mod=score_mod, block_mask=causal_block_mask(T, str(q.device)))
+
+
+def bias_path(q, bias, dropout):
+    """"flex" on a GPU for a distance_only bias without dropout, else "dense" (SDPA or the CPU kernels)."""
+    return "flex" if q.device.type == "cuda" and bias.distance_only and dropout == 0.0 else "dense"
+
+
 def attend_with_bias(q, k, v, bias, dropout=0.0, max_elems=1 << 24):
-    """Causal attention with an additive bias module, in query chunks of at most max_elems scores per
-    batch element once the sequence is long, so an 8192-token sequence never holds a (H, T, T) bias or
-    score tensor; a chunk of rows s..e needs only the keys 0..e."""
+    """Causal attention with an additive bias module: on a GPU through FlexAttention where it can
+    (bias_path), else in query chunks of at most max_elems scores per batch element once the sequence is
+    long, so an 8192-token sequence never holds a (H, T, T) bias or score tensor; a chunk of rows s..e
+    needs only the keys 0..e."""
+    if bias_path(q, bias, dropout) == "flex":
+        return flex_biased_attention(q, k, v, bias)
     B, H, T, hd = q.shape
     rows = max(1, min(T, max_elems // (H * T)))
     if rows >= T:

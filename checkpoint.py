@@ -13,12 +13,19 @@ A checkpoint is the dict train.py saves:
     parent                    None, or the run this one started from (train.py init_from=<run>): its
                               path, iter_num, model_args and the sha256 of its checkpoint file
     iter_num, best_val_loss, rng, meta (the dataset's meta.json, i.e. its tokenizer)
+
+Also how a run ends on Ctrl-C (watch_interrupts, exit_without_finalizing): within seconds, its last
+checkpoint whole.
 """
 
+import atexit
+import faulthandler
 import glob
 import hashlib
 import os
 import pickle
+import signal
+import sys
 
 import torch
 
@@ -136,3 +143,37 @@ def load_model(path, scaling=None, device="cpu"):
         args["rope_scaling"] = {"original_max_position_embeddings": args["block_size"], **scaling}
     checkpoint["path"] = path
     return build_model(checkpoint, path, args).to(device).eval(), checkpoint
+
+
+# -----------------------------------------------------------------------------
+# ending a run: Ctrl-C leaves the last checkpoint whole and ends the process within seconds
+
+
+INTERRUPT_GRACE_S = 10  # after Ctrl-C, the run ends within this many seconds whatever it is doing
+
+
+def watch_interrupts(grace=INTERRUPT_GRACE_S):
+    """Ctrl-C raises KeyboardInterrupt as usual (main() reports the last checkpoint, then the process exits 130
+    without finalizing the interpreter), and also arms faulthandler's watchdog: a C thread that needs no GIL,
+    so if anything after the interrupt hangs (a C call that never returns, a lock, a blocked write), the
+    process still ends within `grace` seconds, printing every thread's stack to stderr (exit status 1).
+    Checkpoints are written atomically, so the last one stays whole either way."""
+    def on_interrupt(signum, frame):
+        faulthandler.dump_traceback_later(grace, exit=True)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+
+
+def exit_without_finalizing(code):
+    """End the process now: the atexit handlers (wandb, logging) run and the output is flushed, but the
+    interpreter is not finalized. Finalizing after a run is a full garbage collection of everything the run
+    held and the teardown of torch's libraries: it took over 10 s after a Ctrl-C on a loaded machine (a
+    native backtrace showed Py_FinalizeEx in gc_collect_main), and under torchrun it can abort: torch's DDP
+    keeps the gloo process group and its worker threads alive past destroy_process_group, and a worker still
+    releasing the last collective's tensors while the interpreter finalizes needs the GIL, is ended inside a
+    noexcept destructor, and std::terminate aborts the process (SIGABRT) after the run finished."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -157,3 +157,19 @@ def describe_machine():
 
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu_name()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+
+
+# dense bfloat16 peak FLOP/s by GPU name (vendors' data sheets), for the MFU in train.py's log line;
+# train.py's peak_flops gives any other (or overrides these)
+GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L4": 121e12, "A10G": 125e12, "L40S": 362e12}
+
+
+def peak_flops(device, given=None):
+    """The peak FLOP/s MFU is measured against: `given`, else the table's for this CUDA GPU, else None."""
+    if given:
+        return float(given)
+    if not device.startswith("cuda"):
+        return None
+    import torch
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)

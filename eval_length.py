@@ -91,7 +91,7 @@ def passkey_accuracy(model, docs, tok, length, depths, trials, seed, device, bat
             ids = torch.tensor([b[0] for b in built[i:i + batch]], device=device)
             answer_start = min(b[1] for b in built[i:i + batch])
             # the whole document, exactly `length` tokens; logits only where the answer is read
-            pred = model.lm_head(model.hidden_states(ids)[:, answer_start - 1:length - 1]).argmax(-1)
+            pred = model.head(model.hidden_states(ids)[:, answer_start - 1:length - 1]).argmax(-1)
             for row, (_, start, _), key in zip(pred, built[i:i + batch], keys[i:i + batch]):
                 guess = tok.decode(row[start - answer_start:].tolist())  # row[j]: the guess for token answer_start + j
                 e, d = score(guess, key)

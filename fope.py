@@ -25,6 +25,7 @@ The paper's ablation arms (its Fig. 6a) are four settings of the two parts:
     FoPE                  FourierPositionEmbedding(...)
 """
 
+import functools
 import math
 
 import torch
@@ -93,7 +94,6 @@ def apply_rotary(x, cos, sin):
 
 
 BACKENDS = ("auto", "eager", "c", "compile")
-_compiled_apply_rotary = None
 
 
 def check_backend(backend):
@@ -111,13 +111,13 @@ def resolve_backend(backend):
 
 
 def rotation_path(backend, device):
-    """The path a tensor on `device` takes. The C kernel runs on CPU only: a CUDA tensor takes the
-    compiled path (the GPU path), any other device (mps, xpu, ...) the eager reference, which runs
-    wherever torch does."""
-    device_type = torch.device(device).type
-    if backend == "c" and device_type != "cpu":
-        return "compile" if device_type == "cuda" else "eager"
-    return backend
+    """The path a tensor on `device` takes. The C kernel runs on CPU only, and "auto" looks for it (builds
+    it on first use) only there. Off the CPU, "auto" and "c" take the eager rotation, which runs wherever
+    torch does: on a GPU the model is compiled whole (train.py compile=True) and the compiler fuses it,
+    with no C build and no nested compile; "compile" asks for a compiled rotation in an eager model."""
+    if torch.device(device).type != "cpu":
+        return "eager" if backend in ("auto", "c") else backend
+    return resolve_backend(backend)
 
 
 QK_NORM_EPS = 1e-5  # F.layer_norm's default
@@ -127,7 +127,7 @@ def qk_norm(x, backend="eager"):
     """QK norm without a rotation (a model with qk_norm and no rotary embedding): F.layer_norm over
     head_dim, no affine. On CPU with the C kernel it is the fused kernel with the identity rotation
     (cos 1, sin 0, exact), one pass where F.layer_norm over rows this short takes several times longer."""
-    if rotation_path(resolve_backend(backend), x.device) == "c":
+    if rotation_path(backend, x.device) == "c":
         import fope_ext
         if fope_ext.available():
             table = (1, x.shape[2], x.shape[-1] // 2)  # one row, every position (stride 0)
@@ -152,11 +152,15 @@ def rotate(x, cos, sin, backend="eager", norm=False):
     if path == "c":
         return fope_ext.rotate(x, cos, sin)
     if path == "compile":
-        global _compiled_apply_rotary
-        if _compiled_apply_rotary is None:
-            _compiled_apply_rotary = torch.compile(apply_rotary, dynamic=False)
-        return _compiled_apply_rotary(x, cos, sin)
+        return compiled_apply_rotary()(x, cos, sin)
     return apply_rotary(x, cos, sin)
+
+
+@functools.cache
+def compiled_apply_rotary():
+    """apply_rotary compiled once per process (rotary_backend="compile"); dynamic shapes, so an eager model
+    fed new lengths (sampling, an evaluation sweep) does not recompile for each."""
+    return torch.compile(apply_rotary, dynamic=True)
 
 
 # -----------------------------------------------------------------------------
@@ -172,14 +176,16 @@ class RotaryEmbedding(nn.Module):
     rope_scaling reads) and whatever its mix() reads, then calls reset_tables().
 
     Tables (H or 1, N, hd//2) are computed in float64, stored as float32 for the training length and
-    extended when a longer sequence arrives. They are plain attributes, not buffers: nothing to save,
-    and DDP's buffer broadcast does not resend them every step; they follow x to its device."""
+    extended when a longer sequence arrives. They are non-persistent buffers: nothing to save, and they
+    follow model.to(device), so a compiled model never finds them elsewhere (train.py's DDP does not
+    broadcast buffers: every process computes the same tables)."""
 
     learnable = False  # True: the tables depend on parameters and are recomputed every call
 
     def configure(self, scaling, backend):
         """rope_scaling (HF's spelling, rope_scaling.check_scaling) and the rotation backend."""
-        self.backend = resolve_backend(backend)
+        check_backend(backend)
+        self.backend = backend  # resolved per call by the tensor's device (rotation_path)
         self.scaling = check_scaling(scaling)
         if self.scaling is not None:
             if self.scaling.get("original_max_position_embeddings") is None:
@@ -196,7 +202,8 @@ class RotaryEmbedding(nn.Module):
         (load_state_dict does it itself)."""
         if not hasattr(self, "cos_cached"):
             self.register_load_state_dict_post_hook(lambda module, keys: module.reset_tables())
-            self.cos_cached = None
+            self.register_buffer("cos_cached", None, persistent=False)
+            self.register_buffer("sin_cached", None, persistent=False)
         self._long = None  # (length, cos, sin): dynamic / longrope tables past the original length
         length = self.cos_cached.shape[1] if self.cos_cached is not None else self.train_len
         self.cos_cached = self.sin_cached = None  # (H or 1, N, hd//2) float32, positions 0 .. N-1

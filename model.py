@@ -13,7 +13,9 @@ module (fope.py for rotary ones, baselines.py for the others) and one line there
   al. 2022) and "fire" (Li et al. 2023), each layer its own, "t5" (Raffel et al. 2020; shared, as in T5);
 - "nope": no position information at all (causal masking alone; Kazemnejad et al. 2023).
 qk_norm=True normalises q and k per head before any rotation (the paper's Table 2 "QK norm").
-The paper's models use RMSNorm and SwiGLU (OLMo); nanoGPT uses LayerNorm and GELU: both are knobs.
+The paper's models use RMSNorm and SwiGLU (OLMo); nanoGPT uses LayerNorm and GELU: both are knobs, and with
+n_kv_head (grouped-query attention), mlp_hidden, norm_eps and tie_embeddings the one GPT is a Llama too:
+GPT.from_pretrained (pretrained.py) loads SmolLM2-135M into it.
 """
 
 import inspect
@@ -45,6 +47,10 @@ class PositionEmbedding:
 
 def head_dim(c):
     return c.n_embd // c.n_head
+
+
+def padded_vocab(c):
+    return -(-c.vocab_size // c.vocab_multiple) * c.vocab_multiple
 
 
 def build_rope(c, **kw):
@@ -82,6 +88,8 @@ class GPTConfig:
     __post_init__ is the one check of their values, with one line per mistake."""
     block_size: int = 128  # the training length L_train
     vocab_size: int = 65
+    vocab_multiple: int = 1  # embedding and head rows padded to a multiple (64: GPT-2's 50257 -> 50304, nanoGPT's
+    # faster GPU matmuls); a padded id is never a target, never sampled: its logit is -inf
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -110,7 +118,7 @@ class GPTConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
@@ -143,7 +151,7 @@ class GPTConfig:
 
 
 # what a parent run must share with the model it starts (load_parent_weights); everything else may change
-SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "bias", "norm", "mlp", "mlp_hidden",
+SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "vocab_multiple", "bias", "norm", "mlp", "mlp_hidden",
                 "tie_embeddings", "qk_norm")
 
 
@@ -294,7 +302,7 @@ class GPT(nn.Module):
         self.config = config
         spec = POS_EMBS[config.pos_emb]
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(padded_vocab(config), config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config),
@@ -303,7 +311,13 @@ class GPT(nn.Module):
             self.transformer.wpe = spec.build(config)
         if spec.kind == "bias" and spec.shared:  # one bias module for all layers (ALiBi, T5)
             self.transformer.pos_bias = spec.build(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, padded_vocab(config), bias=False)
+        if padded_vocab(config) > config.vocab_size:  # -inf on the padded ids' logits
+            mask = torch.zeros(padded_vocab(config))
+            mask[config.vocab_size:] = float("-inf")
+            self.register_buffer("vocab_mask", mask, persistent=False)
+        else:
+            self.vocab_mask = None
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
@@ -336,12 +350,19 @@ class GPT(nn.Module):
             n -= sum(p.numel() for p in self.transformer.wpe.parameters())
         return n
 
+    def flops_per_token(self, T=None):
+        """Training FLOPs per token at sequence length T (default block_size), as nanoGPT and the PaLM paper
+        (Chowdhery et al. 2022, App. B) count them: 6 N for the matmuls of the N non-embedding parameters,
+        forward and backward, plus 12 L H Q T for attention's scores and weighted sums."""
+        c, T = self.config, T or self.config.block_size
+        return 6 * self.get_num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T
+
     def forward(self, idx, targets=None, reduction="mean"):
         B, T = idx.size()
         x = self.hidden_states(idx)
         if targets is None:  # inference: only the last position's logits
-            return self.lm_head(x[:, [-1], :]), None
-        logits = self.lm_head(x)  # (B, T, vocab)
+            return self.head(x[:, [-1], :]), None
+        logits = self.head(x)  # (B, T, padded vocab)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1, reduction=reduction)
         if reduction == "none":
@@ -353,9 +374,14 @@ class GPT(nn.Module):
         """(B, T) float32 loss per token, without ever holding (B, T, vocab) logits: an evaluation of
         32k tokens with a 49k vocabulary would need 6 GB for them."""
         x = self.hidden_states(idx)
-        losses = [F.cross_entropy(self.lm_head(x[:, i:i + chunk]).float().transpose(1, 2), targets[:, i:i + chunk],
+        losses = [F.cross_entropy(self.head(x[:, i:i + chunk]).float().transpose(1, 2), targets[:, i:i + chunk],
                                   ignore_index=-1, reduction="none") for i in range(0, idx.shape[1], chunk)]
         return torch.cat(losses, dim=1)
+
+    def head(self, x):
+        """Logits (..., padded vocab) of hidden states x: lm_head, with -inf on padded ids (vocab_multiple)."""
+        logits = self.lm_head(x)
+        return logits if self.vocab_mask is None else logits + self.vocab_mask.to(logits.dtype)
 
     def hidden_states(self, idx):
         """(B, T, n_embd): the last layer's output after the final norm, what lm_head reads."""

@@ -76,6 +76,13 @@ def named_gguf(name):
     return path
 
 
+def is_pretrained(source):
+    """Whether train.py's / sample.py's init_from names a pretrained source rather than a run."""
+    path = Path(str(source))
+    return (str(source) in PRETRAINED or path.suffix == ".gguf"
+            or (path.is_dir() and (path / "config.json").exists() and not (path / "ckpt.pt").exists()))
+
+
 def resolve(source):
     """A source (a name, a .gguf file, an HF folder) -> ("gguf" | "hf", path); a one-line exit otherwise."""
     if str(source) in PRETRAINED:
@@ -249,6 +256,19 @@ def from_pretrained(source, **overrides):
         raise SystemExit(f"{path} has no {unexplained[0]}: not a complete llama model")
     model.pretrained = {"source": str(source), "file": str(path)}
     return model.eval()
+
+
+def training_start(source, data_meta, cfg, seed):
+    """train.py's init_from=<source>: (the model, with cfg's OVERRIDABLE keys, in train mode; its lineage
+    for the checkpoint). A one-line exit when the shards are in another tokenizer."""
+    if data_meta != load_tokenizer(source).meta():
+        raise SystemExit(f"init_from={source} needs shards in its own tokenizer: run python data/shakespeare/prepare.py "
+                         f"--pretrained={source} (or data/prepare_text.py --tokenizer=pretrained:{source}), pass its --dataset")
+    torch.manual_seed(seed)  # FoPE's coefficients, if the config turns the model into FoPE
+    model = from_pretrained(source, **{k: getattr(cfg, k) for k in OVERRIDABLE})
+    from checkpoint import file_sha256
+    file = model.pretrained["file"]
+    return model.train(), {"init_from": str(source), "pretrained": file, "sha256": file_sha256(file)}
 
 
 # -----------------------------------------------------------------------------

@@ -3,10 +3,12 @@ Sample text from a checkpoint written by train.py, decoded with the checkpoint's
 
     python sample.py --out_dir=out/laptop_fope --start="ROMEO:"
     python sample.py --out_dir=out/laptop_rope --start=FILE:prompt.txt --num_samples=1 --max_new_tokens=2000
+    python sample.py --init_from=smollm2-135m --start="The capital of France is" --temperature=0 --num_samples=1
 
 After Karpathy's nanoGPT sample.py.
 """
 
+import dataclasses
 import sys
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -17,10 +19,12 @@ from checkpoint import build_model, load_checkpoint
 from configurator import configure, resolve_device, resolve_dtype
 from data.tokenizer import get_tokenizer
 from model import is_rotary
+from pretrained import from_pretrained, is_pretrained, load_tokenizer
 
 _names_before_config = set(globals())
 # -----------------------------------------------------------------------------
 out_dir = "out/laptop_fope"  # reads out_dir/ckpt.pt
+init_from = None  # or a pretrained source (pretrained.py: "smollm2-135m", a .gguf file, an HF folder), used instead
 start = "\n"  # the prompt, or FILE:path to read it from a file
 num_samples = 3
 max_new_tokens = 500
@@ -40,18 +44,24 @@ LIMITS = {  # key: (what it must be, test)
 
 
 def main(argv):
-    cfg = SimpleNamespace(**configure(DEFAULTS, argv, optional_types={"top_k": int}))
+    cfg = SimpleNamespace(**configure(DEFAULTS, argv, optional_types={"top_k": int, "init_from": str}))
     for key, (requirement, ok) in LIMITS.items():
         if not ok(getattr(cfg, key)):
             raise SystemExit(f"{key} must be {requirement}, got {getattr(cfg, key)!r}")
     device = resolve_device(cfg.device)
-    checkpoint = load_checkpoint(cfg.out_dir)
-    margs = checkpoint["model_args"]
+    if cfg.init_from:
+        if not is_pretrained(cfg.init_from):
+            raise SystemExit(f"init_from={cfg.init_from} is not a pretrained source; for a run pass --out_dir")
+        model, tokenizer = from_pretrained(cfg.init_from), load_tokenizer(cfg.init_from)
+        margs = dataclasses.asdict(model.config)
+    else:
+        checkpoint = load_checkpoint(cfg.out_dir)
+        margs = checkpoint["model_args"]
+        model, tokenizer = build_model(checkpoint, cfg.out_dir), get_tokenizer(checkpoint["meta"])
     dtype = resolve_dtype(cfg.dtype, device, margs.get("rotary_backend") if is_rotary(margs["pos_emb"]) else None)
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=ptdtype)
-    model = build_model(checkpoint, cfg.out_dir).eval().to(device)
-    tokenizer = get_tokenizer(checkpoint["meta"])
+    model = model.eval().to(device)
 
     prompt = cfg.start
     if prompt.startswith("FILE:"):

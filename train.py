@@ -13,13 +13,10 @@ written atomically and holds everything needed to resume exactly and to decode s
 After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
 """
 
-import atexit
 import dataclasses
-import faulthandler
 import math
 import os
 import random
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -30,12 +27,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import changed_sources, file_sha256, load_checkpoint, save_checkpoint, source_hashes
+from checkpoint import (changed_sources, exit_without_finalizing, file_sha256, load_checkpoint, save_checkpoint,
+                        source_hashes, watch_interrupts)
 from configurator import configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, is_rotary, load_parent_weights
 from passkey import PasskeyDocs
+from pretrained import is_pretrained, training_start
 
 _names_before_config = set(globals())
 # -----------------------------------------------------------------------------
@@ -47,7 +46,8 @@ log_interval = 10
 always_save_checkpoint = True  # save at every evaluation, not only when val loss improves
 init_from = "scratch"  # "scratch", "resume" (from out_dir/ckpt.pt, exactly), or another run's out_dir or ckpt.pt:
 # its weights start the model this config describes (new block_size, pos_emb, rope_scaling), with a fresh
-# optimizer and schedule (context extension by continued training: make extend)
+# optimizer and schedule (context extension by continued training: make extend); or a pretrained source
+# (pretrained.py, config/smollm2_tune.py): its model, with this config's block_size, pos_emb, rope_scaling, fope_*
 fourier_expand = "fresh"  # init_from a run: new FoPE coefficient entries "fresh" (official len_extra_fourier_expand) or "zero"
 # wandb logging (wandb is imported only when this is on)
 wandb_log = False
@@ -60,9 +60,8 @@ batch_size = 32  # sequences per micro-batch
 seed = 1337
 passkey_frac = 0.0  # fraction of training rows that start with a passkey document (passkey.py)
 passkey_warmup = 0  # first iterations on passkey documents only: the copy circuit forms there, not in a mix
-# model: every GPTConfig field (model.py, where their defaults live) is a key too, except vocab_size (the
-# dataset's): --block_size=256 (the training length), --pos_emb=rope (a name in model.POS_EMBS), --n_layer=6,
-# --fope_sigma=0.1, --rope_scaling="{'rope_type': 'yarn', 'factor': 8.0}" (python train.py --help lists them)
+# model: every GPTConfig field (model.py) but vocab_size (the dataset's) is a key: --block_size=256, --pos_emb=rope,
+# --n_layer=6, --fope_sigma=0.1, --rope_scaling="{'rope_type': 'yarn', 'factor': 8.0}" (train.py --help lists them)
 # AdamW, with a linear warmup then a cosine decay of the learning rate to min_lr at lr_decay_iters
 learning_rate = 1e-3
 max_iters = 800
@@ -105,6 +104,9 @@ LIMITS = {
     "lr_decay_iters": ("None or >= 1", lambda v: v is None or v >= 1),
     "min_lr": (">= 0", lambda v: v >= 0),
 }
+
+
+DDP_OPTIONS = {"broadcast_buffers": False}  # buffers (rotary tables, masks): every process computes the same
 
 
 def model_config(cfg, vocab_size=1):
@@ -263,11 +265,13 @@ def train(cfg, rank, world_size, device, ckpt_path):
             raise SystemExit(f"{data_dir} cannot spell passkey documents ({e}): set passkey_frac=0 and passkey_warmup=0")
     if passkey_docs is not None and passkey_docs.min_length > cfg.block_size + 1:
         raise SystemExit(f"passkey documents need block_size >= {passkey_docs.min_length - 1}: raise block_size or set passkey_frac=0")
-    gptconf = model_config(cfg, train_data.vocab_size)
+    checkpoint = parent = pretrained_model = lineage = None
+    if is_pretrained(cfg.init_from):  # the file's model with the config's OVERRIDABLE keys
+        pretrained_model, lineage = training_start(cfg.init_from, train_data.meta, cfg, cfg.seed)
+    gptconf = pretrained_model.config if pretrained_model is not None else model_config(cfg, train_data.vocab_size)
     model_args = dataclasses.asdict(gptconf)
     sources = [source_hashes()]  # the code versions that trained this run (an earlier one first if resumed)
-    checkpoint = parent = lineage = None
-    if cfg.init_from not in ("scratch", "resume"):
+    if cfg.init_from not in ("scratch", "resume") and pretrained_model is None:
         parent = load_checkpoint(cfg.init_from, missing="pass init_from=scratch, resume, or the out_dir of a finished run")
         if parent["meta"] != train_data.meta:
             raise SystemExit(f"init_from={cfg.init_from} was trained on another tokenizer ({parent['config'].get('dataset')}): "
@@ -290,7 +294,7 @@ def train(cfg, rank, world_size, device, ckpt_path):
     # not by DDP's broadcast from rank 0), then draws its own dropout masks
     torch.manual_seed(cfg.seed)
     try:
-        raw_model = GPT(gptconf)
+        raw_model = pretrained_model if pretrained_model is not None else GPT(gptconf)
         if parent is not None:
             load_parent_weights(raw_model, parent["model"], parent["model_args"], cfg.fourier_expand)
     except ValueError as e:  # what the config asks that the position module or the parent cannot give
@@ -324,7 +328,7 @@ def train(cfg, rank, world_size, device, ckpt_path):
     model = torch.compile(raw_model) if cfg.compile else raw_model
     eval_model = model
     if world_size > 1:
-        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
+        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None, **DDP_OPTIONS)
 
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     if master:
@@ -402,36 +406,6 @@ def train(cfg, rank, world_size, device, ckpt_path):
                 wandb.log({"iter": iter_num, "train/loss": lossf, "lr": lr})
         iter_num += 1
     return losses
-
-
-INTERRUPT_GRACE_S = 10  # after Ctrl-C, the run ends within this many seconds whatever it is doing
-
-
-def watch_interrupts(grace=INTERRUPT_GRACE_S):
-    """Ctrl-C raises KeyboardInterrupt as usual (main() reports the last checkpoint, then the process exits 130
-    without finalizing the interpreter), and also arms faulthandler's watchdog: a C thread that needs no GIL,
-    so if anything after the interrupt hangs (a C call that never returns, a lock, a blocked write), the
-    process still ends within `grace` seconds, printing every thread's stack to stderr (exit status 1).
-    Checkpoints are written atomically, so the last one stays whole either way."""
-    def on_interrupt(signum, frame):
-        faulthandler.dump_traceback_later(grace, exit=True)
-        signal.default_int_handler(signum, frame)
-
-    signal.signal(signal.SIGINT, on_interrupt)
-
-
-def exit_without_finalizing(code):
-    """End the process now: the atexit handlers (wandb, logging) run and the output is flushed, but the
-    interpreter is not finalized. Finalizing after a run is a full garbage collection of everything the run
-    held and the teardown of torch's libraries: it took over 10 s after a Ctrl-C on a loaded machine (a
-    native backtrace showed Py_FinalizeEx in gc_collect_main), and under torchrun it can abort: torch's DDP
-    keeps the gloo process group and its worker threads alive past destroy_process_group, and a worker still
-    releasing the last collective's tensors while the interpreter finalizes needs the GIL, is ended inside a
-    noexcept destructor, and std::terminate aborts the process (SIGABRT) after the run finished."""
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ wandb_run_name = "owt_fope"
 pos_emb = "fope"
 
 dataset = "openwebtext/gpt2"
+vocab_multiple = 64  # 50257 -> 50304 rows, as nanoGPT (padded ids: -inf logits)
 n_layer = 12
 n_head = 12
 n_embd = 768

@@ -1,8 +1,17 @@
 """
-Check rope_scaling.py's context-extension rescalings against HF transformers' ROPE_INIT_FUNCTIONS.
+Check nanoFoPE against HF transformers: rope_scaling.py's rescalings against its ROPE_INIT_FUNCTIONS, and
+(--pretrained) a pretrained model's logits and token ids against transformers loading the same GGUF file.
 
-    pip install transformers     # not a dependency of nanoFoPE: only this check needs it
-    python experiments/compare_hf.py   # prints the largest relative difference per rope_type
+    pip install transformers accelerate   # not dependencies of nanoFoPE: only this check needs them
+    python experiments/compare_hf.py      # prints the largest relative difference per rope_type
+    python experiments/compare_hf.py --pretrained smollm2-135m   # logits (float32, 512 tokens), ids
+
+--pretrained: the first --tokens tokens of Shakespeare's val split in the model's tokens (data/shakespeare/
+prepare.py --pretrained=SOURCE), through nanoFoPE's GPT.from_pretrained and through
+AutoModelForCausalLM.from_pretrained(dir, gguf_file=name) in float32, as trained and with rope_scaling
+linear and yarn at factor 4 set on both sides; the largest absolute logit difference of each (it passes
+below 1e-3). Then token ids of a verse, a prose and a code text, and of the window's own text, against
+AutoTokenizer.from_pretrained(dir, gguf_file=name).
 
 Over head_dim {32, 64, 128}, theta {1e4, 5e5}, original length {64, 512, 2048}, factor {1, 2, 4, 8, 16}:
 default, linear, yarn (with its options), llama3, dynamic (at lengths below, at and above the original)
@@ -58,11 +67,64 @@ def cases(head_dim, original, factor):
         yield "longrope", seq_len, {"short_factor": short, "long_factor": long}
 
 
+TEXTS = ["To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer",
+         "In 1848, the price of wheat rose 23.5% to $1,234 a ton; nobody expected it.",
+         "def f(x):\n    return x**2 + 1  # square, then one\n"]
+SCALINGS = {"as trained": None, "linear x4": {"rope_type": "linear", "factor": 4.0},
+            "yarn x4": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192}}
+
+
+def hf_llama(path, scaling):
+    """transformers' model of a GGUF file in float32, its rope_parameters set to `scaling` (HF's spelling)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    folder, name = os.path.split(os.path.abspath(path))
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if scaling is not None:
+        config.rope_parameters = {"rope_theta": config.rope_parameters["rope_theta"], **scaling}
+        if "original_max_position_embeddings" in scaling:  # HF wants max_position_embeddings = factor x original
+            config.max_position_embeddings = int(scaling["factor"] * scaling["original_max_position_embeddings"])
+        config.standardize_rope_params()
+        config.validate_rope()
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def compare_pretrained(source, n_tokens):
+    from transformers import AutoTokenizer
+
+    from data.shards import TokenShards
+    from pretrained import from_pretrained, load_tokenizer, resolve
+    _, path = resolve(source)
+    tok = load_tokenizer(source)
+    window = next(iter(TokenShards(os.path.join("data", "shakespeare", source), "val").windows(n_tokens - 1)))
+    idx = torch.from_numpy(window.astype("int64"))[None]
+    worst = 0.0
+    for name, scaling in SCALINGS.items():
+        ours = from_pretrained(source, rotary_backend="eager", **({"rope_scaling": scaling} if scaling else {}))
+        theirs = hf_llama(path, scaling)
+        a, b = ours(idx, idx)[0][0], theirs(input_ids=idx, use_cache=False).logits[0].float()
+        diff = (a - b).abs().max().item()
+        worst = max(worst, diff)
+        print(f"  logits, {n_tokens} tokens, {name:10s}: max abs difference {diff:.2e} (logits up to {b.abs().max():.1f})")
+    folder, name = os.path.split(os.path.abspath(path))
+    hf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    same = True
+    for text in TEXTS + [tok.decode(window.tolist())]:
+        a, b = tok.encode(text), hf_tok(text, add_special_tokens=False)["input_ids"]
+        same &= a == b
+        print(f"  ids equal: {a == b} ({len(a)} tokens) for {text[:40]!r}")
+    return 0 if worst < 1e-3 and same else 1
+
+
 def main():
     try:
         import transformers
     except ImportError:
         raise SystemExit("compare_hf.py needs transformers: pip install transformers (nanoFoPE itself does not)")
+    if "--pretrained" in sys.argv:
+        source = sys.argv[sys.argv.index("--pretrained") + 1]
+        print(f"transformers {transformers.__version__}, torch {torch.__version__}: {source}")
+        return compare_pretrained(source, 512)
     worst, count = {}, 0
     for head_dim, theta, original, factor in itertools.product(*GRID.values()):
         for rope_type, seq_len, extra in cases(head_dim, original, factor):

@@ -196,7 +196,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="auto: bfloat16 autocast where the CPU has native bf16 (AMX or AVX512-BF16), else float32")
     p.add_argument("--windows", type=int, default=1, help="val windows of the longest length")
-    p.add_argument("--trials", type=int, default=1, help="passkey documents per (length, depth)")
+    p.add_argument("--trials", type=int, default=2, help="passkey documents per (length, depth)")
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     p.add_argument("--tail_queries", type=int, default=256, help="queries at the end of a window for the far mass")
     p.add_argument("--position_bin", type=int, default=256, help="tokens per point of the loss-by-position curve")

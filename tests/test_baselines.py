@@ -302,3 +302,31 @@ def test_alibi_slopes_for_twelve_heads_follow_the_non_power_of_two_rule():
     # the 8 slopes of 8 heads, then every other slope of 16 heads (2^-0.5, 2^-1.5, ...) for the rest
     expected = [2.0 ** -i for i in range(1, 9)] + [2.0 ** -(i + 0.5) for i in range(4)]
     assert torch.allclose(alibi_slopes(12), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("name", ["alibi", "kerple", "t5"])
+def test_the_gpu_path_flex_attention_equals_sdpa_with_the_dense_bias(name):
+    import warnings
+    from types import SimpleNamespace
+
+    from baselines import AlibiBias, KerpleLogBias, T5Bias, attend_with_bias, bias_path, flex_biased_attention
+    torch.manual_seed(0)
+    bias = {"alibi": AlibiBias(4), "kerple": KerpleLogBias(4), "t5": T5Bias(4)}[name]
+    if name == "t5":
+        torch.nn.init.normal_(bias.emb.weight)
+    q, k, v = (torch.randn(2, 4, 200, 16) for _ in range(3))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex_attention on the CPU warns that it is the slow reference
+        flex = flex_biased_attention(q, k, v, bias, compiled=False)  # forward only: no flex backward on CPU
+        dense = attend_with_bias(q, k, v, bias)
+    torch.testing.assert_close(flex, dense, atol=2e-5, rtol=1e-4)
+    gpu = SimpleNamespace(device=torch.device("cuda"))
+    assert bias_path(gpu, bias, 0.0) == "flex" and bias_path(gpu, bias, 0.1) == "dense"
+    assert bias_path(q, bias, 0.0) == "dense"
+
+
+def test_fire_depends_on_the_query_position_so_it_keeps_the_dense_path_on_a_gpu():
+    from types import SimpleNamespace
+
+    from baselines import FireBias, bias_path
+    assert bias_path(SimpleNamespace(device=torch.device("cuda")), FireBias(4, 64), 0.0) == "dense"

@@ -174,7 +174,7 @@ class ParrotModel(torch.nn.Module):
     def __init__(self, vocab_size):
         super().__init__()
         self.vocab_size = vocab_size
-        self.lm_head = torch.nn.Identity()  # passkey scoring reads lm_head(hidden_states(idx)) where the answer is
+        self.head = torch.nn.Identity()  # passkey scoring reads head(hidden_states(idx)) where the answer is
 
     def hidden_states(self, idx):
         following = torch.roll(idx, -1, dims=1)

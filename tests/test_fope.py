@@ -217,11 +217,21 @@ def test_load_state_dict_rebuilds_cached_tables():
 # --- devices -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device,path", [("cpu", "c"), ("cuda", "compile"), ("cuda:1", "compile"),
+@pytest.mark.parametrize("device,path", [("cpu", "c"), ("cuda", "eager"), ("cuda:1", "eager"),
                                          ("mps", "eager"), ("xpu", "eager"), ("meta", "eager")])
 def test_only_cpu_tensors_take_the_c_kernel(device, path):
     assert rotation_path("c", device) == path
     assert rotation_path("eager", device) == "eager"
+    assert rotation_path("compile", device) == "compile"
+
+
+def test_a_gpu_run_never_builds_the_c_kernel(monkeypatch):
+    import fope_ext
+    monkeypatch.setattr(fope_ext, "available", lambda: pytest.fail("the C kernel was looked for off the CPU"))
+    for backend in ("auto", "c"):
+        assert rotation_path(backend, "cuda:0") == "eager"
+    pe = FourierPositionEmbedding(32, 2, 64, backend="auto")  # construction looks for nothing either
+    assert pe(torch.randn(1, 2, 8, 32, device="meta")).device.type == "meta"
 
 
 def test_a_non_cpu_tensor_with_the_c_backend_runs_on_its_own_device(monkeypatch):
@@ -232,11 +242,12 @@ def test_a_non_cpu_tensor_with_the_c_backend_runs_on_its_own_device(monkeypatch)
     assert y.device.type == "meta" and y.shape == (2, 2, 10, 32)
 
 
-def test_position_tables_are_not_buffers_so_ddp_does_not_resend_them():
+def test_position_tables_follow_the_module_to_its_device_and_are_never_saved():
     for pe in (RotaryPositionEmbedding(32, train_len=64), FourierPositionEmbedding(32, 2, 64)):
-        names = {n for n, _ in pe.named_buffers()}
-        assert not any("cached" in n for n in names), names
-        assert pe.cos_cached is not None  # still built once, at train_len
+        assert pe.cos_cached is not None  # built once, at train_len
+        assert not any("cached" in k for k in pe.state_dict())
+        pe.to("meta")
+        assert pe.cos_cached.device.type == pe.sin_cached.device.type == "meta"
 
 
 # --- the rotation ---------------------------------------------------------------

@@ -254,3 +254,70 @@ def test_what_cannot_be_carried_over_is_a_one_line_error(change, match):
     with pytest.raises(ValueError, match=match) as err:
         load_parent_weights(child, parent.state_dict(), vars(parent.config))
     assert "\n" not in str(err.value)
+
+
+def test_a_padded_vocabulary_gives_its_padded_ids_no_probability_and_changes_no_loss():
+    padded, plain = tiny("rope", vocab_multiple=64), tiny("rope")
+    assert padded.lm_head.weight.shape[0] == padded.transformer.wte.weight.shape[0] == 64
+    state = padded.state_dict()
+    state.update({k: state[k][:17] for k in ("lm_head.weight", "transformer.wte.weight")})
+    plain.load_state_dict(state)
+    idx = torch.randint(0, 17, (2, 32))
+    logits, loss = padded(idx, idx)
+    assert torch.isinf(logits[..., 17:]).all() and torch.isfinite(logits[..., :17]).all()
+    assert torch.allclose(loss, plain(idx, idx)[1], atol=1e-6)  # the padded ids take no probability mass
+    assert torch.allclose(padded.token_losses(idx, idx), plain.token_losses(idx, idx), atol=1e-6)
+    loss.backward()
+    assert torch.isfinite(padded.lm_head.weight.grad).all()
+    torch.manual_seed(0)
+    sampled = padded.generate(idx[:, :4], 64, temperature=50.0)  # nearly uniform: any id could come up
+    assert sampled.max() < 17 and len(set(sampled[:, 4:].flatten().tolist())) > 8
+
+
+@pytest.mark.parametrize("pos_emb", POS_EMBS)
+def test_after_a_move_to_meta_every_tensor_the_forward_reads_is_there(pos_emb):
+    model = tiny(pos_emb).to("meta")
+    assert all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
+    idx = torch.randint(0, 17, (2, 24)).to("meta")
+    logits, loss = model(idx, idx)  # a tensor left on the CPU would raise: meta and cpu do not mix
+    assert logits.device.type == loss.device.type == "meta"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pos_emb", POS_EMBS)
+def test_a_compiled_model_compiles_once_for_training_and_once_for_evaluation(pos_emb):
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch._dynamo.reset()
+    model = tiny(pos_emb, rotary_backend="auto")
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    idx = torch.randint(0, 17, (2, 33))
+
+    def train_steps(n):
+        model.train()
+        for _ in range(n):
+            _, loss = compiled(idx[:, :-1], idx[:, 1:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    train_steps(3)
+    assert counter.frame_count == 1
+    model.eval()
+    with torch.no_grad():
+        compiled(idx[:, :-1], idx[:, 1:])
+        compiled(idx[:, 1:], idx[:, :-1])  # other tokens, the same length: no new graph
+    assert counter.frame_count == 2
+    train_steps(2)  # back to training: the first graph again
+    assert counter.frame_count == 2
+
+
+def test_flops_per_token_is_nanogpts_count_for_its_gpt2_config():
+    # nanoGPT's GPT-2 124M (bias=False, vocab 50304, block 1024) prints "number of parameters: 123.59M";
+    # its estimate_mfu counts 6 N + 12 L H Q T per token: 6 * 123,587,328 + 12 * 12 * 12 * 64 * 1024
+    model = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, pos_emb="learned"))
+    assert model.get_num_params() == 123_587_328
+    assert model.flops_per_token() == 854_770_176
+    from configurator import peak_flops
+    assert peak_flops("cpu") is None and peak_flops("cpu", 1e12) == 1e12
