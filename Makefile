@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all setup demo ext bench lens extend ablate pretrained
+.PHONY: test test-all setup demo ext bench lens extend ablate pretrained gpu-check
 
 setup: $(STAMP)
 
@@ -32,9 +32,10 @@ ext: $(STAMP)
 	$(PY) -m fope_ext
 
 # the rotation kernels against eager, torch.compile and a plain copy; training step cost of every embedding
-# -> results/bench.json, results/bench.md (QUICK=1: fewer repeats, into results/quick/)
+# -> results/bench.json, results/bench.md (QUICK=1: fewer repeats, into results/quick/; NANOGPT=path/to/nanoGPT/model.py:
+# the learned and nope steps against nanoGPT's own model)
 bench: $(STAMP)
-	$(PY) experiments/bench.py $(if $(QUICK),--quick)
+	$(PY) experiments/bench.py $(if $(QUICK),--quick) $(if $(NANOGPT),--nanogpt=$(NANOGPT))
 
 # the lens on the demo's checkpoints (make demo first): q/k means, attention vs distance, spectrum,
 # Fig. 8 -> results/lens/ (QUICK=1: the quick demo's checkpoints -> results/quick/lens/)
@@ -62,3 +63,8 @@ ablate: $(STAMP)
 # extension and FoPE's clamp (about 40 min on 2 cores); QUICK=1: a one-minute smoke run into results/quick/
 pretrained: $(STAMP)
 	$(PY) experiments/pretrained.py $(if $(QUICK),--quick)
+
+# the prepared GPU check: the owt step of fope/rope/alibi/kerple compiled in bf16 (tokens/s, MFU, memory, graphs),
+# compiled vs eager, evaluation to 8192, the rotation against a copy -> results/gpu.{json,md}. DEVICE=cpu: the dry run
+gpu-check: $(STAMP)
+	$(PY) experiments/gpu_check.py --device=$(or $(DEVICE),cuda) $(if $(filter cpu,$(DEVICE)),--out=results/quick/gpu)

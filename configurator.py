@@ -164,7 +164,7 @@ def describe_machine():
 GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L4": 121e12, "A10G": 125e12, "L40S": 362e12}
 
 
-def peak_flops(device, given=None):
+def accelerator_peak_flops(device, given=None):
     """The peak FLOP/s MFU is measured against: `given`, else the table's for this CUDA GPU, else None."""
     if given:
         return float(given)

@@ -27,6 +27,7 @@ longest length).
 
 import argparse
 import ast
+import contextlib
 import csv
 import json
 import math
@@ -41,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_model
-from configurator import describe_machine, resolve_device
+from configurator import describe_machine, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
 from model import POS_EMBS
@@ -103,6 +104,17 @@ def passkey_accuracy(model, docs, tok, length, depths, trials, seed, device, bat
             "passkey_by_depth": {f"{d:g}": v[0] for d, v in by_depth.items()}}
 
 
+def evaluation_precision(dtype, device):
+    """The autocast context of an evaluation: train.py's dtype rule (bfloat16 on CUDA, float32 elsewhere, for
+    --dtype auto), so a GPU model is evaluated at the precision it trained in; TF32 matmuls on CUDA."""
+    dtype = resolve_dtype(dtype, device)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=getattr(torch, dtype))
+
+
 def longest_length(data):
     """The longest evaluation length the split can fill: a window needs length + 1 tokens of one shard."""
     return max(len(shard) for shard in data.shards) - 1
@@ -135,6 +147,8 @@ def parse_args(argv):
     p.add_argument("--out", default="results/length")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help="autocast: auto (bfloat16 on CUDA, float32 elsewhere, as train.py) "
+                   "| float32 | bfloat16 | float16")
     args = p.parse_args(argv)
     checks = [("--multipliers", args.multipliers, all(0 < m < math.inf for m in args.multipliers), "must be > 0"),
               ("--lengths", args.lengths, not args.lengths or min(args.lengths) >= 1, "must be >= 1"),
@@ -189,6 +203,7 @@ def prepare_out(out):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
+    ctx = evaluation_precision(args.dtype, device)
     unique_checkpoints(args.ckpt)
     names = parse_labels(args.label, args.ckpt)
     scaling, suffix = eval_scaling(args)
@@ -236,7 +251,8 @@ def main(argv=None):
         if length > longest_length(data):
             row["note"] = f"skipped: no {args.split} shard fills {length} tokens and a target"
             continue
-        ppl = perplexity(model, data, length, train_len, args.tokens, device)
+        with ctx:
+            ppl = perplexity(model, data, length, train_len, args.tokens, device)
         row.update(ppl=math.exp(ppl["loss"]), ppl_beyond=math.exp(ppl["loss_beyond"]) if length > train_len else None,
                    windows=ppl["windows"])
         if length == max(lengths):
@@ -245,7 +261,8 @@ def main(argv=None):
             tok = get_tokenizer(ckpt["meta"])
             docs = PasskeyDocs(tok)
             if length >= docs.min_length:
-                row.update(passkey_accuracy(model, docs, tok, length, args.depths, args.trials, args.seed, device))
+                with ctx:
+                    row.update(passkey_accuracy(model, docs, tok, length, args.depths, args.trials, args.seed, device))
             else:
                 row["note"] = f"passkey skipped: a passkey document needs {docs.min_length} tokens"
     for row in rows:

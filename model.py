@@ -388,7 +388,8 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:  # absolute positions (learned raises past block_size)
             wpe = self.transformer.wpe
-            x = x * getattr(wpe, "embed_scale", 1.0) + wpe(idx.shape[1], idx.device, x.dtype)
+            scale = getattr(wpe, "embed_scale", None)  # sinusoidal's sqrt(n_embd); no multiply by 1 for learned
+            x = (x * scale if scale is not None else x) + wpe(idx.shape[1], idx.device, x.dtype)
         x = self.transformer.drop(x)
         shared_bias = self.transformer.pos_bias if "pos_bias" in self.transformer else None
         for block in self.transformer.h:

@@ -287,8 +287,10 @@ def load_tokenizer(source):
     meta = gguf_fields(open_gguf(path))
     if meta.get("tokenizer.ggml.model") != "gpt2":
         raise SystemExit(f"{path}: tokenizer {meta.get('tokenizer.ggml.model')!r} is not a byte-level BPE (gpt2)")
-    types = meta["tokenizer.ggml.token_type"]
-    special = [t for t, kind in zip(meta["tokenizer.ggml.tokens"], types) if kind == 3]  # llama.cpp's CONTROL
-    return BPETokenizer(meta["tokenizer.ggml.tokens"], [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]],
-                        meta.get("tokenizer.ggml.pre", "default"), special, int(meta["tokenizer.ggml.eos_token_id"]),
-                        source=str(source))
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    special = [t for t, kind in zip(tokens, types) if kind == 3]  # llama.cpp's CONTROL
+    # documents end in <|endoftext|> where the vocabulary has it (SmolLM2's pretraining separator; the file's eos
+    # is the instruct model's <|im_end|>), else in the file's eos
+    end = tokens.index("<|endoftext|>") if "<|endoftext|>" in tokens else int(meta["tokenizer.ggml.eos_token_id"])
+    return BPETokenizer(tokens, [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]],
+                        meta.get("tokenizer.ggml.pre", "default"), special, end, source=str(source))

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (changed_sources, exit_without_finalizing, file_sha256, load_checkpoint, save_checkpoint,
                         source_hashes, watch_interrupts)
-from configurator import configure, resolve_device, resolve_dtype
+from configurator import accelerator_peak_flops, configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, is_rotary, load_parent_weights
@@ -77,11 +77,13 @@ min_lr = 1e-4
 device = "auto"  # auto (cuda, mps, then cpu) | cpu | cuda | cuda:1 | mps
 dtype = "auto"  # auto: bfloat16 autocast on CUDA (float16 if unsupported), float32 elsewhere
 compile = False  # torch.compile the model
+require_gpu = False  # True (the owt configs): refuse to start without a CUDA GPU; --require_gpu=False forces the CPU
+peak_flops = None  # the accelerator's peak FLOP/s for the MFU in the log; None: configurator.GPU_PEAK_FLOPS by name
 # -----------------------------------------------------------------------------
 TRAIN_DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_config and not k.startswith("_")}
 MODEL_FIELDS = [f for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]
 DEFAULTS = {**TRAIN_DEFAULTS, **{f.name: f.default for f in MODEL_FIELDS}}  # every config key and its default
-OPTIONAL_TYPES = {"lr_decay_iters": int, **{f.name: f.type for f in MODEL_FIELDS if f.default is None}}  # None defaults
+OPTIONAL_TYPES = {"lr_decay_iters": int, "peak_flops": float, **{f.name: f.type for f in MODEL_FIELDS if f.default is None}}  # None defaults
 
 # What each training setting must be, checked before anything runs: a bad value is one line, not a
 # ZeroDivisionError or a silently odd run later. The model's fields are checked by GPTConfig.
@@ -217,6 +219,9 @@ def main(argv):
     if ddp:
         rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     device = resolve_device(cfg.device, local_rank if ddp else None)
+    if cfg.require_gpu and not device.startswith("cuda"):
+        raise SystemExit(f"this config needs a CUDA GPU and found none (device {device}, torch {torch.__version__}); "
+                         "--require_gpu=False trains on the CPU anyway")
     if ddp:
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
@@ -331,6 +336,9 @@ def train(cfg, rank, world_size, device, ckpt_path):
         model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None, **DDP_OPTIONS)
 
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    peak = accelerator_peak_flops(device, cfg.peak_flops)
+    peak = peak and peak * world_size  # tokens_per_iter counts every process's tokens
+    flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
     if master:
         print(f"{cfg.pos_emb}: {raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter "
               f"({world_size} processes x {accum_steps} micro-batches x {cfg.batch_size} x {cfg.block_size}), "
@@ -378,7 +386,7 @@ def train(cfg, rank, world_size, device, ckpt_path):
             x, y = train_data.get_batch(cfg.batch_size, cfg.block_size, batch_rng)
             if passkey_docs is not None:
                 passkey_docs.mix_into(x, y, 1.0 if iter_num < cfg.passkey_warmup else cfg.passkey_frac, batch_rng)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = [(t.pin_memory() if device_type == "cuda" else t).to(device, non_blocking=True) for t in (x, y)]
             sync = world_size == 1 or micro == accum_steps - 1  # DDP averages gradients on the last one only
             with nullcontext() if sync else model.no_sync():
                 with ctx:
@@ -401,7 +409,8 @@ def train(cfg, rank, world_size, device, ckpt_path):
                              f"{checkpoint_status(ckpt_path)}")
         losses.append(lossf)
         if master and iter_num % cfg.log_interval == 0:
-            print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.0f} ms, {tokens_per_iter / dt / 1000:.0f}k tok/s")
+            mfu = f", mfu {flops_per_iter / dt / peak:.1%}" if peak else ""  # against `peak` (nanoGPT's estimate_mfu)
+            print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.0f} ms, {tokens_per_iter / dt / 1000:.0f}k tok/s{mfu}")
             if cfg.wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": lossf, "lr": lr})
         iter_num += 1

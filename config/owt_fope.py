@@ -35,3 +35,4 @@ eval_iters = 100  # 100 x 16 x 512 = 0.8M val tokens per evaluation, a fraction 
 log_interval = 10
 dtype = "bfloat16"
 compile = True
+require_gpu = True  # a GPT-2-small run: refuse the CPU (--require_gpu=False forces it)

@@ -44,6 +44,7 @@ from model import GPT, POS_EMBS, GPTConfig  # noqa: E402
 
 STEP_CONFIGS = [(pos_emb, backend) for pos_emb in ("rope", "fope") for backend in ("eager", "c", "compile")]
 STEP_TARGETS = {"rotary": 1.03, "bias": 1.10}  # step time over NoPE's, by POS_EMBS kind
+NANOGPT_TARGET = 0.98  # learned and nope: throughput at least this share of nanoGPT's identical model
 RATIO_PREFIXES = ("speedup", "c_fwd", "fope_over")  # bench.json's headline ratios (top-level keys)
 OWT_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=50304)  # config/owt_*.py
 
@@ -70,6 +71,54 @@ def training_steps(models, batch_size=32, block_size=128):
 
         steps[name] = step
     return steps
+
+
+def nanogpt_steps(path, batch_size=32, block_size=128):
+    """{name: one AdamW step} of nanoGPT's own model (its model.py, given by path: never part of nanoFoPE) and of
+    nanoFoPE's learned and nope models at the same laptop shape, on the same tokens."""
+    import contextlib
+    import importlib.util
+    import io
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    nano = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nano)
+    steps = training_steps({"learned": {"pos_emb": "learned"}, "nope": {"pos_emb": "nope"}}, batch_size, block_size)
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter counts
+        model = nano.GPT(nano.GPTConfig(block_size=block_size, vocab_size=65, n_layer=4, n_head=4, n_embd=128,
+                                        dropout=0.0, bias=False))
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    idx = torch.randint(0, 65, (batch_size, block_size + 1), generator=torch.Generator().manual_seed(0))
+    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()  # its loss views the targets
+
+    def step():
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return {"nanogpt": step, **steps}
+
+
+def bench_nanogpt(path, repeats, warmup):
+    """nanoFoPE's learned and nope steps against nanoGPT's identical model, interleaved in one run: throughput
+    ratio = the median over repeats of nanoGPT's step time over ours in the same repeat (>= 0.98: NANOGPT_TARGET)."""
+    if not path or not os.path.isfile(path):
+        note = "skipped: pass --nanogpt PATH/TO/nanoGPT/model.py (not part of nanoFoPE)"
+        print(f"nanoGPT comparison {note}")
+        return {"note": note}
+    times, _ = rotation.interleaved_times(nanogpt_steps(path), repeats, 1, warmup)
+    result = {"statistic": "median over repeats of nanoGPT's step / ours in the same repeat (throughput ratio)",
+              "repeats": repeats, "target": NANOGPT_TARGET, "throughput_vs_nanogpt": {}, "step_ms": {}}
+    for name in ("learned", "nope"):
+        ratio = statistics.median(n / o for n, o in zip(times["nanogpt"], times[name]))
+        result["throughput_vs_nanogpt"][name] = ratio
+        result["step_ms"][name] = statistics.median(times[name]) * 1e3
+    result["step_ms"]["nanogpt"] = statistics.median(times["nanogpt"]) * 1e3
+    result["meets_target"] = all(r >= NANOGPT_TARGET for r in result["throughput_vs_nanogpt"].values())
+    print("throughput against nanoGPT's model (laptop shape): " + ", ".join(
+        f"{k} {v:.3f}x" for k, v in result["throughput_vs_nanogpt"].items()) + f" (target >= {NANOGPT_TARGET})")
+    return result
 
 
 def embedding_models():
@@ -205,6 +254,14 @@ def report_lines(out):
     lines += [f"| {key[len('step_'):-len('_ms')]} | {ms:.2f} | {t[key[:-len('ms')] + 'tokens_per_s']:.0f} |"
               for key, ms in t.items() if key.endswith("_ms")]
 
+    n = out.get("nanogpt") or {"note": "not measured in this run"}
+    lines += ["", "## Against nanoGPT's model", ""]
+    lines += ([n["note"]] if "note" in n else [
+        f"The {n['statistic']}, {n['repeats']} repeats, laptop shape: " + ", ".join(
+            f"{k} {v:.3f}x" for k, v in n["throughput_vs_nanogpt"].items())
+        + f" (target >= {n['target']}: {'met' if n['meets_target'] else 'MISSED'}); median steps "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in n["step_ms"].items()) + "."])
+
     e = out["embeddings"]
     lines += ["", "## Training step per position embedding", "",
               f"The {e['statistic']}, {e['repeats']} repeats; target: rotary <= {STEP_TARGETS['rotary']}, "
@@ -249,6 +306,8 @@ def main(argv=None):
     parser.add_argument("--out", help="where to write the results (default results/bench.json; --quick: "
                                       "results/quick/bench.json); the report goes beside it (.md)")
     parser.add_argument("--report_only", action="store_true", help="rewrite the .md from the saved JSON (no timing)")
+    parser.add_argument("--nanogpt", metavar="PATH", help="nanoGPT's model.py (a checkout of karpathy/nanoGPT, never "
+                        "committed here): time the learned and nope steps against its identical model")
     parser.add_argument("--sweep-memory-child", nargs=3, help=argparse.SUPPRESS)  # (3)'s fresh process
     args = parser.parse_args(argv)
     if args.sweep_memory_child:
@@ -281,6 +340,8 @@ def main(argv=None):
         out["training"] = bench_training(step_repeats, burst=1, warmup=min(out["timing"]["warmup_calls"], 5))
     with stages("embeddings", "3/4 training step per position embedding"):
         out["embeddings"] = bench_embeddings(2 * step_repeats, warmup=min(out["timing"]["warmup_calls"], 5))
+    with stages("nanogpt", "3/4 the learned and nope steps against nanoGPT's model (--nanogpt)"):
+        out["nanogpt"] = bench_nanogpt(args.nanogpt, 2 * step_repeats, warmup=min(out["timing"]["warmup_calls"], 5))
     # quick: a 1-layer model at 2048 tokens (the full run's 12 layers at 8192 take minutes)
     T, n_layer = (2048, 1) if args.quick else (8192, OWT_SHAPE["n_layer"])
     with stages("sweep", f"4/4 peak memory of a {T}-token additive-bias sweep"):

@@ -351,8 +351,25 @@ def table(doc):
     return [fmt(head)] + [fmt(r) for r in rows]
 
 
+def derived(doc):
+    """Summaries the reading cites, computed from the JSON: Fig. 7's ratio over layers, the rescalings' span."""
+    fig, arms_ = doc["fig7"], doc["arms"]
+    out = {"fig7": {}}
+    for name in ("q", "k"):
+        ratio = fig["ratio"][name]
+        out["fig7"][name] = {"mean": float(np.mean(ratio)), "min": min(ratio), "max": max(ratio),
+                             "layers_above_1": sum(r > 1 for r in ratio), "layers": len(ratio)}
+    rescaled = [a for a in ("linear", "ntk", "dynamic", "yarn", "llama3") if a in arms_]
+    for L in (str(L) for L in doc["info"]["lengths"][-2:]):
+        far = [arms_[a]["far_mass"][L] for a in rescaled if L in arms_[a]["far_mass"]]
+        if far:
+            out[f"far_rescaled_{L}"] = {"min": min(far), "max": max(far)}
+    return out
+
+
 def write_report(results, doc, quick=False):
     info = doc["info"]
+    doc = {**doc, "derived": derived(doc)}
     lines = [f"{info['source']} (pretrained.py), nothing trained; Shakespeare's val plays in its tokens; L_train = "
              f"{info['train_len']}; every rescaling at factor {info['factor']:g}. {info['windows']} window(s) of "
              f"{info['window_tokens']} tokens give every length (a causal model's first L positions are a window of L); "

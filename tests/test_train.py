@@ -580,6 +580,16 @@ def test_devices_and_dtypes_this_machine_cannot_run_are_one_line(tiny_data, tmp_
                    "use --dtype=bfloat16 (CPU autocast's type) or float32", out)
     losses = train.main(tiny_args(tiny_data, out, dtype="bfloat16", device="cpu", rotary_backend="auto", max_iters=2))
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)  # what the message says to use works
+    # a config that needs a GPU (the owt configs) refuses a machine without one, and says how to force it
+    assert_refused(tiny_args(tiny_data, tmp_path / "gpu", require_gpu=True),
+                   f"this config needs a CUDA GPU and found none (device cpu, torch {torch.__version__}); "
+                   "--require_gpu=False trains on the CPU anyway", tmp_path / "gpu")
+
+
+def test_the_log_line_gives_mfu_against_the_peak_it_is_told(tiny_data, tmp_path, capsys):
+    train.main(tiny_args(tiny_data, tmp_path / "out", max_iters=2, device="cpu", peak_flops=1e9))
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("iter 1: loss")]
+    assert lines and re.search(r", mfu \d+\.\d%$", lines[0]), lines
 
 
 @pytest.mark.parametrize("override, message", [
