@@ -185,7 +185,7 @@ def render_reading(template, docs):
         path, _, fmt = text.partition(":")
         value = docs
         for key in path.split("/"):
-            if isinstance(value, list) and key.lstrip("-").isdigit() and -len(value) <= int(key) < len(value):
+            if isinstance(value, (list, tuple)) and key.lstrip("-").isdigit() and -len(value) <= int(key) < len(value):
                 value = value[int(key)]
             elif isinstance(value, dict) and key in value:
                 value = value[key]
