@@ -153,6 +153,8 @@ def test_quick_run_writes_the_committed_keys_and_a_report(tmp_path):
     out, committed = json.loads(out_path.read_text()), json.loads(open(COMMITTED).read())
     assert out.keys() == committed.keys()
     for key, value in committed.items():
+        if key == "nanogpt" and out[key].keys() == {"note"}:
+            continue  # measured only with --nanogpt PATH, which a quick run here is not given
         if isinstance(value, dict):
             assert out[key].keys() == value.keys(), key
     assert out["quick"] and os.path.isfile(tmp_path / "bench.md") and os.path.isfile(tmp_path / "bench_timing.json")
