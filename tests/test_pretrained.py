@@ -134,6 +134,10 @@ def test_a_llama_gguf_loads_as_the_model_that_wrote_it(tmp_path):
     assert clamp.config.block_size == 16 and (clamp.transformer.h[0].attn.rotary.inv_freq == 0).any()
     with pytest.raises(SystemExit, match="cannot change"):
         from_pretrained(str(path), n_layer=3)
+    with pytest.raises(SystemExit, match="trained without them"):
+        from_pretrained(str(path), pos_emb="learned")
+    alibi = from_pretrained(str(path), pos_emb="alibi")  # a bias has no weights to miss (KERPLE's start fresh)
+    assert torch.isfinite(alibi(idx, idx)[0]).all()
 
 
 def one_line(excinfo):

