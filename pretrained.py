@@ -37,7 +37,8 @@ PRETRAINED = {
 }
 # what a caller may change on a pretrained model (everything else is the file's)
 OVERRIDABLE = ("block_size", "pos_emb", "rope_scaling", "rotary_backend", "dropout", "fope_sigma", "fope_dim",
-               "fope_clamp", "fope_fourier", "fope_learnable", "fope_zero_pad")
+               "fope_clamp", "fope_fourier", "fope_learnable", "fope_zero_pad", "fope_d_out", "fope_kv_heads",
+               "fope_share_layers")
 
 
 # -----------------------------------------------------------------------------

@@ -139,9 +139,10 @@ def compare(rows, a, b, metric, length):
     return {"n": len(d), "mean": mean, "min": min(d), "max": max(d), "t": t, "exceeds_seed_spread": exceeds}
 
 
-def claim_rows(rows, train_len):
+def claim_rows(rows, train_len, claims=None):
+    """The claims (default: CLAIMS) as paired comparisons of the sweep's rows, each with its verdict."""
     out = []
-    for claim in CLAIMS:
+    for claim in CLAIMS if claims is None else claims:
         c = compare(rows, claim.a, claim.b, claim.metric, claim.multiple * train_len)
         if c is None:
             continue

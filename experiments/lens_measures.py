@@ -259,3 +259,39 @@ def log_bins(curve, edges):
     """Mean of curve over [edges[b], edges[b+1]) -> (centres, means): a long curve, readable on a log axis."""
     centres = np.sqrt(edges[:-1] * np.maximum(edges[1:] - 1, edges[:-1]))
     return centres, np.array([np.mean(curve[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+
+
+# -----------------------------------------------------------------------------
+# how many pairs rotate (experiments/geometry.py)
+
+
+def free_pairs(rotary):
+    """(head_dim,) bool: the dimensions of the position-free pairs (pair_frequencies() == 0: FoPE's pairs past
+    d_out, the clamp-only arm's clamped pairs), both halves of each pair in the rotate-half layout."""
+    free = pair_frequencies(rotary) == 0
+    return torch.cat((free, free))
+
+
+def free_share(q, k, free):
+    """q, k (B, H, T, hd) as attention uses them (rotated), free (hd,) bool -> (H,) float64: the share of the
+    causal scores' magnitude carried by the position-free pairs, sum |s_free| / (sum |s_free| + sum |s_pos|)
+    over query i >= key j, where q_i.k_j = s_free + s_pos splits the dot product by pair."""
+    T = q.shape[2]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    s_free = q[..., free].double() @ k[..., free].double().transpose(-2, -1)
+    s_pos = q[..., ~free].double() @ k[..., ~free].double().transpose(-2, -1)
+    a = (s_free.abs() * causal).sum(dim=(0, 2, 3))
+    b = (s_pos.abs() * causal).sum(dim=(0, 2, 3))
+    return (a / (a + b)).cpu()
+
+
+def key_attention(q, k, query, key):
+    """q, k (B, H, T, hd) rotated; query (B,) the position reading the answer, key (B,) the position of the key's
+    first token -> (B, H): the softmax weight query puts on key (causal, scale 1/sqrt(hd)): how strongly each
+    head looks where an induction head copying the key must look."""
+    rows = torch.arange(q.shape[0], device=q.device)
+    qi = q[rows, :, query]  # (B, H, hd)
+    scores = torch.einsum("bhd,bhtd->bht", qi.double(), k.double()) / math.sqrt(q.shape[-1])
+    future = torch.arange(q.shape[2], device=q.device)[None, :] > query[:, None]  # (B, T)
+    weights = torch.softmax(scores.masked_fill(future[:, None], float("-inf")), dim=-1)
+    return weights[rows, :, key].cpu()

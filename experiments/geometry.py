@@ -1,0 +1,285 @@
+"""
+How many pairs rotate: make ablate's parts ablation at the paper's kept fraction, FoPE as production runs
+it, and the padding dispute (what `make geometry` runs).
+
+At make ablate's setting (head_dim 32, L_train 64, theta 1e4) the floor clamp keeps D = 5 of 16 frequencies
+and FoPE rotates 5 of 16 pairs; in the paper's 60M model (head_dim 64, L_train 512) it keeps and rotates 16
+of 32: half. Two settings give half at laptop cost, and each is a geometry here (config/geometry_*.py):
+
+    theta150   head_dim 32, L_train 64, theta 150: D = 8 of 16, periods 6.3 to 46 tokens
+    L512       head_dim 32, L_train 512, theta 1e4: D = 8 of 16, periods 6.3 to 398 (the paper's spread)
+
+At each, 7 arms (3 seeds each, config/ablate.py's 900 iterations):
+
+    parts       RoPE, clamp only, Fourier only, FoPE (the paper's Fig. 6a, as make ablate)
+    production  FoPE as XTuner trains it and vLLM serves it (config/fope_production.py: sigma 0.5, one
+                coefficient set per key/value head, shared by all layers, d_out = D) against the paper's
+    padding     the position-free pairs padded as the paper's code (cos = sin = 1) or as the identity
+                (sin = 0, vLLM's fix), for the paper's FoPE and for production FoPE
+
+At both geometries D = head_dim/4, so production's "every kept frequency rotates" (d_out = D) changes
+nothing there: tests/test_fope.py checks it where D > head_dim/4.
+
+Then per geometry one length sweep (eval_length.py: perplexity to 16x, passkey at 1x, 2x, 4x), the claims
+as paired per-seed differences (experiments/ablate.py's compare), and the lens on every run:
+- free share: the share of |q.k| the position-free pairs carry (lens_measures.free_share), on val windows
+  of L_train tokens;
+- far mass: the attention the last L_train queries of 4 L_train windows put on keys farther than L_train;
+- key attention: on passkey documents at 1x, 2x, 4x, the softmax weight the query reading the answer puts
+  on the key's first digit, for the model's copy head (the head with the largest weight there at 1x), and
+  the largest over all heads;
+- trained-vs-served padding: perplexity of the runs trained with the official padding when run with the
+  identity padding instead (a model trained by XTuner and served by vLLM after its fix).
+
+    python experiments/geometry.py            # about 60 minutes on 2 CPU cores (make geometry)
+    python experiments/geometry.py --quick    # a smoke run of the same pipeline: 2 seeds, 20 iterations
+
+Writes results/ablate_geometry.{md,json}, results/ablate_geometry_<geometry>.{csv,json,png} (the sweeps),
+results/ablate_geometry_<geometry>_<section>.png and results/ablate_geometry_timing.json.
+"""
+
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from checkpoint import load_model  # noqa: E402
+from data.shards import TokenShards  # noqa: E402
+from data.tokenizer import get_tokenizer  # noqa: E402
+from eval_length import perplexity  # noqa: E402
+from experiments import ablate, demo, runner  # noqa: E402
+from experiments.ablate import Claim  # noqa: E402
+from experiments.lens_measures import (QKProbe, distance_means, free_pairs, free_share, key_attention,  # noqa: E402
+                                       pick_windows)
+from fope import FourierPositionEmbedding  # noqa: E402
+from passkey import PasskeyDocs  # noqa: E402
+from runs import format_table, plot_sweep, spread  # noqa: E402
+
+GEOMETRIES = {"theta150": "config/geometry_theta150.py", "L512": "config/geometry_L512.py"}
+PRODUCTION = "config/fope_production.py"
+MULTIPLES = (1, 2, 4, 16)
+PASSKEY_MULTIPLES = (1, 2, 4)
+
+
+def arms():
+    """arm -> train.py flags (a config file among them is read after the geometry's)."""
+    production = runner.code(PRODUCTION)
+    return {"rope": demo.VARIANTS["rope"], "clamp-only": demo.VARIANTS["clamp-only"],
+            "fourier-only": ["--pos_emb=fope", "--fope_clamp=False"], "fope": demo.VARIANTS["fope"],
+            "fope-identity": ["--pos_emb=fope", "--fope_zero_pad=identity"],
+            "fope-prod": [production], "fope-prod-identity": [production, "--fope_zero_pad=identity"]}
+
+
+SECTIONS = {
+    "parts": ("Parts of FoPE (the paper's Fig. 6a)", [
+        ("RoPE", "rope"), ("clamp only (w/o FS)", "clamp-only"), ("Fourier only (w/o CF)", "fourier-only"), ("FoPE", "fope")]),
+    "production": ("FoPE as production runs it (XTuner, vLLM) against the paper's", [
+        ("paper's FoPE", "fope"), ("production FoPE", "fope-prod")]),
+    "padding": ("The position-free pairs: official padding (cos = sin = 1) against the identity (sin = 0)", [
+        ("FoPE, official", "fope"), ("FoPE, identity", "fope-identity"),
+        ("production, official", "fope-prod"), ("production, identity", "fope-prod-identity")]),
+}
+CLAIMS = [c for c in ablate.CLAIMS if c.section == "parts"] + [
+    Claim("parts", "fope", "rope", "passkey", 4, "FoPE keeps the passkey past L_train where RoPE loses it"),
+    Claim("parts", "fope", "clamp-only", "ppl_beyond", 4, "(make ablate: FoPE best at 4x) FoPE vs the clamp at 4x"),
+    *[Claim("production", "fope-prod", "fope", m, k, f"(no paper claim) production FoPE as good as the paper's", "no difference")
+      for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 4))],
+    *[Claim("padding", a, b, m, k, f"(the dispute) identity padding as good as official, {what}", "no difference")
+      for a, b, what in (("fope-identity", "fope", "paper's FoPE"), ("fope-prod-identity", "fope-prod", "production FoPE"))
+      for m, k in (("ppl_beyond", 16), ("ppl", 1))],
+]
+
+
+def main(argv=None):
+    p = runner.parser("the parts ablation at the paper's kept fraction, production FoPE and the padding arms",
+                      "smoke run: 2 seeds, 20 iterations, small sweeps", seeds=(1, 2, 3))
+    p.add_argument("--geometries", nargs="+", choices=tuple(GEOMETRIES), default=list(GEOMETRIES))
+    args = p.parse_args(argv)
+    out, results, seeds = os.path.join(args.out_root, "geometry"), args.results, args.seeds
+    extra, sweep, lens_n = [], ["--tokens=32768", "--trials=10"], {"windows": 8, "long": 4, "docs": 4}
+    if args.quick:
+        seeds, out, results = seeds[:2], os.path.join(args.out_root, "geometry_quick"), os.path.join(results, "quick")
+        extra = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
+        sweep, lens_n = ["--tokens=2048", "--trials=1"], {"windows": 2, "long": 1, "docs": 1}
+    if len(seeds) < 2:
+        raise SystemExit("geometry needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
+    if args.report_only:
+        return report(results, runner.load_json(f"{results}/ablate_geometry_timing.json"), args.quick)
+    os.makedirs(out, exist_ok=True)
+    os.makedirs(results, exist_ok=True)
+    stages = runner.Stages("geometry")
+    with stages("data", "1/5 data: char-level Shakespeare"):
+        runner.prepare_data(args, out)
+    ckpts = {}
+    for g in args.geometries:
+        with stages(f"train {g}", f"2/5 train {g}: {len(arms())} arms x {len(seeds)} seeds ({GEOMETRIES[g]})"):
+            runs = runner.train_grid(GEOMETRIES[g], out, {f"{g}-{a}": f for a, f in arms().items()}, seeds, stages,
+                                     extra, args.dataset, args.fresh)
+            ckpts[g] = {name.split("-", 1)[1]: dirs for name, dirs in runs.items()}
+    for g in args.geometries:
+        with stages(f"eval {g}", f"3/5 eval {g}: one length sweep over every run"):
+            runner.sweep(ckpts[g], f"{results}/ablate_geometry_{g}",
+                         ["--multipliers", *map(str, MULTIPLES), *sweep, f"--passkey_up_to={max(PASSKEY_MULTIPLES)}"],
+                         f"{out}/eval_{g}.log")
+    with stages("lens", "4/5 lens: free share, far mass, key attention, trained-vs-served padding"):
+        lens = {g: {arm: [measure(d, lens_n) for d in dirs] for arm, dirs in ckpts[g].items()} for g in args.geometries}
+    stages.say("5/5 write: tables, figures, the claims")
+    with open(f"{results}/ablate_geometry_lens.json", "w") as f:
+        json.dump(lens, f, indent=1)
+    stages.done(f"{results}/ablate_geometry.md")
+    report(results, stages.times, args.quick)
+
+
+# -----------------------------------------------------------------------------
+# the lens on one run
+
+
+@torch.no_grad()
+def measure(path, n):
+    """The lens's numbers for one checkpoint (means over layers; per-layer lists alongside)."""
+    model, ckpt = load_model(path)
+    L = model.config.block_size
+    data = TokenShards(os.path.join("data", ckpt["config"]["dataset"]), "val")
+    probe = QKProbe(model)
+    blocks = list(model.transformer.h)
+    rotated = [blocks[i].attn.position_qk(q, k) for i, (q, k) in enumerate(probe(pick_windows(data, L, n["windows"])))]
+    free = free_pairs(blocks[0].attn.rotary)
+    share = [free_share(q, k, free).mean().item() if free.any() else 0.0 for q, k in rotated]
+    far = distance_means(probe, pick_windows(data, 4 * L, n["long"]), None, L)[2]  # (layers, H)
+    key = {k: key_weights(model, probe, get_tokenizer(data.meta), k * L, n["docs"]) for k in PASSKEY_MULTIPLES}
+    copy_head = np.unravel_index(int(np.argmax(key[1])), key[1].shape)  # (layer, head) with the largest weight at 1x
+    probe.close()
+    out = {"ckpt": path, "seed": ckpt["config"]["seed"], "rotating_pairs": int((~free).sum().item() // 2),
+           "free_share": float(np.mean(share)), "free_share_by_layer": share, "far_mass_4x": far.mean().item(),
+           "copy_head": [int(i) for i in copy_head],
+           "key_attention": {str(k): float(w[copy_head]) for k, w in key.items()},
+           "key_attention_best": {str(k): float(w.max()) for k, w in key.items()}}
+    rotary = blocks[0].attn.rotary
+    if isinstance(rotary, FourierPositionEmbedding) and rotary.zero_pad == "official" and free.any():
+        out["served_identity"] = served_identity(model, data, L)
+    return out
+
+
+def key_weights(model, probe, tok, length, n_docs):
+    """(layers, H) float64: the mean key attention (lens_measures.key_attention) over passkey documents of
+    `length` tokens, n_docs keys at each of the depths 0.1, 0.5, 0.9 (a fixed seed)."""
+    docs, rng = PasskeyDocs(tok), np.random.default_rng(1234)
+    built = [docs.build(length, depth, docs.random_key(rng)) for depth in (0.1, 0.5, 0.9) for _ in range(n_docs)]
+    total = 0.0
+    for ids, answer_start, key_start in built:
+        per_layer = []
+        for layer, (q, k) in enumerate(probe(torch.tensor([ids]))):
+            q, k = model.transformer.h[layer].attn.position_qk(q, k)
+            query, key = torch.tensor([answer_start - 1]), torch.tensor([key_start + len(docs.prefix)])
+            per_layer.append(key_attention(q, k, query, key)[0])
+        total = total + torch.stack(per_layer).double().numpy()
+    return total / len(built)
+
+
+def served_identity(model, data, L):
+    """Perplexity at L_train and beyond it at 4x as trained (official padding) and with the identity padding
+    put in its place, as a server that pads sin with 0 runs a model trained with 1."""
+    def ppl(length):
+        r = perplexity(model, data, length, L, 8 * length, "cpu")
+        return math.exp(r["loss"] if length == L else r["loss_beyond"])
+    trained = {"1": ppl(L), "4": ppl(4 * L)}
+    for m in model.modules():
+        if isinstance(m, FourierPositionEmbedding):
+            m.zero_pad = "identity"
+            m.reset_tables()
+    return {"trained": trained, "identity": {"1": ppl(L), "4": ppl(4 * L)}}
+
+
+# -----------------------------------------------------------------------------
+# the report
+
+
+def report(results, times, quick=False):
+    """The claims into each geometry's sweep JSON, then results/ablate_geometry.{md,json}."""
+    lens = runner.load_json(f"{results}/ablate_geometry_lens.json")
+    doc = {"geometries": {}, "timing": times}
+    lines = []
+    for g in lens:
+        sweep = runner.load_json(f"{results}/ablate_geometry_{g}.json")
+        train_len = sweep["info"]["train_len"]
+        claims = ablate.claim_rows(sweep["rows"], train_len, CLAIMS)
+        doc["geometries"][g] = {"info": sweep["info"], "summary": sweep["summary"], "claims": claims,
+                                "claim": {ablate.claim_key(c): c for c in claims}, "lens": lens_summary(lens[g])}
+        lines += geometry_section(results, g, sweep, claims, lens[g])
+    with open(f"{results}/ablate_geometry.json", "w") as f:
+        json.dump(doc, f, indent=1)
+    runner.write_report(f"{results}/ablate_geometry", "How many pairs rotate: the ablation at the paper's geometry",
+                        lines, times, None if quick else "ablate_geometry", doc)
+
+
+def mean_spread(values):
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)), "n": len(values)}
+
+
+def lens_summary(lens):
+    """arm -> the lens's numbers as mean [min-max] over seeds."""
+    out = {}
+    for arm, runs in lens.items():
+        s = {"rotating_pairs": runs[0]["rotating_pairs"], "free_share": mean_spread([r["free_share"] for r in runs]),
+             "far_mass_4x": mean_spread([r["far_mass_4x"] for r in runs])}
+        for k in map(str, PASSKEY_MULTIPLES):
+            s[f"key_attention_{k}x"] = mean_spread([r["key_attention"][k] for r in runs])
+            s[f"key_attention_best_{k}x"] = mean_spread([r["key_attention_best"][k] for r in runs])
+        if "served_identity" in runs[0]:
+            for k in ("1", "4"):
+                s[f"served_{k}x_trained"] = mean_spread([r["served_identity"]["trained"][k] for r in runs])
+                s[f"served_{k}x_identity"] = mean_spread([r["served_identity"]["identity"][k] for r in runs])
+        out[arm] = s
+    return out
+
+
+def geometry_section(results, g, sweep, claims, lens):
+    info, summary, train_len = sweep["info"], sweep["summary"], sweep["info"]["train_len"]
+    per_position = sweep["per_position"]["loss"]
+    lines = [f"## {g}: {GEOMETRIES[g]}", "", f"seeds {sorted({r['seed'] for r in sweep['rows']})}; L_train {train_len}; "
+             f"lengths {info['lengths']}; made {info['date']}; machine: {info.get('machine', 'not recorded')}.", ""]
+    label = {"rope": "RoPE", "clamp-only": "clamp only", "fourier-only": "Fourier only", "fope": "FoPE (paper)",
+             "fope-identity": "FoPE (paper), identity pad", "fope-prod": "production FoPE",
+             "fope-prod-identity": "production FoPE, identity pad"}
+    cols = [("ppl_beyond", 4), ("ppl_beyond", 16), ("ppl", 1), *[("passkey", k) for k in PASSKEY_MULTIPLES]]
+    for name, (title, rows) in SECTIONS.items():
+        plot_sweep({lbl: summary[arm] for lbl, arm in rows if arm in summary},
+                   {lbl: np.array([per_position[arm]]) for lbl, arm in rows if arm in per_position},
+                   train_len, f"{results}/ablate_geometry_{g}_{name}")
+        lines += [f"### {title}", "", f"![{g} {name}](ablate_geometry_{g}_{name}.png)", "",
+                  "| arm | " + " | ".join(f"{ablate.METRIC_NAMES[m]} {k}x" for m, k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for lbl, arm in rows:
+            lines.append(f"| {lbl} | " + " | ".join(spread(summary.get(arm, {}).get(str(k * train_len), {}).get(m))
+                                                     for m, k in cols) + " |")
+        section_claims = [c for c in claims if c["section"] == name]
+        if section_claims:
+            lines += ["", *ablate.format_claims(section_claims)]
+        lines.append("")
+    lines += ["### The lens", "", "Means [min-max] over seeds. Free share: of |q.k| within L_train; far mass: at 4x; "
+              "key attention: the copy head's weight on the key's first digit (in parentheses: the largest head's).", "",
+              "| arm | rotating pairs | free share | far mass 4x | " + " | ".join(f"key attention {k}x" for k in PASSKEY_MULTIPLES)
+              + " |", "|---" * (4 + len(PASSKEY_MULTIPLES)) + "|"]
+    ls = lens_summary(lens)
+    for arm, s in ls.items():
+        keys = " | ".join(f"{spread(s[f'key_attention_{k}x'])} ({s[f'key_attention_best_{k}x']['mean']:.2f})" for k in PASSKEY_MULTIPLES)
+        lines.append(f"| {label.get(arm, arm)} | {s['rotating_pairs']} | {spread(s['free_share'])} | "
+                     f"{spread(s['far_mass_4x'])} | {keys} |")
+    served = [(arm, s) for arm, s in ls.items() if "served_1x_trained" in s]
+    if served:
+        lines += ["", "Trained with the official padding, run with the identity padding (perplexity at L_train, and "
+                  "beyond L_train at 4x, on 8 windows of each length):", "", "| arm | as trained 1x | identity 1x | as trained 4x | identity 4x |",
+                  "|---|---|---|---|---|"]
+        for arm, s in served:
+            lines.append(f"| {label[arm]} | {spread(s['served_1x_trained'])} | {spread(s['served_1x_identity'])} | "
+                         f"{spread(s['served_4x_trained'])} | {spread(s['served_4x_identity'])} |")
+    lines += ["", "```", format_table(summary, info["lengths"]).strip(), "```", ""]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
