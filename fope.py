@@ -316,8 +316,8 @@ class FourierPositionEmbedding(RotaryEmbedding):
     learnable: train the coefficients (frozen by default, as in the paper).
     zero_pad: how the position-free dimensions beyond d_out are filled: "official" puts 1 in both
       the cos and sin tables (the official code's zero frequency at a 45-degree phase: y = x1 - x2,
-      x2 + x1; XTuner trains with it); "identity" puts cos=1, sin=0 (the dimension passes through
-      unrotated; vLLM's FourierRotaryEmbedding since its fix for vllm#55204). For q.k the two differ by
+      x2 + x1; XTuner trains with it, vLLM 0.33.0 serves with it); "identity" puts cos=1, sin=0 (the
+      dimension passes through unrotated: the fix proposed for vllm#55204 in #55243). For q.k the two differ by
       exactly a factor 2 on each position-free pair's term: (q1 - q2)(k1 - k2) + (q2 + q1)(k2 + k1) =
       2 (q1 k1 + q2 k2).
     d_out: "quarter" (the paper's code): with the clamp the series fill min(D, head_dim/4) pairs;

@@ -8,9 +8,9 @@
 #   model: sigma 0.3); one module per model, so every layer uses the same coefficients; the position-free
 #   pairs padded with cos = sin = 1, as the paper's code.
 # - vLLM (vllm/model_executor/layers/rotary_embedding/fope.py, FourierRotaryEmbedding) serves such checkpoints
-#   with the same tables, one set per key/value head. Its padding changed: earlier versions pad sin with 1
-#   (as XTuner), the fix proposed for vllm#55204 (pull request #55243) pads sin with 0 (fope_zero_pad =
-#   "identity"). That is experiments/geometry.py's padding arm.
+#   with the same tables, one set per key/value head; vLLM 0.33.0 pads sin with 1, as XTuner (tests/test_geometry.py
+#   holds its output on a fixed input). The fix proposed for vllm#55204 (pull request #55243) pads sin with 0
+#   (fope_zero_pad = "identity"): experiments/geometry.py's padding arm, and its trained-vs-served measurement.
 # Not carried over: XTuner draws the coefficients from a generator seeded 123 whatever the run's seed (here
 # the run's seed draws them, so seeds vary the draw); it clamps at max_position_embeddings, the serving length
 # (262144 for Intern-S1-Pro), where the paper and nanoFoPE clamp at the training length block_size; and it keeps

@@ -249,7 +249,13 @@ def write_report(results, sweep, times, seeds, config, quick=False):
             lines += ["The paper's claims, as paired per-seed differences A - B (a paired t-test: 'beyond the seed "
                       "spread' when every seed agrees in sign and |t| exceeds the 5% critical value):", "",
                       *format_claims(claims), ""]
-    runner.write_report(f"{results}/ablate", "nanoFoPE ablations and baselines", lines, times, None if quick else "ablate", {"ablate": sweep})
+    docs = {"ablate": sweep}
+    if not quick:  # the reading's passkey paragraph cites make geometry's runs (results/ablate_geometry.json)
+        if not os.path.isfile(f"{results}/ablate_geometry.json"):
+            raise SystemExit(f"no {results}/ablate_geometry.json: results/ablate.md's reading cites make geometry's runs; "
+                             "run make geometry first")
+        docs["geometry"] = runner.load_json(f"{results}/ablate_geometry.json")
+    runner.write_report(f"{results}/ablate", "nanoFoPE ablations and baselines", lines, times, None if quick else "ablate", docs)
 
 
 if __name__ == "__main__":

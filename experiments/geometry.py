@@ -9,7 +9,11 @@ of 32: half. Two settings give half at laptop cost, and each is a geometry here 
     theta150   head_dim 32, L_train 64, theta 150: D = 8 of 16, periods 6.3 to 46 tokens
     L512       head_dim 32, L_train 512, theta 1e4: D = 8 of 16, periods 6.3 to 398 (the paper's spread)
 
-At each, 7 arms (3 seeds each, config/ablate.py's 900 iterations):
+and a third where D > head_dim/4, so that production's d_out = D differs from the paper's head_dim/4:
+
+    theta50    head_dim 32, L_train 64, theta 50: D = 10 of 16; the paper's code rotates 8 pairs, production 10
+
+At theta150 and L512, 7 arms (3 seeds each, config/ablate.py's 900 iterations):
 
     parts       RoPE, clamp only, Fourier only, FoPE (the paper's Fig. 6a, as make ablate)
     production  FoPE as XTuner trains it and vLLM serves it (config/fope_production.py: sigma 0.5, one
@@ -17,8 +21,10 @@ At each, 7 arms (3 seeds each, config/ablate.py's 900 iterations):
     padding     the position-free pairs padded as the paper's code (cos = sin = 1) or as the identity
                 (sin = 0, vLLM's fix), for the paper's FoPE and for production FoPE
 
-At both geometries D = head_dim/4, so production's "every kept frequency rotates" (d_out = D) changes
-nothing there: tests/test_fope.py checks it where D > head_dim/4.
+At both D = head_dim/4, so production's "every kept frequency rotates" (d_out = D) changes nothing there.
+At theta50 (5 arms):
+
+    d_out       RoPE, clamp only, FoPE (d_out = head_dim/4), FoPE with d_out = D, production FoPE
 
 Then per geometry one length sweep (eval_length.py: perplexity to 16x, passkey at 1x, 2x, 4x), the claims
 as paired per-seed differences (experiments/ablate.py's compare), and the lens on every run:
@@ -31,7 +37,7 @@ as paired per-seed differences (experiments/ablate.py's compare), and the lens o
 - trained-vs-served padding: perplexity of the runs trained with the official padding when run with the
   identity padding instead (a model trained by XTuner and served by vLLM after its fix).
 
-    python experiments/geometry.py            # about 60 minutes on 2 CPU cores (make geometry)
+    python experiments/geometry.py            # about 45 minutes on 2 CPU cores (make geometry)
     python experiments/geometry.py --quick    # a smoke run of the same pipeline: 2 seeds, 20 iterations
 
 Writes results/ablate_geometry.{md,json}, results/ablate_geometry_<geometry>.{csv,json,png} (the sweeps),
@@ -60,7 +66,10 @@ from fope import FourierPositionEmbedding  # noqa: E402
 from passkey import PasskeyDocs  # noqa: E402
 from runs import format_table, plot_sweep, spread  # noqa: E402
 
-GEOMETRIES = {"theta150": "config/geometry_theta150.py", "L512": "config/geometry_L512.py"}
+# geometry -> (config, its sections); its arms are the sections' arms
+GEOMETRIES = {"theta150": ("config/geometry_theta150.py", ("parts", "production", "padding")),
+              "L512": ("config/geometry_L512.py", ("parts", "production", "padding")),
+              "theta50": ("config/geometry_theta50.py", ("d_out",))}
 PRODUCTION = "config/fope_production.py"
 MULTIPLES = (1, 2, 4, 16)
 PASSKEY_MULTIPLES = (1, 2, 4)
@@ -71,7 +80,7 @@ def arms():
     production = runner.code(PRODUCTION)
     return {"rope": demo.VARIANTS["rope"], "clamp-only": demo.VARIANTS["clamp-only"],
             "fourier-only": ["--pos_emb=fope", "--fope_clamp=False"], "fope": demo.VARIANTS["fope"],
-            "fope-identity": ["--pos_emb=fope", "--fope_zero_pad=identity"],
+            "fope-identity": ["--pos_emb=fope", "--fope_zero_pad=identity"], "fope-kept": ["--pos_emb=fope", "--fope_d_out=kept"],
             "fope-prod": [production], "fope-prod-identity": [production, "--fope_zero_pad=identity"]}
 
 
@@ -83,15 +92,28 @@ SECTIONS = {
     "padding": ("The position-free pairs: official padding (cos = sin = 1) against the identity (sin = 0)", [
         ("FoPE, official", "fope"), ("FoPE, identity", "fope-identity"),
         ("production, official", "fope-prod"), ("production, identity", "fope-prod-identity")]),
+    "d_out": ("Where D > head_dim/4: the paper's d_out = head_dim/4 against production's d_out = D", [
+        ("RoPE", "rope"), ("clamp only", "clamp-only"), ("FoPE, d_out = head_dim/4 (paper)", "fope"),
+        ("FoPE, d_out = D", "fope-kept"), ("production FoPE (d_out = D)", "fope-prod")]),
 }
+
+
+def geometry_arms(g):
+    """The arms one geometry trains: those of its sections, in arms()'s order."""
+    used = {arm for name in GEOMETRIES[g][1] for _, arm in SECTIONS[name][1]}
+    return {name: flags for name, flags in arms().items() if name in used}
 CLAIMS = [c for c in ablate.CLAIMS if c.section == "parts"] + [
     Claim("parts", "fope", "rope", "passkey", 4, "FoPE keeps the passkey past L_train where RoPE loses it"),
     Claim("parts", "fope", "clamp-only", "ppl_beyond", 4, "(make ablate: FoPE best at 4x) FoPE vs the clamp at 4x"),
-    *[Claim("production", "fope-prod", "fope", m, k, f"(no paper claim) production FoPE as good as the paper's", "no difference")
+    *[Claim("production", "fope-prod", "fope", m, k, "(no paper claim) production FoPE as good as the paper's", "no difference")
       for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 4))],
     *[Claim("padding", a, b, m, k, f"(the dispute) identity padding as good as official, {what}", "no difference")
       for a, b, what in (("fope-identity", "fope", "paper's FoPE"), ("fope-prod-identity", "fope-prod", "production FoPE"))
       for m, k in (("ppl_beyond", 16), ("ppl", 1))],
+    *[Claim("d_out", a, "fope", m, k, f"(no paper claim) {what} as good as the paper's", "no difference")
+      for a, what in (("fope-kept", "d_out = D"), ("fope-prod", "production FoPE"))
+      for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 4))],
+    Claim("d_out", "fope", "clamp-only", "ppl_beyond", 16, "the combination beats the clamp alone"),
 ]
 
 
@@ -101,11 +123,11 @@ def main(argv=None):
     p.add_argument("--geometries", nargs="+", choices=tuple(GEOMETRIES), default=list(GEOMETRIES))
     args = p.parse_args(argv)
     out, results, seeds = os.path.join(args.out_root, "geometry"), args.results, args.seeds
-    extra, sweep, lens_n = [], ["--tokens=32768", "--trials=10"], {"windows": 8, "long": 4, "docs": 4}
+    extra, sweep, lens_n = [], ["--tokens=32768", "--trials=10"], {"windows": 8, "long": 4, "docs": 4, "tokens": 32768}
     if args.quick:
         seeds, out, results = seeds[:2], os.path.join(args.out_root, "geometry_quick"), os.path.join(results, "quick")
         extra = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
-        sweep, lens_n = ["--tokens=2048", "--trials=1"], {"windows": 2, "long": 1, "docs": 1}
+        sweep, lens_n = ["--tokens=2048", "--trials=1"], {"windows": 2, "long": 1, "docs": 1, "tokens": 2048}
     if len(seeds) < 2:
         raise SystemExit("geometry needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
     if args.report_only:
@@ -117,8 +139,9 @@ def main(argv=None):
         runner.prepare_data(args, out)
     ckpts = {}
     for g in args.geometries:
-        with stages(f"train {g}", f"2/5 train {g}: {len(arms())} arms x {len(seeds)} seeds ({GEOMETRIES[g]})"):
-            runs = runner.train_grid(GEOMETRIES[g], out, {f"{g}-{a}": f for a, f in arms().items()}, seeds, stages,
+        config, _ = GEOMETRIES[g]
+        with stages(f"train {g}", f"2/5 train {g}: {len(geometry_arms(g))} arms x {len(seeds)} seeds ({config})"):
+            runs = runner.train_grid(config, out, {f"{g}-{a}": f for a, f in geometry_arms(g).items()}, seeds, stages,
                                      extra, args.dataset, args.fresh)
             ckpts[g] = {name.split("-", 1)[1]: dirs for name, dirs in runs.items()}
     for g in args.geometries:
@@ -161,7 +184,7 @@ def measure(path, n):
            "key_attention_best": {str(k): float(w.max()) for k, w in key.items()}}
     rotary = blocks[0].attn.rotary
     if isinstance(rotary, FourierPositionEmbedding) and rotary.zero_pad == "official" and free.any():
-        out["served_identity"] = served_identity(model, data, L)
+        out["served_identity"] = served_identity(model, data, L, n["tokens"])
     return out
 
 
@@ -181,11 +204,12 @@ def key_weights(model, probe, tok, length, n_docs):
     return total / len(built)
 
 
-def served_identity(model, data, L):
+def served_identity(model, data, L, tokens):
     """Perplexity at L_train and beyond it at 4x as trained (official padding) and with the identity padding
-    put in its place, as a server that pads sin with 0 runs a model trained with 1."""
+    put in its place, as a server that pads sin with 0 runs a model trained with 1. On the sweep's windows (the
+    same token budget), so "as trained" is the sweep's number."""
     def ppl(length):
-        r = perplexity(model, data, length, L, 8 * length, "cpu")
+        r = perplexity(model, data, length, L, tokens, "cpu")
         return math.exp(r["loss"] if length == L else r["loss_beyond"])
     trained = {"1": ppl(L), "4": ppl(4 * L)}
     for m in model.modules():
@@ -207,14 +231,28 @@ def report(results, times, quick=False):
     for g in lens:
         sweep = runner.load_json(f"{results}/ablate_geometry_{g}.json")
         train_len = sweep["info"]["train_len"]
-        claims = ablate.claim_rows(sweep["rows"], train_len, CLAIMS)
+        claims = ablate.claim_rows(sweep["rows"], train_len, [c for c in CLAIMS if c.section in GEOMETRIES[g][1]])
         doc["geometries"][g] = {"info": sweep["info"], "summary": sweep["summary"], "claims": claims,
+                                "passkey_digits": passkey_digits(sweep["rows"], train_len),
                                 "claim": {ablate.claim_key(c): c for c in claims}, "lens": lens_summary(lens[g])}
-        lines += geometry_section(results, g, sweep, claims, lens[g])
+        lines += geometry_section(results, g, sweep, claims, lens[g], doc["geometries"][g]["passkey_digits"])
     with open(f"{results}/ablate_geometry.json", "w") as f:
         json.dump(doc, f, indent=1)
     runner.write_report(f"{results}/ablate_geometry", "How many pairs rotate: the ablation at the paper's geometry",
                         lines, times, None if quick else "ablate_geometry", doc)
+
+
+def passkey_digits(rows, train_len):
+    """arm -> {multiple: the fraction of the key's digits right, mean [min-max] over seeds}."""
+    out = defaultdict(dict)
+    for k in PASSKEY_MULTIPLES:
+        by_arm = defaultdict(list)
+        for r in rows:
+            if r["length"] == k * train_len and r.get("passkey_digits") is not None:
+                by_arm[r["label"]].append(r["passkey_digits"])
+        for arm, values in by_arm.items():
+            out[arm][str(k)] = mean_spread(values)
+    return dict(out)
 
 
 def mean_spread(values):
@@ -238,16 +276,17 @@ def lens_summary(lens):
     return out
 
 
-def geometry_section(results, g, sweep, claims, lens):
+def geometry_section(results, g, sweep, claims, lens, digits):
     info, summary, train_len = sweep["info"], sweep["summary"], sweep["info"]["train_len"]
     per_position = sweep["per_position"]["loss"]
-    lines = [f"## {g}: {GEOMETRIES[g]}", "", f"seeds {sorted({r['seed'] for r in sweep['rows']})}; L_train {train_len}; "
+    lines = [f"## {g}: {GEOMETRIES[g][0]}", "", f"seeds {sorted({r['seed'] for r in sweep['rows']})}; L_train {train_len}; "
              f"lengths {info['lengths']}; made {info['date']}; machine: {info.get('machine', 'not recorded')}.", ""]
     label = {"rope": "RoPE", "clamp-only": "clamp only", "fourier-only": "Fourier only", "fope": "FoPE (paper)",
              "fope-identity": "FoPE (paper), identity pad", "fope-prod": "production FoPE",
-             "fope-prod-identity": "production FoPE, identity pad"}
+             "fope-prod-identity": "production FoPE, identity pad", "fope-kept": "FoPE (paper), d_out = D"}
     cols = [("ppl_beyond", 4), ("ppl_beyond", 16), ("ppl", 1), *[("passkey", k) for k in PASSKEY_MULTIPLES]]
-    for name, (title, rows) in SECTIONS.items():
+    for name in GEOMETRIES[g][1]:
+        title, rows = SECTIONS[name]
         plot_sweep({lbl: summary[arm] for lbl, arm in rows if arm in summary},
                    {lbl: np.array([per_position[arm]]) for lbl, arm in rows if arm in per_position},
                    train_len, f"{results}/ablate_geometry_{g}_{name}")
@@ -261,18 +300,20 @@ def geometry_section(results, g, sweep, claims, lens):
             lines += ["", *ablate.format_claims(section_claims)]
         lines.append("")
     lines += ["### The lens", "", "Means [min-max] over seeds. Free share: of |q.k| within L_train; far mass: at 4x; "
-              "key attention: the copy head's weight on the key's first digit (in parentheses: the largest head's).", "",
+              "key attention: the copy head's weight on the key's first digit (in parentheses: the largest head's); "
+              "digits: the fraction of the key's digits the passkey answers get right.", "",
               "| arm | rotating pairs | free share | far mass 4x | " + " | ".join(f"key attention {k}x" for k in PASSKEY_MULTIPLES)
-              + " |", "|---" * (4 + len(PASSKEY_MULTIPLES)) + "|"]
+              + " | digits 1x | digits 4x |", "|---" * (6 + len(PASSKEY_MULTIPLES)) + "|"]
     ls = lens_summary(lens)
     for arm, s in ls.items():
         keys = " | ".join(f"{spread(s[f'key_attention_{k}x'])} ({s[f'key_attention_best_{k}x']['mean']:.2f})" for k in PASSKEY_MULTIPLES)
+        dig = " | ".join(spread(digits.get(arm, {}).get(k)) for k in ("1", "4"))
         lines.append(f"| {label.get(arm, arm)} | {s['rotating_pairs']} | {spread(s['free_share'])} | "
-                     f"{spread(s['far_mass_4x'])} | {keys} |")
+                     f"{spread(s['far_mass_4x'])} | {keys} | {dig} |")
     served = [(arm, s) for arm, s in ls.items() if "served_1x_trained" in s]
     if served:
         lines += ["", "Trained with the official padding, run with the identity padding (perplexity at L_train, and "
-                  "beyond L_train at 4x, on 8 windows of each length):", "", "| arm | as trained 1x | identity 1x | as trained 4x | identity 4x |",
+                  "beyond L_train at 4x, on the sweep's windows):", "", "| arm | as trained 1x | identity 1x | as trained 4x | identity 4x |",
                   "|---|---|---|---|---|"]
         for arm, s in served:
             lines.append(f"| {label[arm]} | {spread(s['served_1x_trained'])} | {spread(s['served_1x_identity'])} | "

@@ -1,6 +1,6 @@
 """How many pairs rotate (experiments/geometry.py): the geometry configs keep and rotate the stated pairs,
 production FoPE (config/fope_production.py) equals the formula read out of vLLM's FourierRotaryEmbedding and
-XTuner's FourierEmbedding, the padding arms differ exactly on the position-free pairs, the lens's new
+XTuner's FourierEmbedding and vLLM 0.33.0's own output on a fixed input, the padding arms differ exactly on the position-free pairs, the lens's new
 measures on known inputs, and the quick pipeline end to end."""
 
 import json
@@ -40,6 +40,7 @@ GEOMETRY_PAIRS = [
     (["config/ablate.py"], 5, 5, 5),  # make ablate: 5 of 16
     (["config/geometry_theta150.py"], 8, 8, 8),  # theta 150 at L_train 64: half, as the paper's 60M model
     (["config/geometry_L512.py"], 8, 8, 8),  # L_train 512 at theta 1e4: half
+    (["config/geometry_theta50.py"], 10, 8, 10),  # theta 50 at L_train 64: D > head_dim/4, paper and production differ
 ]
 
 
@@ -188,26 +189,62 @@ def test_geometry_arms_are_the_sections_arms_and_each_claim_names_two_arms():
     assert used == set(arms)
     assert all(c.a in arms and c.b in arms for c in geometry.CLAIMS)
     assert arms["fope-prod"] == [runner.code("config/fope_production.py")]
+    assert set(geometry.geometry_arms("theta150")) == set(arms) - {"fope-kept"}
+    assert set(geometry.geometry_arms("theta50")) == {"rope", "clamp-only", "fope", "fope-kept", "fope-prod"}
 
 
 @pytest.mark.slow
 def test_quick_geometry_runs_end_to_end(tmp_path):
     write_random_chars(tmp_path / "data", PASSKEY_CHARS, 40_000, 8_000)
-    proc = experiment("geometry", tmp_path, "--geometries", "theta150")
-    for stage in ("1/5 data", "2/5 train theta150", "3/5 eval theta150", "4/5 lens", "5/5 write"):
+    proc = experiment("geometry", tmp_path, "--geometries", "theta150", "theta50")
+    for stage in ("1/5 data", "2/5 train theta150", "2/5 train theta50", "3/5 eval theta150", "4/5 lens", "5/5 write"):
         assert stage in proc.stdout
     results = tmp_path / "results" / "quick"
     doc = json.loads((results / "ablate_geometry.json").read_text())
     g = doc["geometries"]["theta150"]
-    assert set(g["summary"]) == set(geometry.arms()) and g["info"]["train_len"] == 64
+    assert set(g["summary"]) == set(geometry.geometry_arms("theta150")) and g["info"]["train_len"] == 64
     assert g["lens"]["fope"]["rotating_pairs"] == 8 and g["lens"]["rope"]["rotating_pairs"] == 16
     assert g["lens"]["clamp-only"]["rotating_pairs"] == 8 and g["lens"]["rope"]["free_share"]["mean"] == 0
     assert 0 < g["lens"]["fope"]["free_share"]["mean"] < 1
     assert "served_1x_identity" in g["lens"]["fope-prod"] and "served_1x_identity" not in g["lens"]["fope-identity"]
     assert {c["section"] for c in g["claims"]} == {"parts", "production", "padding"}
     assert g["claim"]["fope vs rope, passkey at 4x"]["n"] == 2
+    d = doc["geometries"]["theta50"]
+    assert set(d["summary"]) == set(geometry.geometry_arms("theta50"))
+    assert d["lens"]["fope"]["rotating_pairs"] == 8 and d["lens"]["fope-kept"]["rotating_pairs"] == 10
+    assert {c["section"] for c in d["claims"]} == {"d_out"}
     report = (results / "ablate_geometry.md").read_text()
-    assert "passkey 4x" in report and "Trained with the official padding" in report and "paired t" in report
+    assert "d_out = D" in report and "passkey 4x" in report and "Trained with the official padding" in report and "paired t" in report
     (results / "ablate_geometry.md").unlink()
-    experiment("geometry", tmp_path, "--geometries", "theta150", "--report_only")
+    experiment("geometry", tmp_path, "--report_only")
     assert (results / "ablate_geometry.md").read_text() == report
+
+
+# vLLM 0.33.0's own FourierRotaryEmbedding (its fope.py and rotate_neox from the wheel, run with a stand-in for
+# its CustomOp base class and tensor-parallel helpers, outside this repo) on a fixed input: 4 query heads on
+# 2 key/value heads, head_size 32, max_position_embeddings 64, fope_sep_head, the coefficients and q below.
+# (position, query head, dim, vLLM's output); dims 15 and 31 are a position-free pair (sin padded with 1).
+VLLM_OUTPUTS = {
+    1e4: [(7, 3, 0, -0.623033), (7, 3, 20, -0.675534), (49, 1, 4, -1.086915), (49, 1, 9, 0.013500),
+          (30, 2, 15, -1.440684), (30, 2, 31, 0.453229)],  # D = 5 kept
+    50.0: [(7, 3, 0, -0.380292), (7, 3, 20, -0.786748), (49, 1, 4, -0.512844), (49, 1, 9, -0.847215),
+           (30, 2, 15, -1.440684), (30, 2, 31, 0.453229)],  # D = 10 > head_dim/4: every kept frequency rotates
+}
+
+
+@pytest.mark.parametrize("theta", sorted(VLLM_OUTPUTS))
+def test_production_fope_reproduces_vllms_output_on_a_fixed_input(theta):
+    H, KV, hd, T = 4, 2, 32, 50
+    rotary = FourierPositionEmbedding(hd, H, 64, theta=theta, sigma=0.5, d_out="kept", coef_heads=KV)
+    D = rotary.inv_freq.numel()
+    assert rotary.d_out == D == {1e4: 5, 50.0: 10}[theta]
+    h, i, j = torch.meshgrid(torch.arange(KV), torch.arange(D), torch.arange(D), indexing="ij")
+    with torch.no_grad():
+        rotary.sin_coef.copy_(0.1 * (h + 1) * torch.cos(i + 2.0 * j) + torch.eye(D))
+        rotary.cos_coef.copy_(0.1 * (h + 1) * torch.sin(2.0 * i + j) + torch.eye(D))
+    rotary.reset_tables()
+    t, hh, d = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(hd), indexing="ij")
+    q = torch.sin(0.3 * t + 0.7 * hh + 0.11 * d).float()  # (T, H, hd), vLLM's layout
+    y = rotary(q.transpose(0, 1)[None])[0]  # (H, T, hd)
+    for pos, head, dim, expected in VLLM_OUTPUTS[theta]:
+        assert y[head, pos, dim].item() == pytest.approx(expected, abs=2e-5), (pos, head, dim)
