@@ -60,8 +60,8 @@ from data.tokenizer import get_tokenizer  # noqa: E402
 from eval_length import perplexity  # noqa: E402
 from experiments import ablate, demo, runner  # noqa: E402
 from experiments.ablate import Claim  # noqa: E402
-from experiments.lens_measures import (QKProbe, distance_means, free_pairs, free_share, key_attention,  # noqa: E402
-                                       pick_windows)
+from experiments.lens_measures import (QKProbe, distance_means, far_mass, free_pairs, free_share,  # noqa: E402
+                                       key_attention, pick_windows)
 from fope import FourierPositionEmbedding  # noqa: E402
 from passkey import PasskeyDocs  # noqa: E402
 from runs import format_table, plot_sweep, spread  # noqa: E402
@@ -233,6 +233,7 @@ def report(results, times, quick=False):
         train_len = sweep["info"]["train_len"]
         claims = ablate.claim_rows(sweep["rows"], train_len, [c for c in CLAIMS if c.section in GEOMETRIES[g][1]])
         doc["geometries"][g] = {"info": sweep["info"], "summary": sweep["summary"], "claims": claims,
+                                "far_mass_uniform_4x": uniform_far_mass(4 * train_len, train_len),
                                 "passkey_digits": passkey_digits(sweep["rows"], train_len),
                                 "claim": {ablate.claim_key(c): c for c in claims}, "lens": lens_summary(lens[g])}
         lines += geometry_section(results, g, sweep, claims, lens[g], doc["geometries"][g]["passkey_digits"])
@@ -240,6 +241,13 @@ def report(results, times, quick=False):
         json.dump(doc, f, indent=1)
     runner.write_report(f"{results}/ablate_geometry", "How many pairs rotate: the ablation at the paper's geometry",
                         lines, times, None if quick else "ablate_geometry", doc)
+
+
+def uniform_far_mass(T, L):
+    """The far mass of a head with no preference for distance (uniform over the causal keys): the lens's
+    reference point for attention spread past L_train."""
+    weights = torch.ones(T, T, dtype=torch.float64).tril()
+    return far_mass(weights / weights.sum(-1, keepdim=True), L).item()
 
 
 def passkey_digits(rows, train_len):
@@ -299,7 +307,8 @@ def geometry_section(results, g, sweep, claims, lens, digits):
         if section_claims:
             lines += ["", *ablate.format_claims(section_claims)]
         lines.append("")
-    lines += ["### The lens", "", "Means [min-max] over seeds. Free share: of |q.k| within L_train; far mass: at 4x; "
+    lines += ["### The lens", "", "Means [min-max] over seeds. Free share: of |q.k| within L_train; far mass: at 4x "
+              f"(a head uniform over the causal keys: {uniform_far_mass(4 * train_len, train_len):.2f}); "
               "key attention: the copy head's weight on the key's first digit (in parentheses: the largest head's); "
               "digits: the fraction of the key's digits the passkey answers get right.", "",
               "| arm | rotating pairs | free share | far mass 4x | " + " | ".join(f"key attention {k}x" for k in PASSKEY_MULTIPLES)

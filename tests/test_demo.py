@@ -136,7 +136,9 @@ def committed(path):
     ("demo", lambda: {"demo": committed("demo.json"), "demo_yarn": committed("demo_yarn.json"),
                       "timing": committed("demo_timing.json")}),
     ("extend", lambda: {"extend": committed("extend.json"), "timing": committed("extend_timing.json")}),
-    ("ablate", lambda: {"ablate": committed("ablate.json"), "timing": committed("ablate_timing.json")}),
+    ("ablate", lambda: {"ablate": committed("ablate.json"), "timing": committed("ablate_timing.json"),
+                        "geometry": committed("ablate_geometry.json")}),
+    ("ablate_geometry", lambda: committed("ablate_geometry.json")),  # holds its own "timing"
     ("lens", lambda: {"lens": committed("lens/lens.json")}),
     ("bench", lambda: {"bench": committed("bench.json")}),
 ])
@@ -150,11 +152,13 @@ def test_the_committed_reports_are_what_report_only_writes_from_the_committed_js
     """results/<experiment>.md is written by its command: regenerated from the committed JSON, it is unchanged."""
     results = tmp_path / "results"
     results.mkdir()
-    for name in ("demo.json", "demo_yarn.json", "demo_timing.json", "extend.json", "extend_timing.json"):
+    for name in ("demo.json", "demo_yarn.json", "demo_timing.json", "extend.json", "extend_timing.json",
+                 "ablate_geometry_timing.json", "ablate_geometry_lens.json",
+                 *[f"ablate_geometry_{g}.json" for g in ("theta150", "L512", "theta50")]):
         (results / name).write_bytes((ROOT / "results" / name).read_bytes())
-    for name in ("demo", "extend"):
+    for name, report in (("demo", "demo"), ("extend", "extend"), ("geometry", "ablate_geometry")):
         proc = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--report_only",
                                f"--results={results}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert (results / f"{name}.md").read_text() == (ROOT / "results" / f"{name}.md").read_text()
+        assert (results / f"{report}.md").read_text() == (ROOT / "results" / f"{report}.md").read_text()
     assert not os.path.exists(tmp_path / "out")
