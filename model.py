@@ -114,6 +114,7 @@ class GPTConfig:
     # FoPE as production runs it (config/fope_production.py: XTuner, vLLM, Intern-S1-Pro)
     fope_d_out: str = "quarter"  # quarter: min(D, head_dim/4) pairs (the paper's code) | kept: D pairs (production)
     fope_kv_heads: bool = False  # one coefficient set per key/value head (production) instead of per query head
+    # (without GQA, n_kv_head None, the two are the same)
     fope_share_layers: bool = False  # one FoPE module (coefficients) for all layers (production) instead of per layer
     rope_scaling: dict = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0}; see rope_scaling.py
     rotary_backend: str = "auto"  # auto | eager | c | compile
@@ -182,15 +183,22 @@ def load_parent_weights(model, parent_state, parent_args, fourier_expand="fresh"
     if "sinusoidal" in (parent_args["pos_emb"], config.pos_emb) and parent_args["pos_emb"] != config.pos_emb:
         raise ValueError(f"sinusoidal positions scale the token embeddings by sqrt(n_embd): a run cannot switch "
                          f"into or out of them (parent: {parent_args['pos_emb']}, this run: {config.pos_emb})")
-    state = model.state_dict()
+    state, resized = model.state_dict(), {}
     for key, own in state.items():
         parent = parent_state.get(key)
         if parent is None and (".pos_bias." in key or key.startswith("transformer.pos_bias.")):
             continue  # a bias the parent did not have (e.g. rope -> kerple) starts freshly drawn
         if key.endswith(("sin_coef", "cos_coef")):
             if parent is not None:
+                if parent.shape[0] != own.shape[0]:
+                    raise ValueError(f"the parent run has {parent.shape[0]} FoPE coefficient sets in {key} where this model "
+                                     f"has {own.shape[0]}: fope_kv_heads must be the parent's")
                 rotary = model.get_submodule(key.rsplit(".", 1)[0])
-                state[key] = resize_coefficients(parent, own.shape[1], own.shape[2], rotary.sigma, fourier_expand)
+                # one module shared by every layer (fope_share_layers) is resized once, from the first layer's
+                which = (id(rotary), key.rsplit(".", 1)[1])
+                if which not in resized:
+                    resized[which] = resize_coefficients(parent, own.shape[1], own.shape[2], rotary.sigma, fourier_expand)
+                state[key] = resized[which]
         elif parent is None or parent.shape != own.shape:
             raise ValueError(f"the parent run has {'no ' + key if parent is None else f'{key} of shape {tuple(parent.shape)}'}"
                              f" where this model has {tuple(own.shape)}: it was written by another model.py")

@@ -192,6 +192,9 @@ def main(argv=None):
         lengths, sweep = [1, 2, 4, 16], ["--tokens=2048", "--trials=2", "--passkey_up_to=2"]
     if len(seeds) < 2:
         raise SystemExit("ablate needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
+    if not args.quick and not os.path.isfile(f"{results}/ablate_geometry.json"):  # before an hour of training
+        raise SystemExit(f"no {results}/ablate_geometry.json: the reading of results/ablate.md cites make geometry's runs; "
+                         "run make geometry (with the same --results) first")
     if args.report_only:
         return report(results, runner.load_json(f"{results}/ablate_timing.json"), seeds, config, args.quick)
     os.makedirs(out, exist_ok=True)
@@ -250,10 +253,7 @@ def write_report(results, sweep, times, seeds, config, quick=False):
                       "spread' when every seed agrees in sign and |t| exceeds the 5% critical value):", "",
                       *format_claims(claims), ""]
     docs = {"ablate": sweep}
-    if not quick:  # the reading's passkey paragraph cites make geometry's runs (results/ablate_geometry.json)
-        if not os.path.isfile(f"{results}/ablate_geometry.json"):
-            raise SystemExit(f"no {results}/ablate_geometry.json: results/ablate.md's reading cites make geometry's runs; "
-                             "run make geometry first")
+    if not quick:  # the reading's passkey paragraph cites make geometry's runs (main checked they exist)
         docs["geometry"] = runner.load_json(f"{results}/ablate_geometry.json")
     runner.write_report(f"{results}/ablate", "nanoFoPE ablations and baselines", lines, times, None if quick else "ablate", docs)
 

@@ -31,13 +31,14 @@ as paired per-seed differences (experiments/ablate.py's compare), and the lens o
 - free share: the share of |q.k| the position-free pairs carry (lens_measures.free_share), on val windows
   of L_train tokens;
 - far mass: the attention the last L_train queries of 4 L_train windows put on keys farther than L_train;
-- key attention: on passkey documents at 1x, 2x, 4x, the softmax weight the query reading the answer puts
-  on the key's first digit, for the model's copy head (the head with the largest weight there at 1x), and
-  the largest over all heads;
+- key attention: on passkey documents at 1x, 2x, 4x with the key at depth 0 or 0.25 (so farther than L_train
+  from the question at 2x and 4x), the softmax weight the query reading the answer puts on the key's first
+  digit, for the model's copy head (the head with the largest weight there at 1x), and the largest over all
+  heads; and the copy head's own far mass at 4x;
 - trained-vs-served padding: perplexity of the runs trained with the official padding when run with the
   identity padding instead (a model trained by XTuner and served by vLLM after its fix).
 
-    python experiments/geometry.py            # about 45 minutes on 2 CPU cores (make geometry)
+    python experiments/geometry.py            # about 40 minutes on 2 CPU cores (make geometry)
     python experiments/geometry.py --quick    # a smoke run of the same pipeline: 2 seeds, 20 iterations
 
 Writes results/ablate_geometry.{md,json}, results/ablate_geometry_<geometry>.{csv,json,png} (the sweeps),
@@ -64,7 +65,7 @@ from experiments.lens_measures import (QKProbe, distance_means, far_mass, free_p
                                        key_attention, pick_windows)
 from fope import FourierPositionEmbedding  # noqa: E402
 from passkey import PasskeyDocs  # noqa: E402
-from runs import format_table, plot_sweep, spread  # noqa: E402
+from runs import format_table, plot_sweep, spread, stats  # noqa: E402
 
 # geometry -> (config, its sections); its arms are the sections' arms
 GEOMETRIES = {"theta150": ("config/geometry_theta150.py", ("parts", "production", "padding")),
@@ -73,6 +74,7 @@ GEOMETRIES = {"theta150": ("config/geometry_theta150.py", ("parts", "production"
 PRODUCTION = "config/fope_production.py"
 MULTIPLES = (1, 2, 4, 16)
 PASSKEY_MULTIPLES = (1, 2, 4)
+KEY_DEPTHS = (0.0, 0.25)  # the lens's passkey documents: keys farther than L_train from the question at 2x and 4x
 
 
 def arms():
@@ -106,13 +108,15 @@ CLAIMS = [c for c in ablate.CLAIMS if c.section == "parts"] + [
     Claim("parts", "fope", "rope", "passkey", 4, "FoPE keeps the passkey past L_train where RoPE loses it"),
     Claim("parts", "fope", "clamp-only", "ppl_beyond", 4, "(make ablate: FoPE best at 4x) FoPE vs the clamp at 4x"),
     *[Claim("production", "fope-prod", "fope", m, k, "(no paper claim) production FoPE as good as the paper's", "no difference")
-      for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 4))],
+      for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 1), ("passkey", 4))],
     *[Claim("padding", a, b, m, k, f"(the dispute) identity padding as good as official, {what}", "no difference")
       for a, b, what in (("fope-identity", "fope", "paper's FoPE"), ("fope-prod-identity", "fope-prod", "production FoPE"))
       for m, k in (("ppl_beyond", 16), ("ppl", 1))],
     *[Claim("d_out", a, "fope", m, k, f"(no paper claim) {what} as good as the paper's", "no difference")
       for a, what in (("fope-kept", "d_out = D"), ("fope-prod", "production FoPE"))
-      for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 4))],
+      for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 1), ("passkey", 4))],
+    *[Claim("d_out", "fope-prod", "fope-kept", m, k, "(no paper claim) production's other changes (sigma 0.5, shared "
+            "coefficients) on top of d_out = D", "no difference") for m, k in (("ppl_beyond", 16), ("passkey", 1))],
     Claim("d_out", "fope", "clamp-only", "ppl_beyond", 16, "the combination beats the clamp alone"),
 ]
 
@@ -175,11 +179,11 @@ def measure(path, n):
     share = [free_share(q, k, free).mean().item() if free.any() else 0.0 for q, k in rotated]
     far = distance_means(probe, pick_windows(data, 4 * L, n["long"]), None, L)[2]  # (layers, H)
     key = {k: key_weights(model, probe, get_tokenizer(data.meta), k * L, n["docs"]) for k in PASSKEY_MULTIPLES}
-    copy_head = np.unravel_index(int(np.argmax(key[1])), key[1].shape)  # (layer, head) with the largest weight at 1x
+    copy_head = tuple(int(i) for i in np.unravel_index(int(np.argmax(key[1])), key[1].shape))  # (layer, head) at 1x
     probe.close()
     out = {"ckpt": path, "seed": ckpt["config"]["seed"], "rotating_pairs": int((~free).sum().item() // 2),
            "free_share": float(np.mean(share)), "free_share_by_layer": share, "far_mass_4x": far.mean().item(),
-           "copy_head": [int(i) for i in copy_head],
+           "copy_head": list(copy_head), "copy_head_far_mass_4x": far[copy_head].item(),
            "key_attention": {str(k): float(w[copy_head]) for k, w in key.items()},
            "key_attention_best": {str(k): float(w.max()) for k, w in key.items()}}
     rotary = blocks[0].attn.rotary
@@ -190,9 +194,9 @@ def measure(path, n):
 
 def key_weights(model, probe, tok, length, n_docs):
     """(layers, H) float64: the mean key attention (lens_measures.key_attention) over passkey documents of
-    `length` tokens, n_docs keys at each of the depths 0.1, 0.5, 0.9 (a fixed seed)."""
+    `length` tokens, n_docs keys at each of KEY_DEPTHS (a fixed seed)."""
     docs, rng = PasskeyDocs(tok), np.random.default_rng(1234)
-    built = [docs.build(length, depth, docs.random_key(rng)) for depth in (0.1, 0.5, 0.9) for _ in range(n_docs)]
+    built = [docs.build(length, depth, docs.random_key(rng)) for depth in KEY_DEPTHS for _ in range(n_docs)]
     total = 0.0
     for ids, answer_start, key_start in built:
         per_layer = []
@@ -259,27 +263,24 @@ def passkey_digits(rows, train_len):
             if r["length"] == k * train_len and r.get("passkey_digits") is not None:
                 by_arm[r["label"]].append(r["passkey_digits"])
         for arm, values in by_arm.items():
-            out[arm][str(k)] = mean_spread(values)
+            out[arm][str(k)] = stats(values)
     return dict(out)
-
-
-def mean_spread(values):
-    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)), "n": len(values)}
 
 
 def lens_summary(lens):
     """arm -> the lens's numbers as mean [min-max] over seeds."""
     out = {}
     for arm, runs in lens.items():
-        s = {"rotating_pairs": runs[0]["rotating_pairs"], "free_share": mean_spread([r["free_share"] for r in runs]),
-             "far_mass_4x": mean_spread([r["far_mass_4x"] for r in runs])}
+        s = {"rotating_pairs": runs[0]["rotating_pairs"], "free_share": stats([r["free_share"] for r in runs]),
+             "far_mass_4x": stats([r["far_mass_4x"] for r in runs]),
+             "copy_head_far_mass_4x": stats([r["copy_head_far_mass_4x"] for r in runs])}
         for k in map(str, PASSKEY_MULTIPLES):
-            s[f"key_attention_{k}x"] = mean_spread([r["key_attention"][k] for r in runs])
-            s[f"key_attention_best_{k}x"] = mean_spread([r["key_attention_best"][k] for r in runs])
+            s[f"key_attention_{k}x"] = stats([r["key_attention"][k] for r in runs])
+            s[f"key_attention_best_{k}x"] = stats([r["key_attention_best"][k] for r in runs])
         if "served_identity" in runs[0]:
             for k in ("1", "4"):
-                s[f"served_{k}x_trained"] = mean_spread([r["served_identity"]["trained"][k] for r in runs])
-                s[f"served_{k}x_identity"] = mean_spread([r["served_identity"]["identity"][k] for r in runs])
+                s[f"served_{k}x_trained"] = stats([r["served_identity"]["trained"][k] for r in runs])
+                s[f"served_{k}x_identity"] = stats([r["served_identity"]["identity"][k] for r in runs])
         out[arm] = s
     return out
 
@@ -307,18 +308,20 @@ def geometry_section(results, g, sweep, claims, lens, digits):
         if section_claims:
             lines += ["", *ablate.format_claims(section_claims)]
         lines.append("")
-    lines += ["### The lens", "", "Means [min-max] over seeds. Free share: of |q.k| within L_train; far mass: at 4x "
-              f"(a head uniform over the causal keys: {uniform_far_mass(4 * train_len, train_len):.2f}); "
-              "key attention: the copy head's weight on the key's first digit (in parentheses: the largest head's); "
+    lines += ["### The lens", "", "Means [min-max] over seeds. Free share: of |q.k| within L_train; far mass: at 4x, all heads "
+              f"and the copy head's (a head uniform over the causal keys: {uniform_far_mass(4 * train_len, train_len):.2f}); "
+              "key attention: the copy head's weight on the key's first digit, keys at depth 0 and 0.25 (in parentheses: "
+              "the largest head's); "
               "digits: the fraction of the key's digits the passkey answers get right.", "",
-              "| arm | rotating pairs | free share | far mass 4x | " + " | ".join(f"key attention {k}x" for k in PASSKEY_MULTIPLES)
-              + " | digits 1x | digits 4x |", "|---" * (6 + len(PASSKEY_MULTIPLES)) + "|"]
+              "| arm | rotating pairs | free share | far mass 4x | copy head's far mass 4x | "
+              + " | ".join(f"key attention {k}x" for k in PASSKEY_MULTIPLES) + " | digits 1x | digits 4x |",
+              "|---" * (7 + len(PASSKEY_MULTIPLES)) + "|"]
     ls = lens_summary(lens)
     for arm, s in ls.items():
         keys = " | ".join(f"{spread(s[f'key_attention_{k}x'])} ({s[f'key_attention_best_{k}x']['mean']:.2f})" for k in PASSKEY_MULTIPLES)
         dig = " | ".join(spread(digits.get(arm, {}).get(k)) for k in ("1", "4"))
         lines.append(f"| {label.get(arm, arm)} | {s['rotating_pairs']} | {spread(s['free_share'])} | "
-                     f"{spread(s['far_mass_4x'])} | {keys} | {dig} |")
+                     f"{spread(s['far_mass_4x'])} | {spread(s['copy_head_far_mass_4x'])} | {keys} | {dig} |")
     served = [(arm, s) for arm, s in ls.items() if "served_1x_trained" in s]
     if served:
         lines += ["", "Trained with the official padding, run with the identity padding (perplexity at L_train, and "

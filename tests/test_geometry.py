@@ -248,3 +248,24 @@ def test_production_fope_reproduces_vllms_output_on_a_fixed_input(theta):
     y = rotary(q.transpose(0, 1)[None])[0]  # (H, T, hd)
     for pos, head, dim, expected in VLLM_OUTPUTS[theta]:
         assert y[head, pos, dim].item() == pytest.approx(expected, abs=2e-5), (pos, head, dim)
+
+
+def test_a_parent_run_carries_its_coefficients_into_production_fope_or_says_why_not():
+    from model import load_parent_weights
+    torch.manual_seed(0)
+    parent = GPT(model_config("config/ablate.py", "config/fope_production.py", n_kv_head=2))
+    # a longer block_size keeps more frequencies (D 5 -> 6 at 128): the shared module is resized once, from layer 0
+    child = GPT(model_config("config/ablate.py", "config/fope_production.py", n_kv_head=2, block_size=128))
+    load_parent_weights(child, parent.state_dict(), dataclasses_asdict(parent.config))
+    rotary = child.transformer.h[0].attn.rotary
+    assert all(b.attn.rotary is rotary for b in child.transformer.h)
+    assert rotary.sin_coef.shape == (2, 6, 6)
+    assert torch.equal(rotary.sin_coef[:, :5, :5], parent.transformer.h[0].attn.rotary.sin_coef)
+    per_head = GPT(model_config("config/ablate.py", "config/fope_production.py", n_kv_head=2, fope_kv_heads=False))
+    with pytest.raises(ValueError, match="4 FoPE coefficient sets .* where this model has 2: fope_kv_heads must be the parent's"):
+        load_parent_weights(child, per_head.state_dict(), dataclasses_asdict(per_head.config))
+
+
+def dataclasses_asdict(config):
+    import dataclasses
+    return dataclasses.asdict(config)
