@@ -12,20 +12,31 @@ A checkpoint is the dict train.py saves:
                               only if it was resumed after an edit)
     parent                    None, or the run this one started from (train.py init_from=<run>): its
                               path, iter_num, model_args and the sha256 of its checkpoint file
-    iter_num, best_val_loss, rng, meta (the dataset's meta.json, i.e. its tokenizer)
+    iter_num, val_loss        the iteration and the val loss of the weights it holds
+    best_val_loss             the lowest val loss the run has seen (best.pt holds the weights that had it)
+    rng, meta                 the RNG states; the dataset's meta.json, i.e. its tokenizer
+
+An out_dir holds one run: ckpt.pt, its last checkpoint (what init_from=resume continues), and best.pt, a
+hard link to the saved checkpoint with the lowest val loss (never replaced by a worse one). claim_out_dir
+makes sure of it: a second process, or a new run over an existing one, is refused in one line.
 
 Also how a run ends on Ctrl-C (watch_interrupts, exit_without_finalizing): within seconds, its last
-checkpoint whole.
+checkpoint whole; an interrupt during a save waits for the rename (interrupts_deferred).
 """
 
 import atexit
+import contextlib
 import faulthandler
+import fcntl
 import glob
 import hashlib
 import os
 import pickle
+import shutil
 import signal
 import sys
+import threading
+import zipfile
 
 import torch
 
@@ -77,19 +88,81 @@ def checkpoint_file(path):
     return os.path.join(path, "ckpt.pt") if os.path.isdir(path) else str(path)
 
 
-def save_checkpoint(checkpoint, path):
-    """Atomic: write a temp file in the same directory, fsync it, then rename over the old one.
-    An interruption at any point leaves the previous checkpoint whole."""
+def save_checkpoint(checkpoint, path, best=False):
+    """Atomic: write a temp file in the same directory, fsync it, then rename over the old one; best: also
+    make best.pt beside it a link to the new file (a copy where links are not possible). An interruption at
+    any point leaves the previous checkpoint whole (Ctrl-C waits for the rename); a failed write (a full
+    disk) is a one-line CheckpointError that keeps it too."""
     tmp = f"{path}.tmp{os.getpid()}"
+    best_path = os.path.join(os.path.dirname(path), BEST)
+    best_tmp = f"{best_path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with interrupts_deferred():
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            if best:
+                try:
+                    os.link(path, best_tmp)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(path, best_tmp)
+                os.replace(best_tmp, best_path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        reason = os.strerror(e.errno) if getattr(e, "errno", None) else " ".join(str(e).split())[:160]
+        raise CheckpointError(f"could not write {path} ({reason}): the previous checkpoint is kept; free some space "
+                              "or pick another --out_dir") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, best_tmp):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+BEST = "best.pt"  # beside ckpt.pt: the saved checkpoint with the lowest val loss
+LEFTOVERS = ("ckpt.pt.tmp*", "best.pt.tmp*")  # what a save killed before its rename leaves
+
+
+def existing_run(out_dir):
+    """'ckpt.pt at iter N' if out_dir holds a run's checkpoint (or best.pt), else None."""
+    for name in ("ckpt.pt", BEST):
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            try:
+                return f"{name} at iter {load_checkpoint(path, mmap=True)['iter_num']}"
+            except CheckpointError:
+                return f"an unreadable {name}"
+    return None
+
+
+@contextlib.contextmanager
+def claim_out_dir(out_dir, new_run, overwrite=False):
+    """Hold out_dir for one training process (a lock the kernel drops when the process ends, even by kill -9)
+    and check that a new run (not a resume) does not replace one already there unless overwrite. Removes
+    what killed saves left; with overwrite, the old run's checkpoints. One-line exits otherwise."""
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"out_dir {out_dir} is in use by another training run: wait for it to end, "
+                             "or pick another --out_dir") from None
+        except OSError:  # a file system without locks (some network mounts): go on unguarded
+            pass
+        run = existing_run(out_dir) if new_run else None
+        if run and not overwrite:
+            raise SystemExit(f"out_dir {out_dir} already holds a run ({run}): continue it with --init_from=resume, "
+                             "pick another --out_dir, or pass --overwrite=True to replace it")
+        leftovers = [p for pattern in LEFTOVERS for p in glob.glob(os.path.join(glob.escape(out_dir), pattern))]
+        if run:
+            leftovers += [os.path.join(out_dir, n) for n in ("ckpt.pt", BEST) if os.path.isfile(os.path.join(out_dir, n))]
+        for path in leftovers:
+            os.remove(path)
+        if leftovers:
+            print(f"removed from {out_dir}: {', '.join(os.path.basename(p) for p in leftovers)}", file=sys.stderr)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def load_checkpoint(path, missing=None, require=(), mmap=False):
@@ -103,7 +176,10 @@ def load_checkpoint(path, missing=None, require=(), mmap=False):
         raise CheckpointError(f"no checkpoint at {path}: {missing or f'train one with python train.py --out_dir={path}'}")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:  # weights_only refused an object: not something train.py writes
+    except pickle.UnpicklingError:  # weights_only refused an object, or the file is no pickle at all
+        if not (zipfile.is_zipfile(file) or is_pickle(file)):  # a text file, an image, ...
+            raise CheckpointError(f"{file} is not a checkpoint (neither a torch.save archive nor a pickle): "
+                                  "pass the out_dir or ckpt.pt of a run") from None
         raise CheckpointError(f"{file} holds Python objects besides tensors and plain data: not a checkpoint "
                               "written by train.py (it is not loaded, as that could run code)") from None
     except Exception as e:  # whatever else torch.load says (a truncated zip, not a zip...): unreadable
@@ -116,6 +192,24 @@ def load_checkpoint(path, missing=None, require=(), mmap=False):
     if absent:
         raise CheckpointError(f"{file} has no {', '.join(absent)}: not a checkpoint written by train.py")
     return checkpoint
+
+
+def check_data(checkpoint, data_meta, data_dir):
+    """A one-line CheckpointError unless the data at data_dir are in the checkpoint's tokenizer: scored on
+    another vocabulary, a model gives a number (or an index error), never a meaningful one."""
+    if data_meta != checkpoint["meta"]:
+        def name(meta):
+            return (f"{meta.get('tokenizer')}" + (f" {meta['source']}" if meta.get("source") else "")
+                    + f", vocab {meta.get('vocab_size')}")
+        raise CheckpointError(f"{checkpoint.get('path', 'the checkpoint')} was trained on other tokens ({name(checkpoint['meta'])}) "
+                              f"than {data_dir} holds ({name(data_meta)}): pass the --data_dir of its own dataset "
+                              f"(data/{checkpoint['config'].get('dataset')})")
+
+
+def is_pickle(file):
+    """Whether a file starts as a pickle of protocol 2 or later does (torch.save's legacy format)."""
+    with open(file, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def build_model(checkpoint, path, model_args=None):
@@ -145,11 +239,35 @@ def load_model(path, scaling=None, device="cpu"):
     return build_model(checkpoint, path, args).to(device).eval(), checkpoint
 
 
+def saved_val_loss(path):
+    """The val loss of the weights in a checkpoint file; inf if there is none."""
+    if not os.path.exists(path):
+        return float("inf")
+    checkpoint = load_checkpoint(path, mmap=True)
+    return checkpoint.get("val_loss", checkpoint["best_val_loss"])
+
+
+def checkpoint_status(path):
+    """One phrase on what a reader will find at path (the last checkpoint) and beside it (best.pt)."""
+    def described(file):
+        checkpoint = load_checkpoint(file, mmap=True)
+        val_loss = checkpoint.get("val_loss", checkpoint["best_val_loss"])
+        return f"{file} (iter {checkpoint['iter_num']}, val loss {val_loss:.4f})"
+    if not os.path.exists(path):
+        return "no checkpoint was written"
+    best = os.path.join(os.path.dirname(path), BEST)
+    status = f"last checkpoint: {described(path)}"
+    if os.path.exists(best) and not os.path.samefile(best, path):
+        status += f"; best: {described(best)}"
+    return status
+
+
 # -----------------------------------------------------------------------------
 # ending a run: Ctrl-C leaves the last checkpoint whole and ends the process within seconds
 
 
 INTERRUPT_GRACE_S = 10  # after Ctrl-C, the run ends within this many seconds whatever it is doing
+_watching = False  # watch_interrupts() was called: an interrupt arms the watchdog
 
 
 def watch_interrupts(grace=INTERRUPT_GRACE_S):
@@ -158,11 +276,41 @@ def watch_interrupts(grace=INTERRUPT_GRACE_S):
     so if anything after the interrupt hangs (a C call that never returns, a lock, a blocked write), the
     process still ends within `grace` seconds, printing every thread's stack to stderr (exit status 1).
     Checkpoints are written atomically, so the last one stays whole either way."""
+    global _watching
+
     def on_interrupt(signum, frame):
         faulthandler.dump_traceback_later(grace, exit=True)
         signal.default_int_handler(signum, frame)
 
     signal.signal(signal.SIGINT, on_interrupt)
+    _watching = True
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C inside waits until the block ends (a checkpoint's rename), then raises as usual. A torch.save
+    interrupted inside its C++ writer would fail with a RuntimeError instead of a KeyboardInterrupt. The
+    watchdog is armed at once, so a save that hangs still ends the process within the grace."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+
+    def defer(signum, frame):
+        if _watching:
+            faulthandler.dump_traceback_later(INTERRUPT_GRACE_S, exit=True)
+        caught.append((signum, frame))
+
+    previous = signal.signal(signal.SIGINT, defer)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(*caught[0])
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
 
 
 def exit_without_finalizing(code):

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_model
+from checkpoint import check_data, load_model
 from configurator import describe_machine, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
@@ -227,6 +227,7 @@ def main(argv=None):
                 data_of[data_dir] = TokenShards(data_dir, args.split)
             except ShardError as e:
                 raise SystemExit(str(e))
+        check_data(ckpt, data_of[data_dir].meta, data_dir)
         data_of[ckpt["path"]] = data_of[data_dir]
     longest = max(longest_length(data_of[ckpt["path"]]) for _, ckpt in models)
     if min(lengths) > longest:

@@ -19,6 +19,7 @@ halves (fope.py), as HF does. The tokenizer is HF `tokenizers`' byte-level BPE o
 and merges, with the pre-tokenizer the file names (data/tokenizer.BPETokenizer).
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -160,14 +161,29 @@ def read_gguf(path):
     return config, state
 
 
+HF_REQUIRED = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "rms_norm_eps",
+               "max_position_embeddings", "vocab_size")  # what gpt_config reads without a default
+
+
 def read_hf(folder):
     from safetensors.torch import load_file
-    config = json.loads((folder / "config.json").read_text())
-    if "LlamaForCausalLM" not in config.get("architectures", ["LlamaForCausalLM"]):
-        raise SystemExit(f"{folder} holds a {config['architectures']} model: nanoFoPE loads LlamaForCausalLM only")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (ValueError, OSError) as e:  # JSONDecodeError is a ValueError
+        raise SystemExit(f"{folder / 'config.json'} is not a readable JSON file ({e}): download it again") from None
+    if not isinstance(config, dict) or "LlamaForCausalLM" not in config.get("architectures", ["LlamaForCausalLM"]):
+        raise SystemExit(f"{folder} holds a {config.get('architectures') if isinstance(config, dict) else 'non-'} model config: "
+                         "nanoFoPE loads LlamaForCausalLM only")
+    absent = [k for k in HF_REQUIRED if k not in config]
+    if absent:
+        raise SystemExit(f"{folder / 'config.json'} has no {', '.join(absent)}: not a complete llama config")
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
-        state.update({k: v.float() for k, v in load_file(f).items()})
+        try:
+            state.update({k: v.float() for k, v in load_file(f).items()})
+        except Exception as e:  # safetensors' SafetensorError (an empty, truncated or foreign file)
+            raise SystemExit(f"{f} is not a readable safetensors file ({' '.join(str(e).split())[:120]}): "
+                             "download it again") from None
     return config, state
 
 
@@ -248,17 +264,42 @@ def from_pretrained(source, **overrides):
     return model.eval()
 
 
-def training_start(source, data_meta, cfg, seed):
-    """train.py's init_from=<source>: (the model, with cfg's OVERRIDABLE keys, in train mode; its lineage
-    for the checkpoint). A one-line exit when the shards are in another tokenizer."""
+def pretrained_overrides(cfg):
+    """train.py's model keys for a pretrained source: the OVERRIDABLE ones (rope_scaling only when set, so an
+    HF folder's own is kept), and any other that differs from its default, which from_pretrained then refuses
+    in one line (a pretrained model's shape is the file's)."""
+    overrides = {k: getattr(cfg, k) for k in OVERRIDABLE if not (k == "rope_scaling" and cfg.rope_scaling is None)}
+    overrides.update((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(GPTConfig)
+                     if f.name not in OVERRIDABLE and f.name != "vocab_size" and hasattr(cfg, f.name)
+                     and getattr(cfg, f.name) != f.default)
+    return overrides
+
+
+def training_start(source, data_meta, overrides, seed):
+    """train.py's init_from=<source>: (the model with the config's overrides, in train mode; its lineage for
+    the checkpoint). A one-line exit when the shards are in another tokenizer."""
     if data_meta != load_tokenizer(source).meta():
         raise SystemExit(f"init_from={source} needs shards in its own tokenizer: run python data/shakespeare/prepare.py "
                          f"--pretrained={source} (or data/prepare_text.py --tokenizer=pretrained:{source}), pass its --dataset")
     torch.manual_seed(seed)  # FoPE's coefficients, if the config turns the model into FoPE
-    model = from_pretrained(source, **{k: getattr(cfg, k) for k in OVERRIDABLE})
-    from checkpoint import file_sha256
+    model = from_pretrained(source, **overrides)
     file = model.pretrained["file"]
-    return model.train(), {"init_from": str(source), "pretrained": file, "sha256": file_sha256(file)}
+    return model.train(), {"init_from": str(source), "pretrained": file, "sha256": source_sha256(file)}
+
+
+def source_sha256(path):
+    """sha256 of a pretrained source's weights: a file's bytes, or an HF folder's config.json and *.safetensors."""
+    import hashlib
+    path = Path(path)
+    files = [path] if path.is_file() else [path / "config.json", *sorted(path.glob("*.safetensors"))]
+    digest = hashlib.sha256()
+    for file in files:
+        if len(files) > 1:  # a folder: which file each block is from counts too
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 # -----------------------------------------------------------------------------

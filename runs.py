@@ -25,7 +25,8 @@ from model import GPTConfig, is_rotary
 
 # train.py settings that do not change the trained model: checkpoints differing only in these are seeds
 NOT_THE_MODEL = ("seed", "out_dir", "wandb_log", "wandb_project", "wandb_run_name", "init_from", "device",
-                 "rotary_backend", "compile", "log_interval", "eval_interval", "eval_iters", "always_save_checkpoint")
+                 "rotary_backend", "compile", "log_interval", "eval_interval", "eval_iters", "always_save_checkpoint",
+                 "overwrite")
 MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
 
 
@@ -121,6 +122,8 @@ def parse_labels(label_args, ckpts):
             ckpt = given.get(os.path.abspath(checkpoint_file(path)))
             if ckpt is None:
                 raise SystemExit(f"--label {arg}: {path} is not one of the --ckpt checkpoints")
+            if names.get(ckpt, name) != name:
+                raise SystemExit(f"--label {arg}: {path} is already labelled {names[ckpt]!r}: give each checkpoint one label")
             names[ckpt] = name
     return names
 

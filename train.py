@@ -13,9 +13,15 @@ written atomically and holds everything needed to resume exactly and to decode s
 After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
 """
 
+import os
+import signal
+
+if __name__ == "__main__":  # Ctrl-C while torch loads: nothing has started, so end quietly (130)
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+import contextlib
 import dataclasses
 import math
-import os
 import random
 import sys
 import time
@@ -27,14 +33,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (changed_sources, exit_without_finalizing, file_sha256, load_checkpoint, save_checkpoint,
-                        source_hashes, watch_interrupts)
+from checkpoint import (BEST, changed_sources, checkpoint_status, claim_out_dir, exit_without_finalizing, file_sha256,
+                        load_checkpoint, save_checkpoint, saved_val_loss, source_hashes, watch_interrupts)
 from configurator import accelerator_peak_flops, configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, is_rotary, load_parent_weights
 from passkey import PasskeyDocs
-from pretrained import is_pretrained, training_start
+from pretrained import is_pretrained, pretrained_overrides, training_start
 
 _names_before_config = set(globals())
 # -----------------------------------------------------------------------------
@@ -43,7 +49,8 @@ out_dir = "out/laptop_fope"
 eval_interval = 100  # iterations between val evaluations (a checkpoint may follow each)
 eval_iters = 10  # val batches per evaluation: the same batches every time (fixed seed)
 log_interval = 10
-always_save_checkpoint = True  # save at every evaluation, not only when val loss improves
+always_save_checkpoint = True  # save ckpt.pt at every evaluation, not only when val loss improves (best.pt keeps the best)
+overwrite = False  # True: a new run (not a resume) may replace the run already in out_dir
 init_from = "scratch"  # "scratch", "resume" (from out_dir/ckpt.pt, exactly), or another run's out_dir or ckpt.pt:
 # its weights start the model this config describes (new block_size, pos_emb, rope_scaling), with a fresh
 # optimizer and schedule (context extension by continued training: make extend); or a pretrained source
@@ -126,13 +133,17 @@ def check_config(cfg):
             raise SystemExit(f"{key} must be a finite number, got {value}")
         if key in LIMITS and not LIMITS[key][1](value):
             raise SystemExit(f"{key} must be {LIMITS[key][0]}, got {value!r}")
-    model_config(cfg)  # the model's fields, checked by GPTConfig
+    if not is_pretrained(cfg.init_from):  # a pretrained model's fields are checked with its own shape
+        model_config(cfg)  # the model's fields, checked by GPTConfig
     if not cfg.init_from:
         raise SystemExit("init_from is empty: use scratch, resume, or another run's out_dir")
     if cfg.fourier_expand not in ("fresh", "zero"):
         raise SystemExit(f"fourier_expand must be 'fresh' or 'zero', got {cfg.fourier_expand!r}")
     if not cfg.out_dir:
         raise SystemExit("out_dir is empty: name the directory for the checkpoint")
+    if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
+        raise SystemExit(f"min_lr {cfg.min_lr} is above learning_rate {cfg.learning_rate}: the schedule decays from "
+                         "learning_rate to min_lr, so lower --min_lr (or pass --decay_lr=False)")
     return cfg
 
 
@@ -175,6 +186,8 @@ def resume_checkpoint(path, model_args):
     """The checkpoint to resume from, if it holds the model the config asks for (else a one-line exit)."""
     checkpoint = load_checkpoint(path, missing="drop --init_from=resume or pick its --out_dir",
                                  require=("optimizer", "rng"))
+    if (checkpoint.get("parent") or {}).get("pretrained"):  # a pretrained model's shape is the file's, not the config's
+        model_args = {**checkpoint["model_args"], **pretrained_overrides(SimpleNamespace(**model_args))}
     ignore = ("dropout", "rotary_backend")  # may change on resume: they do not change the weights
     saved = checkpoint["model_args"]
     diff = [k for k in model_args if k not in ignore and saved.get(k) != model_args[k]]
@@ -185,15 +198,7 @@ def resume_checkpoint(path, model_args):
                  for k in diff]
         raise SystemExit(f"{path} holds another model ({show(saved)}) than the config asks ({show(model_args)}): "
                          f"use a new out_dir or matching {' '.join(flags)}")
-    return checkpoint
-
-
-def checkpoint_status(path):
-    """One phrase on what a reader will find at path."""
-    if not os.path.exists(path):
-        return "no checkpoint was written"
-    checkpoint = load_checkpoint(path, mmap=True)
-    return f"last checkpoint: {path} (iter {checkpoint['iter_num']}, val loss {checkpoint['best_val_loss']:.4f})"
+    return checkpoint, model_args
 
 
 def prepare_out_dir(cfg):
@@ -228,7 +233,8 @@ def main(argv):
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     try:
-        return train(cfg, rank, world_size, device, ckpt_path)
+        with contextlib.ExitStack() as held:  # out_dir, held from its first check to the end of the run
+            return train(cfg, rank, world_size, device, ckpt_path, held)
     except KeyboardInterrupt:
         if rank == 0:
             print(f"\ninterrupted; {checkpoint_status(ckpt_path)}", file=sys.stderr)
@@ -238,7 +244,7 @@ def main(argv):
             dist.destroy_process_group()
 
 
-def train(cfg, rank, world_size, device, ckpt_path):
+def train(cfg, rank, world_size, device, ckpt_path, held):
     master = rank == 0
     if cfg.gradient_accumulation_steps % world_size:
         raise SystemExit(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple "
@@ -272,7 +278,7 @@ def train(cfg, rank, world_size, device, ckpt_path):
         raise SystemExit(f"passkey documents need block_size >= {passkey_docs.min_length - 1}: raise block_size or set passkey_frac=0")
     checkpoint = parent = pretrained_model = lineage = None
     if is_pretrained(cfg.init_from):  # the file's model with the config's OVERRIDABLE keys
-        pretrained_model, lineage = training_start(cfg.init_from, train_data.meta, cfg, cfg.seed)
+        pretrained_model, lineage = training_start(cfg.init_from, train_data.meta, pretrained_overrides(cfg), cfg.seed)
     gptconf = pretrained_model.config if pretrained_model is not None else model_config(cfg, train_data.vocab_size)
     model_args = dataclasses.asdict(gptconf)
     sources = [source_hashes()]  # the code versions that trained this run (an earlier one first if resumed)
@@ -284,7 +290,11 @@ def train(cfg, rank, world_size, device, ckpt_path):
         lineage = {"init_from": cfg.init_from, "iter_num": parent["iter_num"], "model_args": parent["model_args"],
                    "sha256": file_sha256(cfg.init_from)}  # which weights this run started from
     if cfg.init_from == "resume":
-        checkpoint = resume_checkpoint(ckpt_path, model_args)
+        checkpoint, model_args = resume_checkpoint(ckpt_path, model_args)
+        gptconf = GPTConfig.from_dict(model_args)
+        if checkpoint["iter_num"] >= cfg.max_iters:
+            raise SystemExit(f"{ckpt_path} is already at iter {checkpoint['iter_num']} >= max_iters={cfg.max_iters}: nothing "
+                             "to train; raise --max_iters (and --lr_decay_iters, to stretch the schedule) to continue it")
         saved = checkpoint.get("sources") or [{}]
         if saved[-1] != sources[0]:
             changed = changed_sources(saved[-1], sources[0])
@@ -308,17 +318,20 @@ def train(cfg, rank, world_size, device, ckpt_path):
     parent = None  # free the memory
     if master:
         prepare_out_dir(cfg)  # after every check that may refuse the config: a refused run leaves nothing behind
+        held.enter_context(claim_out_dir(cfg.out_dir, new_run=cfg.init_from != "resume", overwrite=cfg.overwrite))
     if world_size > 1:
         torch.manual_seed(cfg.seed + 1 + rank)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     data_rng = np.random.default_rng(cfg.seed)  # the same on every process: the global batch stream
     iter_num, best_val_loss = 0, float("inf")
+    best_saved = float("inf")  # the val loss of the weights in best.pt: only a lower one replaces them
     if checkpoint is not None:
         raw_model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint.get("scaler") and scaler.is_enabled():  # float16's loss scale, so the resume is exact
             scaler.load_state_dict(checkpoint["scaler"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+        best_saved = saved_val_loss(os.path.join(cfg.out_dir, BEST))
         lineage = checkpoint.get("parent")
         rng = checkpoint["rng"]
         data_rng.bit_generator.state = rng["numpy"]
@@ -347,13 +360,13 @@ def train(cfg, rank, world_size, device, ckpt_path):
             import wandb
             wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
 
-    def save(iter_num, best_val_loss):
+    def save(iter_num, val_loss, best_val_loss, best):
         rng = {"numpy": data_rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
         save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "model_args": model_args, "config": vars(cfg),
-                         "sources": sources, "parent": lineage, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
-                         "meta": train_data.meta}, ckpt_path)
+                         "sources": sources, "parent": lineage, "iter_num": iter_num, "val_loss": val_loss,
+                         "best_val_loss": best_val_loss, "rng": rng, "meta": train_data.meta}, ckpt_path, best=best)
 
     losses, start_iter, t_start = [], iter_num, time.time()
     while True:
@@ -364,11 +377,13 @@ def train(cfg, rank, world_size, device, ckpt_path):
             best_val_loss = min(best_val_loss, val_loss)
             saving = (iter_num > start_iter and math.isfinite(val_loss)
                       and (improved or cfg.always_save_checkpoint or iter_num == cfg.max_iters))
+            best = saving and val_loss < best_saved
+            best_saved = val_loss if best else best_saved
             if master:
+                if saving:  # said after the rename, never of a checkpoint that could not be written
+                    save(iter_num, val_loss, best_val_loss, best)
                 print(f"iter {iter_num}: val loss {val_loss:.4f}, {time.time() - t_start:.1f} s"
-                      f"{', saved ' + ckpt_path if saving else ''}")
-                if saving:
-                    save(iter_num, best_val_loss)
+                      f"{', saved ' + ckpt_path if saving else ''}{' and ' + BEST if best else ''}")
                 if cfg.wandb_log:
                     wandb.log({"iter": iter_num, "val/loss": val_loss})
         if iter_num >= cfg.max_iters:

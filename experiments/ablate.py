@@ -196,7 +196,8 @@ def main(argv=None):
         raise SystemExit(f"no {results}/ablate_geometry.json: the reading of results/ablate.md cites make geometry's runs; "
                          "run make geometry (with the same --results) first")
     if args.report_only:
-        return report(results, runner.load_json(f"{results}/ablate_timing.json"), seeds, config, args.quick)
+        with runner.saved_results(results):
+            return report(results, runner.load_json(f"{results}/ablate_timing.json"), seeds, config, args.quick)
     os.makedirs(out, exist_ok=True)
     os.makedirs(results, exist_ok=True)
     stages = runner.Stages("ablate")

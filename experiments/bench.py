@@ -318,9 +318,10 @@ def main(argv=None):
     if args.report_only:
         from experiments import runner
         out = runner.load_json(out_path)
-        times = runner.load_json(f"{base}_timing.json") if os.path.isfile(f"{base}_timing.json") else \
-            {"total": out["seconds"]}
-        write_report(out, base, times)
+        with runner.saved_results(out_path):
+            times = runner.load_json(f"{base}_timing.json") if os.path.isfile(f"{base}_timing.json") else \
+                {"total": out["seconds"]}
+            write_report(out, base, times)
         print(f"wrote {base}.md from {out_path}")
         return out
 

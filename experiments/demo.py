@@ -54,7 +54,8 @@ def main(argv=None):
     results = os.path.join(args.results, "quick") if args.quick else args.results
     seeds = args.seeds[:1] if args.quick else args.seeds
     if args.report_only:
-        return write_report(results, runner.load_json(f"{results}/demo_timing.json"), seeds, args.quick)
+        with runner.saved_results(results):
+            return write_report(results, runner.load_json(f"{results}/demo_timing.json"), seeds, args.quick)
     sweep = (["--tokens=4096", "--trials=4", "--multipliers", "1", "2", "4"] if args.quick
              else ["--tokens=65536", "--trials=20"])
     out = out_dir(args)

@@ -50,7 +50,8 @@ def main(argv=None):
     seeds = args.seeds[:1] if args.quick else args.seeds
     steps = (40, 80) if args.quick else STEPS
     if args.report_only:
-        return write_report(results, runner.load_json(f"{results}/extend_timing.json"), seeds, steps, args.quick)
+        with runner.saved_results(results):
+            return write_report(results, runner.load_json(f"{results}/extend_timing.json"), seeds, steps, args.quick)
     if args.quick:
         out = os.path.join(args.out_root, "extend_quick")
         extra = ["--eval_interval=40", "--lr_decay_iters=80"]

@@ -135,7 +135,8 @@ def main(argv=None):
     if len(seeds) < 2:
         raise SystemExit("geometry needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
     if args.report_only:
-        return report(results, runner.load_json(f"{results}/ablate_geometry_timing.json"), args.quick)
+        with runner.saved_results(results):
+            return report(results, runner.load_json(f"{results}/ablate_geometry_timing.json"), args.quick)
     os.makedirs(out, exist_ok=True)
     os.makedirs(results, exist_ok=True)
     stages = runner.Stages("geometry")

@@ -77,7 +77,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from checkpoint import load_model  # noqa: E402
+from checkpoint import check_data, load_model  # noqa: E402
 from configurator import resolve_device  # noqa: E402
 from data.shards import ShardError, TokenShards  # noqa: E402
 from experiments import runner  # noqa: E402
@@ -400,7 +400,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.report_only:
         doc = runner.load_json(f"{args.out}/lens.json")
-        print(write_outputs(doc["checkpoints"], doc["info"], args))
+        with runner.saved_results(args.out):
+            print(write_outputs(doc["checkpoints"], doc["info"], args))
         print(f"rewrote {args.out}/lens.md and the figures from {args.out}/lens.json")
         return
     args.device = resolve_device(args.device)
@@ -418,9 +419,13 @@ def main(argv=None):
         if data_dir not in data_cache:
             try:
                 data_cache[data_dir] = TokenShards(data_dir, args.split)
-                data_cache[data_dir].check_vocab(model.config.vocab_size)
             except ShardError as e:
                 raise SystemExit(str(e))
+        check_data(ckpt, data_cache[data_dir].meta, data_dir)
+        try:
+            data_cache[data_dir].check_vocab(model.config.vocab_size)
+        except ShardError as e:
+            raise SystemExit(str(e))
         results.append(measure(model, ckpt, data_cache[data_dir], args))
     labels = label_runs(settings, names)  # seeds of one run share a label, as in eval_length.py
     for r in results:

@@ -203,7 +203,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     results = os.path.join(args.results, "quick") if args.quick else args.results
     if args.report_only:
-        return write_report(results, runner.load_json(f"{results}/pretrained.json"), args.quick)
+        with runner.saved_results(results):
+            return write_report(results, runner.load_json(f"{results}/pretrained.json"), args.quick)
     if args.dtype == "auto":
         args.dtype = "bfloat16" if native_bf16() else "float32"
     args.seed = args.seeds[0]

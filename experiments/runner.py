@@ -9,6 +9,7 @@ to the working directory (make runs from the repo root), or wherever --dataset, 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ if ROOT not in sys.path:
 import train  # noqa: E402  (experiments may import scripts; nothing below experiments/ does)
 from checkpoint import CheckpointError, changed_sources, checkpoint_file, file_sha256, load_checkpoint, source_hashes  # noqa: E402
 from configurator import configure  # noqa: E402
+from pretrained import source_sha256  # noqa: E402
 
 READINGS = os.path.join(ROOT, "experiments", "readings")
 
@@ -115,8 +117,11 @@ def stale_reason(out_dir, train_args):
     if sources != [current]:
         return f"code changed ({', '.join(changed_sources(sources[0] if sources else {}, current))})"
     parent = ckpt.get("parent")
-    if parent and (not os.path.isfile(checkpoint_file(parent["init_from"]))
-                   or file_sha256(parent["init_from"]) != parent["sha256"]):
+    if parent and "pretrained" in parent:  # a pretrained source: its weights' file (or folder)
+        if not os.path.exists(parent["pretrained"]) or source_sha256(parent["pretrained"]) != parent["sha256"]:
+            return f"its pretrained source {parent['init_from']} changed"
+    elif parent and (not os.path.isfile(checkpoint_file(parent["init_from"]))
+                     or file_sha256(parent["init_from"]) != parent["sha256"]):
         return f"its parent {parent['init_from']} was trained again"
     return None
 
@@ -126,7 +131,7 @@ def run_args(config, out, name, flags, seed, extra=(), dataset=None):
     out_dir = f"{out}/{name}_s{seed}"
     data = [f"--dataset={dataset}"] if dataset else []
     return out_dir, [code(config), *flags, f"--seed={seed}", *extra, *data, f"--out_dir={out_dir}",
-                     f"--wandb_run_name={name}_s{seed}"]
+                     f"--wandb_run_name={name}_s{seed}", "--overwrite=True"]  # a stale run there is trained again
 
 
 def ensure_trained(out_dir, train_args, stages, fresh=False, why="--fresh"):
@@ -167,6 +172,19 @@ def load_json(path):
             return json.load(f)
     except FileNotFoundError:
         raise SystemExit(f"no {path}: run the experiment first (without --report_only)") from None
+    except ValueError as e:  # a truncated or empty file (json.JSONDecodeError)
+        raise SystemExit(f"{path} is not readable JSON ({e}): run the experiment again (without --report_only)") from None
+
+
+@contextlib.contextmanager
+def saved_results(results):
+    """Around a report written from saved JSON: a file that lacks what the report reads (written by another
+    version of the experiment, or edited) is a one-line exit, not a KeyError."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError) as e:
+        raise SystemExit(f"the JSON in {results} lacks {e} (written by another version of the experiment?): "
+                         "run the experiment again (without --report_only)") from None
 
 
 class ReadingError(SystemExit):

@@ -23,7 +23,7 @@ import torch
 import sample
 import train
 from configurator import configure
-from checkpoint import file_sha256
+from checkpoint import CheckpointError, file_sha256
 from data.shards import TokenShards, write_shard
 from model import GPT, GPTConfig
 
@@ -247,8 +247,10 @@ def test_interrupted_checkpoint_write_leaves_the_previous_checkpoint_loadable(tm
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", save_half_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError) as failed:  # one line, not the OSError's traceback
         train.save_checkpoint({"iter_num": 2, "weight": torch.zeros(1000)}, path)
+    assert_one_line(str(failed.value))
+    assert "could not write" in str(failed.value) and "previous checkpoint is kept" in str(failed.value)
     assert load(path)["iter_num"] == 1
     assert torch.equal(load(path)["weight"], torch.ones(1000))
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temp file left behind
