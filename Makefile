@@ -71,7 +71,8 @@ geometry: $(STAMP)
 pretrained: $(STAMP)
 	$(PY) experiments/pretrained.py $(if $(QUICK),--quick)
 
-# the prepared GPU check: the owt step of fope/rope/alibi/kerple compiled in bf16 (tokens/s, MFU, memory, graphs),
-# compiled vs eager, evaluation to 8192, the rotation against a copy -> results/gpu.{json,md}. DEVICE=cpu: the dry run
-gpu-check: $(STAMP)
+# the prepared GPU check (experiments/gpu_check.py: its stages, each a line of results/gpu.jsonl as it ends, then
+# results/gpu.md). On a bare GPU machine: make gpu-check PY=python3 (the machine's own torch: no venv is built).
+# DEVICE=cpu: the dry run at tiny shapes -> results/quick/gpu.*
+gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 	$(PY) experiments/gpu_check.py --device=$(or $(DEVICE),cuda) $(if $(filter cpu,$(DEVICE)),--out=results/quick/gpu)

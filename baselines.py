@@ -269,21 +269,42 @@ def biased_attention(q, k, v, bias, is_causal=False, dropout=0.0):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
 
 
-@functools.cache
-def causal_block_mask(T, device):
-    """FlexAttention's block mask of causal attention over T tokens: blocks above the diagonal are skipped."""
-    from torch.nn.attention.flex_attention import create_block_mask
-    return create_block_mask(lambda b, h, i, j: i >= j, None, None, T, T, device=device)
+def causal(b, h, i, j):
+    return i >= j
 
 
 @functools.cache
-def compiled_flex_attention():
-    """flex_attention compiled once (its fused kernel; a compiled model traces through it)."""
+def causal_block_mask(T, device, block=128):
+    """FlexAttention's block mask of causal attention over T tokens, from its blocks: those below the diagonal
+    full (no mask evaluated), those on it partial (causal), those above it skipped. It takes O((T/block)^2)
+    integers, where create_block_mask evaluates the mask at all T^2 positions (a gigabyte at 32k). Cached per
+    length for the eager caller; a compiled model traces these few arange ops into its graph instead."""
+    from torch.nn.attention.flex_attention import BlockMask
+    n = -(-T // block)
+    rows = torch.arange(n, dtype=torch.int32, device=device)
+    diagonal = rows[:, None].expand(n, n)[None, None]  # row i: block i first (only the first is read)
+    below = rows[None, :].expand(n, n)[None, None]  # row i: blocks 0 .. i-1 first (only i are read)
+    return BlockMask.from_kv_blocks(torch.ones(1, 1, n, dtype=torch.int32, device=device), diagonal.contiguous(),
+                                    rows[None, None].contiguous(), below.contiguous(), BLOCK_SIZE=block,
+                                    mask_mod=causal, seq_lengths=(T, T))
+
+
+# torch.compile's dynamic=None: the first length compiles a kernel for that shape; a second length recompiles
+# once with symbolic lengths, which then serves every later one. dynamic=False recompiled per length, and the
+# 9th length of a sweep hit Dynamo's recompile limit, after which flex_attention runs unfused and materialises
+# the full scores (13 GB per score tensor at 16k tokens).
+FLEX_DYNAMIC = None
+
+
+@functools.cache
+def compiled_flex_attention(backend="inductor"):
+    """flex_attention compiled once (its fused kernel; a compiled model traces through it). backend: the
+    tests' "aot_eager" checks the recompiles on a CPU, whose inductor has no dynamic-shape flex kernel."""
     from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention, dynamic=FLEX_DYNAMIC, backend=backend)
 
 
-def flex_biased_attention(q, k, v, bias, compiled=True):
+def flex_biased_attention(q, k, v, bias, compiled=True, backend="inductor"):
     """Causal attention with a distance_only bias through FlexAttention (Dong et al. 2024, torch's fused
     attention with a score_mod): the bias enters as one (H, T) row read per score, the causal block mask
     skips the blocks above the diagonal, so no (H, T, T) bias is ever made or read. The GPU path."""
@@ -294,7 +315,7 @@ def flex_biased_attention(q, k, v, bias, compiled=True):
     def score_mod(score, b, h, i, j):
         return score + table[h, i - j]
 
-    attend = compiled_flex_attention() if compiled else flex_attention
+    attend = compiled_flex_attention(backend) if compiled else flex_attention
     return attend(q, k, v, score_mod=score_mod, block_mask=causal_block_mask(T, str(q.device)))
 
 

@@ -159,17 +159,32 @@ def describe_machine():
     return f"{cpu_name()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
-# dense bfloat16 peak FLOP/s by GPU name (vendors' data sheets), for the MFU in train.py's log line;
-# train.py's peak_flops gives any other (or overrides these)
-GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L4": 121e12, "A10G": 125e12, "L40S": 362e12}
+# dense bfloat16 peak FLOP/s (vendors' data sheets: half the "with sparsity" figure) by the exact name
+# torch.cuda.get_device_name gives, for the MFU in train.py's log line. Matched exactly, since a substring
+# would give an L40S the L4's figure and an H100 PCIe the SXM's. train.py's peak_flops gives any other.
+GPU_PEAK_FLOPS = {
+    "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA H100 80GB HBM3": 989e12,  # SXM5
+    "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,  # SXM
+    "NVIDIA H200 NVL": 835e12, "NVIDIA GH200 480GB": 989e12,
+    "NVIDIA L4": 121e12, "NVIDIA L40S": 362e12, "NVIDIA A10G": 125e12, "NVIDIA A10": 125e12,
+}
+
+
+def peak_flops_of(name):
+    """The table's peak for a device name (exact, ignoring case and surrounding spaces), else None."""
+    table = {k.lower(): v for k, v in GPU_PEAK_FLOPS.items()}
+    return table.get(" ".join(name.split()).lower())
 
 
 def accelerator_peak_flops(device, given=None):
-    """The peak FLOP/s MFU is measured against: `given`, else the table's for this CUDA GPU, else None."""
+    """The peak FLOP/s MFU is measured against: `given`, else the table's for this CUDA GPU, else None
+    (the log line then shows no MFU; pass --peak_flops)."""
     if given:
         return float(given)
     if not device.startswith("cuda"):
         return None
     import torch
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
+    return peak_flops_of(torch.cuda.get_device_name(device))

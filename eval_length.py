@@ -234,6 +234,9 @@ def main(argv=None):
         raise SystemExit(f"no length in {lengths} fits the {args.split} split (its longest shard fills "
                          f"{longest} tokens and a target): pass --lengths <= {longest}")
     prepare_out(args.out)
+    # each checkpoint's tokenizer for the passkey, now: a download (GPT-2's ranks) or a missing package fails
+    # before the sweep's work, not in the middle of it
+    tokenizers = {ckpt["path"]: get_tokenizer(ckpt["meta"]) for _, ckpt in models} if args.trials > 0 else {}
 
     rows, per_position = [], defaultdict(list)
     tasks = [(m, L) for m in models for L in lengths]
@@ -259,7 +262,7 @@ def main(argv=None):
         if length == max(lengths):
             per_position[label].append(ppl["per_position"])
         if args.trials > 0 and (args.passkey_up_to is None or length <= args.passkey_up_to * train_len):
-            tok = get_tokenizer(ckpt["meta"])
+            tok = tokenizers[ckpt["path"]]
             docs = PasskeyDocs(tok)
             if length >= docs.min_length:
                 with ctx:

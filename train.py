@@ -368,7 +368,7 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
                          "sources": sources, "parent": lineage, "iter_num": iter_num, "val_loss": val_loss,
                          "best_val_loss": best_val_loss, "rng": rng, "meta": train_data.meta}, ckpt_path, best=best)
 
-    losses, start_iter, t_start = [], iter_num, time.time()
+    losses, start_iter, t_start, running_mfu = [], iter_num, time.time(), None
     while True:
         # evaluate, and checkpoint the state after iter_num iterations
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
@@ -424,7 +424,10 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
                              f"{checkpoint_status(ckpt_path)}")
         losses.append(lossf)
         if master and iter_num % cfg.log_interval == 0:
-            mfu = f", mfu {flops_per_iter / dt / peak:.1%}" if peak else ""  # against `peak` (nanoGPT's estimate_mfu)
+            if peak and iter_num - start_iter >= 5:  # the first iterations compile; then smoothed, as nanoGPT
+                mfu_now = flops_per_iter / dt / peak
+                running_mfu = mfu_now if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu_now
+            mfu = f", mfu {running_mfu:.1%}" if running_mfu is not None else ""
             print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.0f} ms, {tokens_per_iter / dt / 1000:.0f}k tok/s{mfu}")
             if cfg.wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": lossf, "lr": lr})

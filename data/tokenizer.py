@@ -9,6 +9,8 @@ GPT-2 works offline. tiktoken.get_encoding("gpt2") downloads its ranks on first 
 internet we build the same Encoding from the ranks file that PyPI's openai-whisper sdist ships
 (whisper/assets/gpt2.tiktoken), fetched once with pip into ~/.cache/nanofope/. That file is
 byte-identical to tiktoken's own r50k_base.tiktoken (GPT-2's ranks): load_tiktoken_bpe checks its sha256.
+tiktoken is imported only when GPT-2 tokens are encoded or decoded: training on prepared shards needs none
+(a bare GPU machine may not have it).
 """
 import functools
 import os
@@ -20,8 +22,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT = 50256  # <|endoftext|>
@@ -72,9 +72,20 @@ def gpt2_ranks_file():
     return path
 
 
+def import_tiktoken():
+    try:
+        import tiktoken
+        import tiktoken.load
+    except ImportError:
+        raise SystemExit("GPT-2 tokens need tiktoken, which is not installed: pip install tiktoken (training on "
+                         "prepared shards needs none)") from None
+    return tiktoken
+
+
 @functools.cache
 def offline_gpt2_encoding():
-    ranks = load_tiktoken_bpe(str(gpt2_ranks_file()), expected_hash=GPT2_RANKS_SHA256)
+    tiktoken = import_tiktoken()
+    ranks = tiktoken.load.load_tiktoken_bpe(str(gpt2_ranks_file()), expected_hash=GPT2_RANKS_SHA256)
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=GPT2_PAT_STR,
@@ -88,6 +99,7 @@ def offline_gpt2_encoding():
 def downloaded_gpt2_encoding(timeout=DOWNLOAD_TIMEOUT):
     """tiktoken's own GPT-2 encoding, or None if it cannot be had within timeout seconds."""
     result = {}
+    tiktoken = import_tiktoken()
 
     def load():
         try:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from configurator import describe_machine  # noqa: E402
+from configurator import describe_machine, resolve_device  # noqa: E402
 from data.shards import ShardError, TokenShards  # noqa: E402
 from eval_length import passkey_accuracy  # noqa: E402
 from experiments import runner  # noqa: E402
@@ -84,12 +84,11 @@ class FarMass:
         def measure(module, inputs, output):
             q, k, _ = attn.split_heads(output.float())
             for end in (e for e in self.ends if e <= q.shape[2]):
-                qs, ks = q[:, :, end - self.n:end], k[:, :, :end]
-                if attn.rotary is not None:
-                    qs, ks = attn.rotary(qs, offset=end - self.n), attn.rotary(ks)
+                qs, ks = attn.position_qk(q[:, :, :end], k[:, :, :end])  # as the layer does: QK norm, rotation
+                qs = qs[:, :, end - self.n:end]
                 scores = qs @ ks.transpose(-2, -1) / math.sqrt(qs.shape[-1])  # (B, H, n, end)
-                i = torch.arange(end - self.n, end)[:, None]
-                j = torch.arange(end)[None, :]
+                i = torch.arange(end - self.n, end, device=q.device)[:, None]
+                j = torch.arange(end, device=q.device)[None, :]
                 weights = scores.masked_fill(j > i, float("-inf")).softmax(-1)
                 far = (weights * (j <= i - self.far)).sum(-1).mean().item()
                 self.mass.setdefault(end, []).append(far)
@@ -100,15 +99,20 @@ class FarMass:
             h.remove()
 
 
-def autocast(dtype):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def autocast(dtype, device):
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
 def window_losses(model, window, dtype, probe=None):
-    """(T,) float64 per-token loss of one window of T + 1 tokens."""
-    idx = torch.from_numpy(window.astype(np.int64))[None]
-    with torch.no_grad(), autocast(dtype):
-        return model.token_losses(idx[:, :-1], idx[:, 1:])[0].double()
+    """(T,) float64 per-token loss (on the CPU) of one window of T + 1 tokens, on the model's device."""
+    device = model_device(model)
+    idx = torch.from_numpy(window.astype(np.int64))[None].to(device)
+    with torch.no_grad(), autocast(dtype, device):
+        return model.token_losses(idx[:, :-1], idx[:, 1:])[0].double().cpu()
 
 
 def perplexity_rows(losses, lengths, train_len):
@@ -127,7 +131,7 @@ def smooth(curve, bin_size):
 
 
 def measure_arm(name, overrides, windows, docs, tok, args, train_len, lengths, stages):
-    model = from_pretrained(args.source, **overrides)
+    model = from_pretrained(args.source, **overrides).to(args.device)
     longest = max(lengths)
     probe = FarMass(model, [e for e in (2 * train_len, 4 * train_len) if e <= longest], train_len, args.tail_queries)
     dynamic = (overrides.get("rope_scaling") or {}).get("rope_type") == "dynamic"
@@ -153,8 +157,8 @@ def measure_arm(name, overrides, windows, docs, tok, args, train_len, lengths, s
     for L in args.passkey_lengths:
         if dynamic and L <= train_len:
             continue  # RoPE's, copied by the caller
-        with torch.no_grad(), autocast(args.dtype):
-            result["passkey"][L] = passkey_accuracy(model, docs, tok, L, args.depths, args.trials, args.seed, "cpu",
+        with torch.no_grad(), autocast(args.dtype, args.device):
+            result["passkey"][L] = passkey_accuracy(model, docs, tok, L, args.depths, args.trials, args.seed, args.device,
                                                     batch_tokens=L)
     return result
 
@@ -162,7 +166,7 @@ def measure_arm(name, overrides, windows, docs, tok, args, train_len, lengths, s
 @torch.no_grad()
 def precision_check(windows, L, args):
     """bfloat16 autocast against float32 on one window of L tokens (the RoPE arm)."""
-    model = from_pretrained(args.source)
+    model = from_pretrained(args.source).to(args.device)
     w = windows[0][:L + 1]
     lo, hi = window_losses(model, w, "bfloat16"), window_losses(model, w, "float32")
     return {"length": L, "max_abs_loss_diff": float((lo - hi).abs().max()), "mean_loss_bfloat16": float(lo.mean()),
@@ -173,13 +177,13 @@ def precision_check(windows, L, args):
 def fig7(args, train_len, n_tokens=1000):
     """The paper's Fig. 7 on the real model: |mean| of q and k before the rotation per rotary pair over
     n_tokens random tokens, the pairs with r < 1 against the rest, per layer (heads averaged)."""
-    model = from_pretrained(args.source)
+    model = from_pretrained(args.source).to(args.device)
     rotary = model.transformer.h[0].attn.rotary
     r = cycles(pair_frequencies(rotary), train_len)
     slow = r < 1
     idx = torch.randint(0, model.config.vocab_size, (1, n_tokens), generator=torch.Generator().manual_seed(args.seed))
     probe = QKProbe(model)
-    qk = probe(idx)
+    qk = probe(idx.to(args.device))
     probe.close()
     out = {"r": r.tolist(), "slow_pairs": int(slow.sum()), "pairs": len(r), "tokens": n_tokens, "ratio": {}, "by_pair": {}}
     for name, which in (("q", 0), ("k", 1)):
@@ -193,6 +197,7 @@ def main(argv=None):
     p = runner.parser("SmolLM2-135M past its training length, every training-free extension",
                       "smoke run: 3 arms, windows of 4k, passkey at 2k (results/quick/)", seeds=(1,))
     p.add_argument("--source", default=SOURCE, help="a pretrained source (pretrained.py)")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu) | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="auto: bfloat16 autocast where the CPU has native bf16 (AMX or AVX512-BF16), else float32")
     p.add_argument("--windows", type=int, default=1, help="val windows of the longest length")
@@ -205,8 +210,9 @@ def main(argv=None):
     if args.report_only:
         with runner.saved_results(results):
             return write_report(results, runner.load_json(f"{results}/pretrained.json"), args.quick)
+    args.device = resolve_device(args.device)
     if args.dtype == "auto":
-        args.dtype = "bfloat16" if native_bf16() else "float32"
+        args.dtype = "bfloat16" if args.device.startswith("cuda") or native_bf16() else "float32"
     args.seed = args.seeds[0]
     stages = runner.Stages("pretrained")
     os.makedirs(results, exist_ok=True)

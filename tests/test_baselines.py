@@ -330,3 +330,49 @@ def test_fire_depends_on_the_query_position_so_it_keeps_the_dense_path_on_a_gpu(
 
     from baselines import FireBias, bias_path
     assert bias_path(SimpleNamespace(device=torch.device("cuda")), FireBias(4, 64), 0.0) == "dense"
+
+
+def flex_sweep_counts(lengths):
+    """flex_biased_attention compiled as the GPU path compiles it (dynamic=FLEX_DYNAMIC), over lengths ->
+    (graphs compiled, recompile-limit hits, max |flex - dense|). The CPU's inductor has no dynamic-shape flex
+    kernel, so aot_eager stands in for it: the recompiles are Dynamo's, whatever the backend."""
+    import warnings
+
+    import baselines
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    baselines.compiled_flex_attention.cache_clear()
+    bias, err = baselines.AlibiBias(2), 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Dynamo's recompile-limit warning, flex's unfused fallback warning
+        for T in lengths:
+            q, k, v = (torch.randn(1, 2, T, 16) for _ in range(3))
+            flex = baselines.flex_biased_attention(q, k, v, bias, backend="aot_eager")
+            dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias(0, T, T, q.device, q.dtype)[None])
+            err = max(err, (flex - dense).abs().max().item())
+    hits = sum(n for c in counters.values() for msg, n in c.items() if "recompile limit" in str(msg).lower())
+    baselines.compiled_flex_attention.cache_clear()
+    torch._dynamo.reset()
+    return counters["stats"]["unique_graphs"], hits, err
+
+
+def test_a_flex_sweep_of_more_than_eight_lengths_compiles_twice_and_never_falls_back(monkeypatch):
+    lengths = [64, 96, 128, 160, 200, 256, 320, 400, 512, 640]  # 10 lengths: past Dynamo's recompile limit of 8
+    graphs, hits, err = flex_sweep_counts(lengths)
+    # one static graph, then one with symbolic lengths (and one more where the mask grows from 1 block to 2:
+    # Dynamo specialises sizes of 1)
+    assert graphs <= 3 and hits == 0 and err < 1e-5
+    import baselines
+    monkeypatch.setattr(baselines, "FLEX_DYNAMIC", False)  # the old setting: a graph per length, then the limit
+    graphs, hits, _ = flex_sweep_counts(lengths)
+    assert graphs >= 8 and hits >= 1
+
+
+def test_the_causal_block_mask_built_from_blocks_equals_create_block_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from baselines import causal, causal_block_mask
+    for T in (64, 128, 200, 513):
+        ours = causal_block_mask(T, "cpu").to_dense()
+        assert torch.equal(ours, create_block_mask(causal, None, None, T, T, device="cpu").to_dense())

@@ -17,7 +17,6 @@ import fope
 import fope_ext
 from experiments import bench as experiment
 from experiments import runner
-from model import POS_EMBS
 from fope_ext import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,16 +162,3 @@ def test_quick_run_writes_the_committed_keys_and_a_report(tmp_path):
         with open(template) as f:
             runner.render_reading(f.read(), {"bench": out, "timing": {}})
     assert sorted(os.listdir(tmp_path)) == ["bench.json", "bench.md", "bench_timing.json"]
-
-
-@pytest.mark.slow
-def test_the_gpu_check_dry_runs_on_the_cpu(tmp_path):
-    """make gpu-check DEVICE=cpu: every measurement of the GPU check, at tiny shapes, within CI's minute."""
-    from experiments import gpu_check
-    gpu_check.main(["--device=cpu", f"--out={tmp_path}/gpu"])
-    doc = json.load(open(tmp_path / "gpu.json"))
-    assert [r["pos_emb"] for r in doc["train"]] == ["fope", "rope", "alibi", "kerple"]
-    assert all(r["graphs"] == 2 for r in doc["train"])  # one graph for training, one for evaluation
-    assert set(doc["compiled_vs_eager_max_abs"]) == set(POS_EMBS)
-    assert max(doc["compiled_vs_eager_max_abs"].values()) < 1e-4
-    assert set(doc["rotation"]) == {"eager", "compile", "copy"} and (tmp_path / "gpu.md").exists()

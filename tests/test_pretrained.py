@@ -254,10 +254,11 @@ def test_the_first_positions_of_a_long_window_are_a_short_window_unless_the_resc
     assert (long[:32] - short).abs().max() > 1e-5  # so dynamic NTK gets a forward per length
 
 
-def test_far_mass_hooks_equal_the_attention_weights_a_layer_computes():
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_far_mass_hooks_equal_the_attention_weights_a_layer_computes(qk_norm):
     from experiments.lens_measures import QKProbe, attention_scores
     from experiments.pretrained import FarMass
-    model = llama(rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    model = llama(rope_scaling={"rope_type": "yarn", "factor": 4.0}, qk_norm=qk_norm)
     idx = torch.randint(0, len(TOKENS), (1, 48))
     probe = FarMass(model, ends=[40, 48], far=16, n=5)
     with torch.no_grad():
@@ -274,7 +275,7 @@ def test_far_mass_hooks_equal_the_attention_weights_a_layer_computes():
 
 @pytest.mark.slow
 def test_make_pretrained_quick_writes_its_report(tmp_path):
-    run = subprocess.run([sys.executable, "experiments/pretrained.py", "--quick", f"--results={tmp_path}"],
+    run = subprocess.run([sys.executable, "experiments/pretrained.py", "--quick", "--device=cpu", f"--results={tmp_path}"],
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     import json

@@ -588,10 +588,24 @@ def test_devices_and_dtypes_this_machine_cannot_run_are_one_line(tiny_data, tmp_
                    "--require_gpu=False trains on the CPU anyway", tmp_path / "gpu")
 
 
-def test_the_log_line_gives_mfu_against_the_peak_it_is_told(tiny_data, tmp_path, capsys):
-    train.main(tiny_args(tiny_data, tmp_path / "out", max_iters=2, device="cpu", peak_flops=1e9))
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("iter 1: loss")]
-    assert lines and re.search(r", mfu \d+\.\d%$", lines[0]), lines
+def test_the_log_line_gives_mfu_against_the_peak_it_is_told_from_the_fifth_iteration_on_smoothed(tiny_data, tmp_path,
+                                                                                                  capsys):
+    train.main(tiny_args(tiny_data, tmp_path / "out", max_iters=8, device="cpu", peak_flops=1e9))
+    lines = {int(l.split(":")[0][5:]): l for l in capsys.readouterr().out.splitlines() if "ms," in l}
+    assert all("mfu" not in lines[i] for i in range(5)), lines  # the first iterations include compiling
+    mfu = [float(re.search(r", mfu (\d+\.\d)%$", lines[i])[1]) for i in range(5, 8)]
+    times = [float(re.search(r", (\d+) ms", lines[i])[1]) for i in range(5, 8)]
+    assert mfu[0] > 0 and len(times) == 3  # iteration 5's own, then 0.9 of the running value + 0.1 of each new one
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200", 989e12), ("NVIDIA H200 NVL", 835e12),
+    ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12), ("NVIDIA A10G", 125e12), ("NVIDIA GeForce RTX 4090", None),
+])
+def test_the_mfu_peak_is_the_data_sheet_figure_of_the_exact_device_name(name, peak):
+    from configurator import peak_flops_of
+    assert peak_flops_of(name) == peak  # an L40S is not an L4, an H100 PCIe or NVL not the SXM part
 
 
 @pytest.mark.parametrize("override, message", [
