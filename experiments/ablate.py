@@ -26,7 +26,6 @@ Writes results/ablate.{csv,json,md}, results/ablate_<section>.png and results/ab
 """
 
 import json
-import math
 import os
 import statistics
 import sys
@@ -38,6 +37,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from configurator import read_config_file  # noqa: E402
 from experiments import demo, runner  # noqa: E402
+from experiments.protocol import PROTOCOL, header  # noqa: E402
+from experiments.stats import decide, verdict_text  # noqa: E402
 from fope import FOPE_SIGMA  # noqa: E402  (GPTConfig's default: the "fope" arm is sigma 0.3, fourier_dim = head_dim)
 from model import POS_EMBS  # noqa: E402
 from runs import format_table, plot_sweep, spread  # noqa: E402
@@ -116,49 +117,72 @@ CLAIMS = [
     Claim("embeddings", "fope", "fire", "ppl_beyond", 16, "(Fig. 1 plots it) FoPE vs FIRE"),
 ]
 METRIC_NAMES = {"ppl_beyond": "ppl beyond L_train", "ppl": "ppl", "passkey": "passkey"}
-# two-sided 5% critical values of Student's t with df = n_seeds - 1
-T_CRITICAL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def compare(rows, a, b, metric, length):
-    """The paired per-seed difference A - B of one metric at one length: mean, min, max, the paired t
-    statistic, and whether it exceeds the seed spread. It does when every seed's difference has the same
-    sign and |t| exceeds Student's two-sided 5% critical value for n - 1 degrees of freedom (a paired
-    t-test; with 3 seeds, |t| > 4.30). None if fewer than 2 seeds have both values."""
+def paired(rows, a, b, metric, length):
+    """The per-seed values of arms A and B at one length -> (seeds, A - B per seed, B's mean)."""
     by_seed = defaultdict(dict)
     for r in rows:
         if r["length"] == length and r["label"] in (a, b) and r[metric] is not None:
             by_seed[r["seed"]][r["label"]] = r[metric]
-    d = [v[a] - v[b] for v in by_seed.values() if a in v and b in v]
-    if len(d) < 2:
+    seeds = sorted(s for s, v in by_seed.items() if a in v and b in v)
+    d = [by_seed[s][a] - by_seed[s][b] for s in seeds]
+    return seeds, d, (statistics.mean(by_seed[s][b] for s in seeds) if seeds else None)
+
+
+def unmeasurable(rows, claim, train_len):
+    """Why a passkey claim cannot be read, or None: past L_train both arms must retrieve at L_train (mean >= 0.5),
+    at L_train at least one must (two arms that never retrieve say nothing about each other)."""
+    if claim.metric != "passkey":
         return None
-    mean, sd = statistics.mean(d), statistics.stdev(d)
-    t = mean / (sd / math.sqrt(len(d))) if sd > 0 else (math.inf if mean else 0.0)
-    same_sign = all(x > 0 for x in d) or all(x < 0 for x in d)
-    exceeds = same_sign and abs(t) > T_CRITICAL.get(len(d) - 1, 1.96)
-    return {"n": len(d), "mean": mean, "min": min(d), "max": max(d), "t": t, "exceeds_seed_spread": exceeds}
+    low = {}
+    for arm in (claim.a, claim.b):
+        values = [r["passkey"] for r in rows if r["label"] == arm and r["length"] == train_len and r["passkey"] is not None]
+        if values and statistics.mean(values) < 0.5:
+            low[arm] = statistics.mean(values)
+    if low and (claim.multiple > 1 or len(low) == 2):
+        return "; ".join(f"{arm} retrieves {m:.2f} at L_train" for arm, m in low.items())
+    return None
+
+
+def tested_claims(rows, train_len, claims=None):
+    """The claims (default: CLAIMS) that the sweep's rows can test, as paired per-seed differences, not yet
+    decided (stats.decide takes a report's claims together, one family for Holm)."""
+    out = []
+    for claim in CLAIMS if claims is None else claims:
+        seeds, d, reference = paired(rows, claim.a, claim.b, claim.metric, claim.multiple * train_len)
+        if len(d) < 2:
+            continue
+        out.append({"section": claim.section, "claim": claim.text, "a": claim.a, "b": claim.b, "metric": claim.metric,
+                    "length": claim.multiple * train_len, "multiple": claim.multiple, "expect": claim.expect,
+                    "seeds": seeds, "d": d, "reference": reference, "min": min(d), "max": max(d),
+                    "not_measurable": unmeasurable(rows, claim, train_len)})
+    return out
+
+
+def decided_claims(tested):
+    """One report's tested claims -> each with its verdict (experiments/stats.py), the measurable ones one
+    family for Holm; a passkey claim the arms cannot show gets the verdict "not measurable"."""
+    family = [c for c in tested if not c["not_measurable"]]
+    decided = iter(decide(family))
+    out = []
+    for c in tested:
+        if c["not_measurable"]:
+            out.append({**c, "n": len(c["d"]), "mean": statistics.mean(c["d"]), "verdict": "not measurable",
+                        "verdict_text": f"not measurable: {c['not_measurable']}", "paper": "not measurable"})
+            continue
+        c = next(decided)
+        c["verdict_text"] = verdict_text(c)
+        wanted = "equivalent" if c["expect"] == "no difference" else "better"
+        c["paper"] = ("undecided" if c["verdict"] == "undecided" else
+                      "as the paper says" if c["verdict"] == wanted else "against the paper")
+        out.append(c)
+    return out
 
 
 def claim_rows(rows, train_len, claims=None):
-    """The claims (default: CLAIMS) as paired comparisons of the sweep's rows, each with its verdict."""
-    out = []
-    for claim in CLAIMS if claims is None else claims:
-        c = compare(rows, claim.a, claim.b, claim.metric, claim.multiple * train_len)
-        if c is None:
-            continue
-        better = c["mean"] > 0 if claim.metric == "passkey" else c["mean"] < 0  # A better than B on average
-        if c["min"] == c["max"] == 0:  # every seed equal (passkey 1.00 against 1.00, say)
-            verdict = "no difference (every seed equal)"
-        elif claim.expect == "no difference":
-            verdict = "agrees (no clear difference)" if not c["exceeds_seed_spread"] else "differs: a clear difference"
-        elif c["exceeds_seed_spread"]:
-            verdict = "agrees" if better else "opposite, beyond the seed spread"
-        else:
-            verdict = ("same direction, " if better else "opposite direction, ") + "within the seed spread"
-        out.append({"section": claim.section, "claim": claim.text, "a": claim.a, "b": claim.b, "metric": claim.metric,
-                    "length": claim.multiple * train_len, "multiple": claim.multiple, "expect": claim.expect, **c,
-                    "verdict": verdict})
-    return out
+    """The claims (default: CLAIMS) the rows can test, decided as one family."""
+    return decided_claims(tested_claims(rows, train_len, claims))
 
 
 def claim_key(c):
@@ -166,12 +190,18 @@ def claim_key(c):
     return f"{c['a']} vs {c['b']}, {c['metric']} at {c['multiple']}x"
 
 
+CLAIMS_NOTE = ("The claims, as paired per-seed differences A - B (lower perplexity, higher passkey is better): "
+               "better / worse by a two-sided paired t, equivalent within the margin by TOST (2% of B's perplexity, "
+               "0.10 of passkey accuracy, fixed before the runs), Holm-adjusted over the report's claims; undecided "
+               "rows give the seeds that would decide them (experiments/stats.py).")
+
+
 def format_claims(claims):
-    lines = ["| claim (paper) | A - B | metric @ length | mean [min-max] over seeds | paired t | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| claim (paper) | A - B | metric @ length | verdict: mean [95% CI], seeds, test | vs the paper |",
+             "|---|---|---|---|---|"]
     for c in claims:
         lines.append(f"| {c['claim']} | {c['a']} - {c['b']} | {METRIC_NAMES[c['metric']]} @ {c['multiple']}x | "
-                     f"{c['mean']:+.3f} [{c['min']:+.3f} {c['max']:+.3f}] | {c['t']:.1f} | {c['verdict']} |")
+                     f"{c['verdict_text']} | {c['paper']} |")
     return lines
 
 
@@ -183,13 +213,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     config, extra = f"config/{args.scale}.py", []
     out, results = os.path.join(args.out_root, "demo" if args.scale == "demo" else "ablate"), args.results
-    lengths = [1, 2, 4, 8, 16]
-    sweep = ["--tokens=32768", "--trials=20", "--passkey_up_to=2"]
+    sweep = PROTOCOL.sweep_args()  # the one evaluation protocol (experiments/protocol.py)
     seeds = args.seeds
     if args.quick:
         seeds, out, results = args.seeds[:2], os.path.join(args.out_root, "ablate_quick"), os.path.join(results, "quick")
         extra = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
-        lengths, sweep = [1, 2, 4, 16], ["--tokens=2048", "--trials=2", "--passkey_up_to=2"]
+        sweep = ["--multipliers", "1", "2", "4", "16", "--tokens=2048", "--trials=2", "--passkey_up_to=2"]
     if len(seeds) < 2:
         raise SystemExit("ablate needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
     if not args.quick and not os.path.isfile(f"{results}/ablate_geometry.json"):  # before an hour of training
@@ -207,7 +236,7 @@ def main(argv=None):
     with stages("train", f"2/4 train: {len(all_arms)} arms x {len(seeds)} seeds ({config}{' quick' if args.quick else ''})"):
         ckpts = runner.train_grid(config, out, all_arms, seeds, stages, extra, args.dataset, args.fresh)
     with stages("eval", "3/4 eval: one length sweep over every run"):
-        runner.sweep(ckpts, f"{results}/ablate", ["--multipliers", *map(str, lengths), *sweep], f"{out}/eval_ablate.log")
+        runner.sweep(ckpts, f"{results}/ablate", sweep, f"{out}/eval_ablate.log")
     stages.say("4/4 write: tables, figures, the paper's claims")
     stages.done(f"{results}/ablate.md")
     report(results, stages.times, seeds, config, args.quick)
@@ -238,7 +267,8 @@ def compact_table(summary, rows, train_len):
 def write_report(results, sweep, times, seeds, config, quick=False):
     lengths, train_len = sweep["info"]["lengths"], sweep["info"]["train_len"]
     per_position = sweep["per_position"]["loss"]
-    lines = [f"{config}; seeds {seeds}; L_train = {train_len}; lengths {lengths}. Perplexity 'beyond L_train' "
+    lines = [*header(sweep["info"], "" if not quick else "--quick smoke run"),
+             f"{config}; seeds {seeds}; L_train = {train_len}; lengths {lengths}. Perplexity 'beyond L_train' "
              f"averages the positions >= {train_len}; passkey is exact match, measured up to 2x. Made "
              f"{sweep['info']['date']} by `python experiments/ablate.py` (`make ablate`); machine: "
              f"{sweep['info'].get('machine', 'not recorded')}.", ""]
@@ -250,9 +280,7 @@ def write_report(results, sweep, times, seeds, config, quick=False):
                   "```", format_table(summary, lengths).strip(), "```", ""]
         claims = [c for c in sweep["claims"] if c["section"] == name]
         if claims:
-            lines += ["The paper's claims, as paired per-seed differences A - B (a paired t-test: 'beyond the seed "
-                      "spread' when every seed agrees in sign and |t| exceeds the 5% critical value):", "",
-                      *format_claims(claims), ""]
+            lines += [CLAIMS_NOTE, "", *format_claims(claims), ""]
     docs = {"ablate": sweep}
     if not quick:  # the reading's passkey paragraph cites make geometry's runs (main checked they exist)
         docs["geometry"] = runner.load_json(f"{results}/ablate_geometry.json")

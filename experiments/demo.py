@@ -18,11 +18,13 @@ the same sources (checkpoint.SOURCES). Otherwise it is trained again and the dem
 retrains everything.
 """
 
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from experiments import runner  # noqa: E402
+from experiments.protocol import PROTOCOL, header  # noqa: E402
 from runs import format_table  # noqa: E402
 
 VARIANTS = {  # name (the label of its row in the tables) -> train.py overrides
@@ -57,7 +59,7 @@ def main(argv=None):
         with runner.saved_results(results):
             return write_report(results, runner.load_json(f"{results}/demo_timing.json"), seeds, args.quick)
     sweep = (["--tokens=4096", "--trials=4", "--multipliers", "1", "2", "4"] if args.quick
-             else ["--tokens=65536", "--trials=20"])
+             else PROTOCOL.sweep_args())  # the one evaluation protocol (experiments/protocol.py)
     out = out_dir(args)
     os.makedirs(out, exist_ok=True)
     os.makedirs(results, exist_ok=True)
@@ -75,16 +77,39 @@ def main(argv=None):
     write_report(results, stages.times, seeds, args.quick)
 
 
+def claims():
+    """The paper's claims this demo can test (experiments/ablate.py's machinery; YaRN's rows from demo_yarn)."""
+    from experiments.ablate import Claim
+    return [Claim("demo", "fope", "rope", "ppl_beyond", 8, "FoPE degrades far less than RoPE (Fig. 1), at 8x"),
+            Claim("demo", "fope", "rope", "ppl_beyond", 16, "FoPE degrades far less than RoPE (Fig. 1), at 16x"),
+            Claim("demo", "alibi", "fope", "ppl_beyond", 16, "ALiBi's perplexity is slightly below FoPE's (Fig. 1)"),
+            Claim("demo", "clamp-only", "rope", "ppl_beyond", 16, "the clamp alone helps (Fig. 6a)"),
+            Claim("demo", "fope", "clamp-only", "ppl_beyond", 16, "the combination beats the clamp alone (Fig. 6a)"),
+            Claim("demo", "fope", "rope", "passkey", 2, "RoPE's passkey falls at 2x, FoPE's stays (Fig. 5)"),
+            Claim("demo", "fope", "alibi", "passkey", 2, "FoPE's passkey is stable where ALiBi's declines (Fig. 5)"),
+            Claim("demo", "fope", "clamp-only", "passkey", 2, "(no paper claim) FoPE against the clamp alone, passkey"),
+            Claim("demo", "rope+yarn8", "rope", "ppl_beyond", 8, "(YaRN's claim) YaRN extends RoPE without training"),
+            Claim("demo", "rope+yarn8", "rope", "ppl", 1, "(YaRN) its cost within L_train"),
+            Claim("demo", "fope+yarn8", "fope", "ppl_beyond", 8, "(no paper claim) YaRN on top of FoPE")]
+
+
 def write_report(results, times, seeds, quick=False):
+    from experiments import ablate
     plain = runner.load_json(f"{results}/demo.json")
     yarn = runner.load_json(f"{results}/demo_yarn.json")
-    lines = [f"Machine: {plain['info'].get('machine', 'not recorded')}; seeds {seeds}; L_train = {plain['info']['train_len']}; "
+    plain["claims"] = ablate.claim_rows(plain["rows"] + yarn["rows"], plain["info"]["train_len"], claims())
+    plain["claim"] = {ablate.claim_key(c): c for c in plain["claims"]}  # by name: what the reading cites
+    with open(f"{results}/demo.json", "w") as f:
+        json.dump(plain, f, indent=1)
+    lines = [*header(plain["info"], "" if not quick else "--quick smoke run"),
+             f"Machine: {plain['info'].get('machine', 'not recorded')}; seeds {seeds}; L_train = {plain['info']['train_len']}; "
              f"made {plain['info']['date']} by `python experiments/demo.py` (`make demo`).", "",
              "![perplexity and passkey accuracy vs length](demo.png)", "",
              "Without context extension:", "", "```", format_table(plain["summary"], plain["info"]["lengths"]).strip(), "```", "",
              "With YaRN (factor 8, attention temperature on), rotary variants:", "", "```",
              format_table(yarn["summary"], yarn["info"]["lengths"]).strip(), "```", "",
-             f"Peak memory of the sweep: {plain['info']['peak_rss_mb']:.0f} MB (eval_length.py's ru_maxrss)."]
+             f"Peak memory of the sweep: {plain['info']['peak_rss_mb']:.0f} MB (eval_length.py's ru_maxrss).", "",
+             ablate.CLAIMS_NOTE, "", *ablate.format_claims(plain["claims"])]
     runner.write_report(f"{results}/demo", "nanoFoPE laptop demo", lines, times, None if quick else "demo",
                         {"demo": plain, "demo_yarn": yarn})
 

@@ -22,12 +22,14 @@ and resumed to 1000, which train.py makes identical to an uninterrupted run. The
 Writes results/extend.{csv,json,md,png} and results/extend_positions.png.
 """
 
+import json
 import os
 import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from experiments import demo, runner  # noqa: E402
+from experiments.protocol import header  # noqa: E402
 from runs import format_table  # noqa: E402
 
 YARN = ("--rope_scaling={'rope_type': 'yarn', 'factor': 16.0, 'original_max_position_embeddings': 64, "
@@ -98,15 +100,44 @@ def main(argv=None):
     write_report(results, stages.times, seeds, steps, args.quick)
 
 
+def claims(steps):
+    """The paper's Fig. 4 claims and YaRN's overfitting, as paired per-seed differences at the end of training
+    (YaRN's also against its own halfway point: the same run, stopped earlier)."""
+    from experiments.ablate import Claim
+    end, half = f"@{steps[1]}", f"@{steps[0]}"
+
+    def claim(a, b, metric, k, text):
+        return Claim("extend", a, b, metric, k, text)
+    out = []
+    for parent in ("rope", "fope"):
+        method, yarn = f"{parent}->fope {end}", f"{parent}+yarn {end}"
+        out += [claim(method, yarn, "ppl_beyond", k, f"FoPE as the extension method beats YaRN ({parent} parent), {k}x")
+                for k in (32, 8)]
+    out += [claim(f"fope+yarn {end}", f"rope+yarn {end}", "ppl_beyond", k, f"FoPE+YaRN beats RoPE+YaRN, {k}x") for k in (8, 32)]
+    out.append(claim(f"rope->fope {end}", f"rope+yarn {end}", "passkey", 4,
+                     "FoPE as the extension method beats YaRN (rope parent), passkey 4x"))
+    out += [claim(f"{parent}+yarn {half}", f"{parent}+yarn {end}", "ppl_beyond", 32,
+                  f"YaRN overfits with more steps ({parent} parent): halfway better than the end") for parent in ("rope", "fope")]
+    return out
+
+
 def write_report(results, times, seeds, steps, quick=False):
+    from experiments import ablate
     sweep = runner.load_json(f"{results}/extend.json")
-    lines = [f"Parents: make demo's length-64 rope and fope runs; continued at length 128 for {steps[0]} and "
+    sweep["claims"] = ablate.claim_rows(sweep["rows"], sweep["info"]["train_len"], claims(steps))
+    sweep["claim"] = {ablate.claim_key(c): c for c in sweep["claims"]}  # by name: what the reading cites
+    with open(f"{results}/extend.json", "w") as f:
+        json.dump(sweep, f, indent=1)
+    lines = [*header(sweep["info"], "continued runs are measured against their parents' L_train = 64, out to 32x, so "
+                     "32,768 tokens per length keep the sweep within minutes" if not quick else "--quick smoke run"),
+             f"Parents: make demo's length-64 rope and fope runs; continued at length 128 for {steps[0]} and "
              f"{steps[1]} iterations (config/extend.py); seeds {seeds}. Lengths as multiples of the parents' "
              "L_train = 64; 'beyond L_train' means positions >= 64. Made "
              f"{sweep['info']['date']} by `python experiments/extend.py` (`make extend`); machine: "
              f"{sweep['info'].get('machine', 'not recorded')}.", "",
              "![perplexity and passkey accuracy vs length, the six arms](extend.png)", "",
-             "```", format_table(sweep["summary"], sweep["info"]["lengths"]).strip(), "```"]
+             "```", format_table(sweep["summary"], sweep["info"]["lengths"]).strip(), "```", "",
+             ablate.CLAIMS_NOTE, "", *ablate.format_claims(sweep["claims"])]
     runner.write_report(f"{results}/extend", "nanoFoPE context extension", lines, times, None if quick else "extend", {"extend": sweep})
 
 

@@ -6,8 +6,8 @@ At make ablate's setting (head_dim 32, L_train 64, theta 1e4) the floor clamp ke
 and FoPE rotates 5 of 16 pairs; in the paper's 60M model (head_dim 64, L_train 512) it keeps and rotates 16
 of 32: half. Two settings give half at laptop cost, and each is a geometry here (config/geometry_*.py):
 
-    theta150   head_dim 32, L_train 64, theta 150: D = 8 of 16, periods 6.3 to 46 tokens
-    L512       head_dim 32, L_train 512, theta 1e4: D = 8 of 16, periods 6.3 to 398 (the paper's spread)
+    theta150   head_dim 32, L_train 64, theta 150: D = 8 of 16, periods 6.3 to 56 tokens
+    L512       head_dim 32, L_train 512, theta 1e4: D = 8 of 16, periods 6.3 to 353 (the paper's 60M model: 6.3 to 471)
 
 and a third where D > head_dim/4, so that production's d_out = D differs from the paper's head_dim/4:
 
@@ -61,6 +61,7 @@ from data.tokenizer import get_tokenizer  # noqa: E402
 from eval_length import perplexity  # noqa: E402
 from experiments import ablate, demo, runner  # noqa: E402
 from experiments.ablate import Claim  # noqa: E402
+from experiments.protocol import PROTOCOL, header  # noqa: E402
 from experiments.lens_measures import (QKProbe, distance_means, far_mass, free_pairs, free_share,  # noqa: E402
                                        key_attention, pick_windows)
 from fope import FourierPositionEmbedding  # noqa: E402
@@ -107,12 +108,12 @@ def geometry_arms(g):
 CLAIMS = [c for c in ablate.CLAIMS if c.section == "parts"] + [
     Claim("parts", "fope", "rope", "passkey", 4, "FoPE keeps the passkey past L_train where RoPE loses it"),
     Claim("parts", "fope", "clamp-only", "ppl_beyond", 4, "(make ablate: FoPE best at 4x) FoPE vs the clamp at 4x"),
-    *[Claim("production", "fope-prod", "fope", m, k, "(no paper claim) production FoPE as good as the paper's", "no difference")
+    *[Claim("production", "fope-prod", "fope", m, k, "(no paper claim) production FoPE against the paper's", "no difference")
       for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 1), ("passkey", 4))],
-    *[Claim("padding", a, b, m, k, f"(the dispute) identity padding as good as official, {what}", "no difference")
+    *[Claim("padding", a, b, m, k, f"(the dispute) identity padding against official, {what}", "no difference")
       for a, b, what in (("fope-identity", "fope", "paper's FoPE"), ("fope-prod-identity", "fope-prod", "production FoPE"))
       for m, k in (("ppl_beyond", 16), ("ppl", 1))],
-    *[Claim("d_out", a, "fope", m, k, f"(no paper claim) {what} as good as the paper's", "no difference")
+    *[Claim("d_out", a, "fope", m, k, f"(no paper claim) {what} against the paper's", "no difference")
       for a, what in (("fope-kept", "d_out = D"), ("fope-prod", "production FoPE"))
       for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 1), ("passkey", 4))],
     *[Claim("d_out", "fope-prod", "fope-kept", m, k, "(no paper claim) production's other changes (sigma 0.5, shared "
@@ -127,11 +128,12 @@ def main(argv=None):
     p.add_argument("--geometries", nargs="+", choices=tuple(GEOMETRIES), default=list(GEOMETRIES))
     args = p.parse_args(argv)
     out, results, seeds = os.path.join(args.out_root, "geometry"), args.results, args.seeds
-    extra, sweep, lens_n = [], ["--tokens=32768", "--trials=10"], {"windows": 8, "long": 4, "docs": 4, "tokens": 32768}
+    extra, sweep, lens_n = [], PROTOCOL.sweep_args(), {"windows": 8, "long": 4, "docs": 4, "tokens": 32768}
     if args.quick:
         seeds, out, results = seeds[:2], os.path.join(args.out_root, "geometry_quick"), os.path.join(results, "quick")
         extra = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
-        sweep, lens_n = ["--tokens=2048", "--trials=1"], {"windows": 2, "long": 1, "docs": 1, "tokens": 2048}
+        sweep = ["--multipliers", *map(str, MULTIPLES), "--tokens=2048", "--trials=1", f"--passkey_up_to={max(PASSKEY_MULTIPLES)}"]
+        lens_n = {"windows": 2, "long": 1, "docs": 1, "tokens": 2048}
     if len(seeds) < 2:
         raise SystemExit("geometry needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
     if args.report_only:
@@ -151,9 +153,7 @@ def main(argv=None):
             ckpts[g] = {name.split("-", 1)[1]: dirs for name, dirs in runs.items()}
     for g in args.geometries:
         with stages(f"eval {g}", f"3/5 eval {g}: one length sweep over every run"):
-            runner.sweep(ckpts[g], f"{results}/ablate_geometry_{g}",
-                         ["--multipliers", *map(str, MULTIPLES), *sweep, f"--passkey_up_to={max(PASSKEY_MULTIPLES)}"],
-                         f"{out}/eval_{g}.log")
+            runner.sweep(ckpts[g], f"{results}/ablate_geometry_{g}", sweep, f"{out}/eval_{g}.log")
     with stages("lens", "4/5 lens: free share, far mass, key attention, trained-vs-served padding"):
         lens = {g: {arm: [measure(d, lens_n) for d in dirs] for arm, dirs in ckpts[g].items()} for g in args.geometries}
     stages.say("5/5 write: tables, figures, the claims")
@@ -233,10 +233,15 @@ def report(results, times, quick=False):
     lens = runner.load_json(f"{results}/ablate_geometry_lens.json")
     doc = {"geometries": {}, "timing": times}
     lines = []
+    sweeps = {g: runner.load_json(f"{results}/ablate_geometry_{g}.json") for g in lens}
+    tested = {g: ablate.tested_claims(sweep["rows"], sweep["info"]["train_len"],
+                                      [c for c in CLAIMS if c.section in GEOMETRIES[g][1]]) for g, sweep in sweeps.items()}
+    decided = iter(ablate.decided_claims([c for g in tested for c in tested[g]]))  # one family: the report's claims
+    lines += header(next(iter(sweeps.values()))["info"], "" if not quick else "--quick smoke run")
     for g in lens:
-        sweep = runner.load_json(f"{results}/ablate_geometry_{g}.json")
+        sweep = sweeps[g]
         train_len = sweep["info"]["train_len"]
-        claims = ablate.claim_rows(sweep["rows"], train_len, [c for c in CLAIMS if c.section in GEOMETRIES[g][1]])
+        claims = [next(decided) for _ in tested[g]]
         doc["geometries"][g] = {"info": sweep["info"], "summary": sweep["summary"], "claims": claims,
                                 "far_mass_uniform_4x": uniform_far_mass(4 * train_len, train_len),
                                 "passkey_digits": passkey_digits(sweep["rows"], train_len),

@@ -77,8 +77,8 @@ class Stages:
 def run(cmd, log):
     """Run a stage's command; its output goes to a log file, a failure ends the experiment with one line."""
     with open(log, "w") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if code:
+        status = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if status:
         with open(log) as f:
             tail = f.read().strip().splitlines()[-1:] or ["(no output)"]
         raise SystemExit(f"'{' '.join(cmd)}' failed ({tail[0]}); full log: {log}")
