@@ -45,6 +45,8 @@ from configurator import describe_machine, resolve_device  # noqa: E402
 from data.shards import ShardError, TokenShards  # noqa: E402
 from eval_length import passkey_accuracy  # noqa: E402
 from experiments import runner  # noqa: E402
+from experiments.protocol import PROTOCOL, deviation  # noqa: E402
+from experiments.stats import wilson  # noqa: E402
 from experiments.lens_measures import QKProbe, cycles, pair_frequencies, pair_mean_norms  # noqa: E402
 from passkey import PasskeyDocs  # noqa: E402
 from pretrained import from_pretrained, load_tokenizer  # noqa: E402
@@ -62,6 +64,8 @@ def arms(train_len, factor=FACTOR):
         "ntk": {"rope_scaling": {"rope_type": "ntk", "factor": factor}},
         "dynamic": {"rope_scaling": {"rope_type": "dynamic", "factor": factor}},
         "yarn": {"rope_scaling": yarn},
+        # the YaRN paper's training-free method: YaRN with s = max(1, L / L_train), set anew for each length L
+        "dynamic-yarn": {"rope_scaling": {"rope_type": "dynamic-yarn"}},
         "llama3": {"rope_scaling": {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0,
                                     "high_freq_factor": 4.0}},  # Llama 3.1's
         "clamp": {"pos_emb": "fope", "fope_fourier": False},
@@ -130,23 +134,42 @@ def smooth(curve, bin_size):
     return np.asarray(curve[:n * bin_size]).reshape(n, bin_size).mean(1).tolist()
 
 
+def dynamic_yarn(overrides, L, train_len):
+    """Dynamic-YaRN's model overrides at length L: static YaRN with s = max(1, L / L_train) (Peng et al. 2023)."""
+    scaling = {"rope_type": "yarn", "factor": max(1.0, L / train_len), "original_max_position_embeddings": train_len}
+    return {**overrides, "rope_scaling": scaling}
+
+
 def measure_arm(name, overrides, windows, docs, tok, args, train_len, lengths, stages):
-    model = from_pretrained(args.source, **overrides).to(args.device)
+    kind = (overrides.get("rope_scaling") or {}).get("rope_type")
+    per_length = kind in ("dynamic", "dynamic-yarn")  # frequencies that depend on the sequence's length
+    base = {**overrides, "rope_scaling": None} if kind == "dynamic-yarn" else overrides
+    model = from_pretrained(args.source, **base).to(args.device)
     longest = max(lengths)
+    n_layer = len(model.transformer.h)
     probe = FarMass(model, [e for e in (2 * train_len, 4 * train_len) if e <= longest], train_len, args.tail_queries)
-    dynamic = (overrides.get("rope_scaling") or {}).get("rope_type") == "dynamic"
+    mass = {}
     result = {"overrides": overrides}
-    if not dynamic:  # one forward per window gives every length
+    if not per_length:  # one forward per window gives every length
         losses = np.stack([window_losses(model, w, args.dtype).numpy() for w in windows])
         result["lengths"] = perplexity_rows(losses, lengths, train_len)
     else:  # its own forward per length past train_len; up to train_len it is RoPE (copied by the caller)
         result["lengths"], losses = {}, None
         for L in (L for L in lengths if L > train_len):
+            if kind == "dynamic-yarn":  # a model per length: YaRN at s = L / L_train
+                probe.close()
+                model = from_pretrained(args.source, **dynamic_yarn(base, L, train_len)).to(args.device)
+                probe = FarMass(model, [], train_len, args.tail_queries)
             probe.ends = [L] if L in (2 * train_len, 4 * train_len) else []
             part = np.stack([window_losses(model, w[:L + 1], args.dtype).numpy() for w in windows])
             result["lengths"][L] = perplexity_rows(part, [L], train_len)[L]
             losses = part if L == longest else losses
-    n_layer = len(model.transformer.h)
+            for end, values in probe.mass.items():
+                mass.setdefault(end, []).extend(values)
+            probe.mass = {}
+    for end, values in probe.mass.items():
+        mass.setdefault(end, []).extend(values)
+    probe.mass = mass
     result["far_mass_by_layer"] = {str(end): [float(np.mean(v[layer::n_layer])) for layer in range(n_layer)]
                                    for end, v in probe.mass.items()}
     result["far_mass"] = {end: float(np.mean(v)) for end, v in result["far_mass_by_layer"].items()}
@@ -155,8 +178,10 @@ def measure_arm(name, overrides, windows, docs, tok, args, train_len, lengths, s
     stages.say(f"  {name}: perplexity done")
     result["passkey"] = {}
     for L in args.passkey_lengths:
-        if dynamic and L <= train_len:
+        if per_length and L <= train_len:
             continue  # RoPE's, copied by the caller
+        if kind == "dynamic-yarn":
+            model = from_pretrained(args.source, **dynamic_yarn(base, L, train_len)).to(args.device)
         with torch.no_grad(), autocast(args.dtype, args.device):
             result["passkey"][L] = passkey_accuracy(model, docs, tok, L, args.depths, args.trials, args.seed, args.device,
                                                     batch_tokens=L)
@@ -200,7 +225,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu) | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="auto: bfloat16 autocast where the CPU has native bf16 (AMX or AVX512-BF16), else float32")
-    p.add_argument("--windows", type=int, default=1, help="val windows of the longest length")
+    p.add_argument("--windows", type=int, default=None, help="val windows of the longest length (default: all of them)")
     p.add_argument("--trials", type=int, default=2, help="passkey documents per (length, depth)")
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     p.add_argument("--tail_queries", type=int, default=256, help="queries at the end of a window for the far mass")
@@ -211,6 +236,8 @@ def main(argv=None):
         with runner.saved_results(results):
             return write_report(results, runner.load_json(f"{results}/pretrained.json"), args.quick)
     args.device = resolve_device(args.device)
+    if args.quick and args.windows is None:
+        args.windows = 1
     if args.dtype == "auto":
         args.dtype = "bfloat16" if args.device.startswith("cuda") or native_bf16() else "float32"
     args.seed = args.seeds[0]
@@ -235,13 +262,13 @@ def main(argv=None):
             train_len = 1024  # the quick run pretends L_train is 1k, so that 4x fits in seconds
         lengths = [train_len // 4, train_len // 2, train_len, 2 * train_len, 4 * train_len]
         args.passkey_lengths = [train_len // 2] if args.quick else [train_len, 2 * train_len]
-        windows = list(data.windows(max(lengths)))[:args.windows]
-        if len(windows) < args.windows:
+        windows = list(data.windows(max(lengths)))[:args.windows]  # --windows None: every window of the val split
+        if args.windows and len(windows) < args.windows:
             raise SystemExit(f"{data_dir} val has {len(windows)} windows of {max(lengths)} tokens, --windows asks {args.windows}")
         docs = PasskeyDocs(tok)
     names = arms(train_len)
     if args.quick:
-        names = {k: names[k] for k in ("rope", "dynamic", "clamp+yarn")}
+        names = {k: names[k] for k in ("rope", "dynamic", "dynamic-yarn", "clamp+yarn")}
     override = {"block_size": train_len} if args.quick else {}
 
     with stages("precision", f"2/5 precision: {args.dtype} against float32 on one window of {train_len} tokens"):
@@ -253,13 +280,14 @@ def main(argv=None):
         with stages(f"arm {name}", f"4/5 {name}: perplexity to {max(lengths)} tokens, passkey at {args.passkey_lengths}"):
             measured[name] = measure_arm(name, {**override, **overrides}, windows, docs, tok, args, train_len,
                                          lengths, stages)
-    if "dynamic" in measured and "rope" in measured:  # up to L_train, dynamic NTK is RoPE exactly
-        for L in lengths:
-            measured["dynamic"]["lengths"].setdefault(L, measured["rope"]["lengths"][L])
-        for L in args.passkey_lengths:
-            measured["dynamic"]["passkey"].setdefault(L, measured["rope"]["passkey"][L])
-        measured["dynamic"]["lengths"] = dict(sorted(measured["dynamic"]["lengths"].items()))
-        measured["dynamic"]["passkey"] = dict(sorted(measured["dynamic"]["passkey"].items()))
+    for dynamic in ("dynamic", "dynamic-yarn"):  # up to L_train, dynamic NTK and Dynamic-YaRN are RoPE exactly
+        if dynamic in measured and "rope" in measured:
+            for L in lengths:
+                measured[dynamic]["lengths"].setdefault(L, measured["rope"]["lengths"][L])
+            for L in args.passkey_lengths:
+                measured[dynamic]["passkey"].setdefault(L, measured["rope"]["passkey"][L])
+            measured[dynamic]["lengths"] = dict(sorted(measured[dynamic]["lengths"].items()))
+            measured[dynamic]["passkey"] = dict(sorted(measured[dynamic]["passkey"].items()))
 
     with stages("report", "5/5 report"):
         doc = {"info": {"date": time.strftime("%Y-%m-%d %H:%M"), "source": args.source, "dtype": args.dtype,
@@ -350,7 +378,11 @@ def table(doc):
     for name, arm in arms_.items():
         row = [name] + [f"{arm['lengths'][L]['ppl']:.2f}" for L in lengths]
         row += [f"{arm['lengths'][L]['ppl_beyond']:.2f}" for L in beyond]
-        row += [f"{arm['passkey'][str(L)]['passkey']:.2f}" for L in info["passkey_lengths"]]
+        docs = info["trials"] * len(info["depths"])
+        for L in info["passkey_lengths"]:  # with the Wilson 95% interval of its documents
+            acc = arm["passkey"][str(L)]["passkey"]
+            lo, hi = wilson(round(acc * docs), docs)
+            row.append(f"{acc:.2f} [{lo:.2f}, {hi:.2f}]")
         row += [f"{arm['far_mass'][L]:.3f}" if L in arm["far_mass"] else "-" for L in beyond]
         rows.append(row)
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
@@ -377,7 +409,11 @@ def derived(doc):
 def write_report(results, doc, quick=False):
     info = doc["info"]
     doc = {**doc, "derived": derived(doc)}
-    lines = [f"{info['source']} (pretrained.py), nothing trained; Shakespeare's val plays in its tokens; L_train = "
+    lines = [PROTOCOL.describe(), deviation(
+        f"one pretrained model, so no seeds; {info['windows']} window(s) of {info['window_tokens']} tokens; passkey "
+        f"{info['trials']} document(s) per depth at {len(info['depths'])} depths", "a 135M model on 2 CPU cores; no claim "
+        "between arms is tested, the numbers are descriptions"), "",
+             f"{info['source']} (pretrained.py), nothing trained; Shakespeare's val plays in its tokens; L_train = "
              f"{info['train_len']}; every rescaling at factor {info['factor']:g}. {info['windows']} window(s) of "
              f"{info['window_tokens']} tokens give every length (a causal model's first L positions are a window of L); "
              f"passkey: depths {info['depths']} x {info['trials']} trial(s) per length; far@L: the attention weight "

@@ -280,8 +280,10 @@ def test_make_pretrained_quick_writes_its_report(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     import json
     doc = json.load(open(tmp_path / "quick" / "pretrained.json"))
-    assert list(doc["arms"]) == ["rope", "dynamic", "clamp+yarn"]
+    assert list(doc["arms"]) == ["rope", "dynamic", "dynamic-yarn", "clamp+yarn"]
     rope, dynamic = doc["arms"]["rope"]["lengths"], doc["arms"]["dynamic"]["lengths"]
     assert dynamic["1024"] == rope["1024"] and dynamic["4096"] != rope["4096"]
+    dynamic_yarn = doc["arms"]["dynamic-yarn"]["lengths"]  # RoPE up to L_train, YaRN at s = L / L_train past it
+    assert dynamic_yarn["1024"] == rope["1024"] and dynamic_yarn["4096"] != dynamic["4096"]
     assert all(math.isfinite(row["ppl"]) for arm in doc["arms"].values() for row in arm["lengths"].values())
     assert (tmp_path / "quick" / "pretrained.md").read_text().count("rope") >= 1
