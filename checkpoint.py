@@ -74,13 +74,21 @@ def changed_sources(saved, current):
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
+def files_sha256(files, names=False):
+    """sha256 of the files' bytes in order (names=True: each file's name before its bytes)."""
+    digest = hashlib.sha256()
+    for file in files:
+        if names:
+            digest.update(os.path.basename(file).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sha256(path):
     """sha256 of the checkpoint file at an out_dir or ckpt.pt: which exact weights a run started from."""
-    digest = hashlib.sha256()
-    with open(checkpoint_file(path), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return files_sha256([checkpoint_file(path)])
 
 
 def checkpoint_file(path):
@@ -240,7 +248,7 @@ def load_model(path, scaling=None, device="cpu"):
 
 
 def saved_val_loss(path):
-    """The val loss of the weights in a checkpoint file; inf if there is none."""
+    """The val loss of the weights in a checkpoint file (older checkpoints: their best_val_loss); inf if none."""
     if not os.path.exists(path):
         return float("inf")
     checkpoint = load_checkpoint(path, mmap=True)
@@ -250,9 +258,7 @@ def saved_val_loss(path):
 def checkpoint_status(path):
     """One phrase on what a reader will find at path (the last checkpoint) and beside it (best.pt)."""
     def described(file):
-        checkpoint = load_checkpoint(file, mmap=True)
-        val_loss = checkpoint.get("val_loss", checkpoint["best_val_loss"])
-        return f"{file} (iter {checkpoint['iter_num']}, val loss {val_loss:.4f})"
+        return f"{file} (iter {load_checkpoint(file, mmap=True)['iter_num']}, val loss {saved_val_loss(file):.4f})"
     if not os.path.exists(path):
         return "no checkpoint was written"
     best = os.path.join(os.path.dirname(path), BEST)

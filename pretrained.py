@@ -171,9 +171,10 @@ def read_hf(folder):
         config = json.loads((folder / "config.json").read_text())
     except (ValueError, OSError) as e:  # JSONDecodeError is a ValueError
         raise SystemExit(f"{folder / 'config.json'} is not a readable JSON file ({e}): download it again") from None
-    if not isinstance(config, dict) or "LlamaForCausalLM" not in config.get("architectures", ["LlamaForCausalLM"]):
-        raise SystemExit(f"{folder} holds a {config.get('architectures') if isinstance(config, dict) else 'non-'} model config: "
-                         "nanoFoPE loads LlamaForCausalLM only")
+    if not isinstance(config, dict):
+        raise SystemExit(f"{folder / 'config.json'} holds no JSON object: not an HF model config")
+    if "LlamaForCausalLM" not in config.get("architectures", ["LlamaForCausalLM"]):
+        raise SystemExit(f"{folder} holds a {config['architectures']} model: nanoFoPE loads LlamaForCausalLM only")
     absent = [k for k in HF_REQUIRED if k not in config]
     if absent:
         raise SystemExit(f"{folder / 'config.json'} has no {', '.join(absent)}: not a complete llama config")
@@ -289,17 +290,11 @@ def training_start(source, data_meta, overrides, seed):
 
 def source_sha256(path):
     """sha256 of a pretrained source's weights: a file's bytes, or an HF folder's config.json and *.safetensors."""
-    import hashlib
+    from checkpoint import files_sha256
     path = Path(path)
-    files = [path] if path.is_file() else [path / "config.json", *sorted(path.glob("*.safetensors"))]
-    digest = hashlib.sha256()
-    for file in files:
-        if len(files) > 1:  # a folder: which file each block is from counts too
-            digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    if path.is_file():
+        return files_sha256([path])
+    return files_sha256([path / "config.json", *sorted(path.glob("*.safetensors"))], names=True)
 
 
 # -----------------------------------------------------------------------------
