@@ -1,18 +1,22 @@
 """
-Override a script's config globals from the command line, the nanoGPT way:
+A script's config: its globals overridden from the command line, the nanoGPT way, then the two settings
+that depend on the machine checked against it.
 
     python train.py config/laptop_rope.py --batch_size=16 --rope_scaling="{'type': 'ntk', 'factor': 4.0}"
 
-A bare argument is a Python config file whose top-level names override the defaults (in order);
-`--key=value` overrides one value. Every key must already exist and keep its default's type
-(an int is accepted for a float; a default of None takes None or the type the script declares in
-optional_types); mistakes are one-line errors. resolve_device and resolve_dtype check the two
-settings that depend on the machine.
+configure: a bare argument is a Python config file whose top-level names override the defaults (in order);
+`--key=value` overrides one value. Every key must already exist and keep its default's type (an int is
+accepted for a float; a default of None takes None or the type the script declares in optional_types);
+mistakes are one-line errors. resolve_device and resolve_dtype turn "auto" into this machine's device and
+dtype, and refuse one it cannot run. (What the machine is, its CPU, GPU and peak FLOP/s, is util/machine.py.)
 """
 
 import ast
 import difflib
 import types
+
+# their home is util/machine.py; re-exported for the scripts and tests that still import them from here
+from util.machine import GPU_PEAK_FLOPS, accelerator_peak_flops, describe_machine, peak_flops_of  # noqa: F401
 
 
 def configure(defaults, argv, optional_types=None):
@@ -136,55 +140,3 @@ def resolve_dtype(name, device, rotary_backend=None):
         raise SystemExit(f"dtype float16 on CPU: the C rotation kernel (rotary_backend={rotary_backend}) takes float32 "
                          "and bfloat16; use --dtype=bfloat16 (CPU autocast's type) or float32")
     return name
-
-
-def cpu_name():
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def describe_machine():
-    """One line: the CPU (or GPU), the cores and the torch the numbers were made on."""
-    import os
-
-    import torch
-
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu_name()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
-
-
-# dense bfloat16 peak FLOP/s (vendors' data sheets: half the "with sparsity" figure) by the exact name
-# torch.cuda.get_device_name gives, for the MFU in train.py's log line. Matched exactly, since a substring
-# would give an L40S the L4's figure and an H100 PCIe the SXM's. train.py's peak_flops gives any other.
-GPU_PEAK_FLOPS = {
-    "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-PCIE-40GB": 312e12,
-    "NVIDIA A100 80GB PCIe": 312e12,
-    "NVIDIA H100 80GB HBM3": 989e12,  # SXM5
-    "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
-    "NVIDIA H200": 989e12,  # SXM
-    "NVIDIA H200 NVL": 835e12, "NVIDIA GH200 480GB": 989e12,
-    "NVIDIA L4": 121e12, "NVIDIA L40S": 362e12, "NVIDIA A10G": 125e12, "NVIDIA A10": 125e12,
-}
-
-
-def peak_flops_of(name):
-    """The table's peak for a device name (exact, ignoring case and surrounding spaces), else None."""
-    table = {k.lower(): v for k, v in GPU_PEAK_FLOPS.items()}
-    return table.get(" ".join(name.split()).lower())
-
-
-def accelerator_peak_flops(device, given=None):
-    """The peak FLOP/s MFU is measured against: `given`, else the table's for this CUDA GPU, else None
-    (the log line then shows no MFU; pass --peak_flops)."""
-    if given:
-        return float(given)
-    if not device.startswith("cuda"):
-        return None
-    import torch
-    return peak_flops_of(torch.cuda.get_device_name(device))

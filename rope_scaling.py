@@ -14,27 +14,27 @@ cases written out; experiments/compare_hf.py runs the whole grid against transfo
 """
 
 import math
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-# # Each rescaling maps the frequencies (after FoPE's clamp) to new ones for sequences past the original
+# Each rescaling maps the frequencies (after FoPE's clamp) to new ones for sequences past the original
 # length, and may set an attention factor that multiplies both tables (so q.k scales by its square),
 # as HF applies it. A rescaling only sees each frequency's index m in theta^(-2m/rot_dim), so it applies
 # alike to RoPE's frequencies and to the ones FoPE keeps ("after the clamp", as the official code's
 # `len_extra_before_clamp=False`). Every function returns (inv_freq, attention_factor).
 
-SCALING_KEYS = {  # rope_type -> the keys it reads besides rope_type, factor, original_max_position_embeddings
-    "default": (),
-    "linear": (),
-    "ntk": (),
-    "dynamic": (),
-    "yarn": ("attention_factor", "beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim", "ramp"),
-    "llama3": ("low_freq_factor", "high_freq_factor"),
-    "longrope": ("short_factor", "long_factor", "attention_factor"),
-}
-SCALING_TYPES = tuple(SCALING_KEYS)
+
+class Rescaling(NamedTuple):
+    """One rope_type, all that check_scaling and rescale_inv_freq know of it (ROPE_SCALING's entries)."""
+    rescale: Callable  # (inv_freq, index, rot_dim, theta, scaling, seq_len) -> (inv_freq, attention_factor)
+    keys: tuple = ()  # the keys it reads besides rope_type, factor, original_max_position_embeddings
+    needs_factor: bool = True  # whether a factor >= 1 is required
+    length_dependent: bool = False  # whether its frequencies depend on the current sequence length
+    check: Optional[Callable] = None  # check(scaling): its own checks of its keys, raising ValueError
+
+
 SCALING_ALIASES = {"type": "rope_type", "original_len": "original_max_position_embeddings"}  # nanoFoPE's short names
-LENGTH_DEPENDENT = ("dynamic", "longrope")  # their frequencies depend on the current sequence length
 
 
 def check_scaling(scaling):
@@ -46,29 +46,22 @@ def check_scaling(scaling):
         raise ValueError(f"rope_scaling must be a dict like {{'rope_type': 'yarn', 'factor': 8.0}}, got {scaling!r}")
     scaling = {SCALING_ALIASES.get(k, k): v for k, v in scaling.items()}
     kind = scaling.get("rope_type")
-    if kind not in SCALING_KEYS:
-        raise ValueError(f"rope_scaling rope_type must be one of {SCALING_TYPES}, got {kind!r}")
+    if kind not in ROPE_SCALING:
+        raise ValueError(f"rope_scaling rope_type must be one of {tuple(ROPE_SCALING)}, got {kind!r}")
     if "attn_temperature" in scaling:
         if kind != "yarn":
             raise ValueError("rope_scaling attn_temperature applies to yarn only")
         if not scaling.pop("attn_temperature"):
             scaling.setdefault("attention_factor", 1.0)
-    allowed = {"rope_type", "factor", "original_max_position_embeddings", *SCALING_KEYS[kind]}
+    entry = ROPE_SCALING[kind]
+    allowed = {"rope_type", "factor", "original_max_position_embeddings", *entry.keys}
     unknown = set(scaling) - allowed
     if unknown:
         raise ValueError(f"rope_scaling has unknown keys {sorted(unknown)} for rope_type {kind!r}; allowed: {sorted(allowed)}")
-    if kind in ("linear", "ntk", "dynamic", "yarn", "llama3"):
-        if not isinstance(scaling.get("factor"), (int, float)) or scaling["factor"] < 1:
-            raise ValueError(f"rope_scaling {kind} needs a factor >= 1, got {scaling.get('factor')!r}")
-    if kind == "llama3" and not {"low_freq_factor", "high_freq_factor"} <= set(scaling):
-        raise ValueError("rope_scaling llama3 needs low_freq_factor and high_freq_factor (Llama 3.1: 1 and 4)")
-    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
-        raise ValueError("rope_scaling llama3 needs high_freq_factor > low_freq_factor")
-    if kind == "longrope" and not {"short_factor", "long_factor"} <= set(scaling):
-        raise ValueError("rope_scaling longrope needs short_factor and long_factor (one per frequency, head_dim/2 each)")
-    if kind == "yarn" and scaling.get("ramp", "index") not in ("index", "ratio"):
-        raise ValueError(f"rope_scaling yarn ramp must be 'index' (HF, the YaRN and FoPE code) or 'ratio' "
-                         f"(the YaRN paper's Eq. 18), got {scaling['ramp']!r}")
+    if entry.needs_factor and (not isinstance(scaling.get("factor"), (int, float)) or scaling["factor"] < 1):
+        raise ValueError(f"rope_scaling {kind} needs a factor >= 1, got {scaling.get('factor')!r}")
+    if entry.check:
+        entry.check(scaling)
     orig = scaling.get("original_max_position_embeddings")
     if orig is not None and (not isinstance(orig, int) or orig < 1):
         raise ValueError(f"rope_scaling original_max_position_embeddings must be a positive int, got {orig!r}")
@@ -132,6 +125,12 @@ def _yarn(inv_freq, index, rot_dim, theta, p, seq_len):
     return inv_freq, float(attention_factor)
 
 
+def _check_yarn(p):
+    if p.get("ramp", "index") not in ("index", "ratio"):
+        raise ValueError(f"rope_scaling yarn ramp must be 'index' (HF, the YaRN and FoPE code) or 'ratio' "
+                         f"(the YaRN paper's Eq. 18), got {p['ramp']!r}")
+
+
 def _llama3(inv_freq, index, rot_dim, theta, p, seq_len):
     """Llama 3.1: wavelengths longer than L_orig / low_freq_factor are interpolated (w / s), shorter than
     L_orig / high_freq_factor kept, and the band between blended by L_orig / wavelength."""
@@ -140,6 +139,13 @@ def _llama3(inv_freq, index, rot_dim, theta, p, seq_len):
     wavelen = 2 * math.pi / inv_freq  # inf for a clamped (zero) frequency: stays zero
     smooth = ((orig / wavelen - low) / (high - low)).clamp(0, 1)
     return (1 - smooth) * inv_freq / s + smooth * inv_freq, 1.0
+
+
+def _check_llama3(p):
+    if not {"low_freq_factor", "high_freq_factor"} <= set(p):
+        raise ValueError("rope_scaling llama3 needs low_freq_factor and high_freq_factor (Llama 3.1: 1 and 4)")
+    if p["high_freq_factor"] <= p["low_freq_factor"]:
+        raise ValueError("rope_scaling llama3 needs high_freq_factor > low_freq_factor")
 
 
 def _longrope(inv_freq, index, rot_dim, theta, p, seq_len):
@@ -155,15 +161,25 @@ def _longrope(inv_freq, index, rot_dim, theta, p, seq_len):
     return inv_freq / factors, float(attention_factor)
 
 
-ROPE_SCALING = {  # rope_type -> function; a new rescaling is one function and one line here
-    "default": lambda inv_freq, *args: (inv_freq, 1.0),
-    "linear": _linear,
-    "ntk": _ntk,
-    "dynamic": _dynamic,
-    "yarn": _yarn,
-    "llama3": _llama3,
-    "longrope": _longrope,
+def _check_longrope(p):
+    if not {"short_factor", "long_factor"} <= set(p):
+        raise ValueError("rope_scaling longrope needs short_factor and long_factor (one per frequency, head_dim/2 each)")
+
+
+# rope_type -> its Rescaling: a new rescaling is one function and one entry here (check_scaling and
+# rescale_inv_freq read all they need of it from the entry)
+ROPE_SCALING = {
+    "default": Rescaling(lambda inv_freq, *args: (inv_freq, 1.0), needs_factor=False),
+    "linear": Rescaling(_linear),
+    "ntk": Rescaling(_ntk),
+    "dynamic": Rescaling(_dynamic, length_dependent=True),
+    "yarn": Rescaling(_yarn, ("attention_factor", "beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim",
+                              "ramp"), check=_check_yarn),
+    "llama3": Rescaling(_llama3, ("low_freq_factor", "high_freq_factor"), check=_check_llama3),
+    "longrope": Rescaling(_longrope, ("short_factor", "long_factor", "attention_factor"), needs_factor=False,
+                          length_dependent=True, check=_check_longrope),
 }
+LENGTH_DEPENDENT = tuple(kind for kind, entry in ROPE_SCALING.items() if entry.length_dependent)  # (fope.py reads it)
 
 
 def rescale_inv_freq(inv_freq, index, rot_dim, theta, scaling, seq_len=None):
@@ -171,4 +187,4 @@ def rescale_inv_freq(inv_freq, index, rot_dim, theta, scaling, seq_len=None):
     seq_len: the current length (dynamic and longrope depend on it). -> (inv_freq, attention_factor)."""
     if scaling is None:
         return inv_freq, 1.0
-    return ROPE_SCALING[scaling["rope_type"]](inv_freq, index, rot_dim, theta, scaling, seq_len)
+    return ROPE_SCALING[scaling["rope_type"]].rescale(inv_freq, index, rot_dim, theta, scaling, seq_len)

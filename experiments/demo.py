@@ -53,28 +53,23 @@ def train_variants(args, variants, stages, fresh=False):
 def main(argv=None):
     args = runner.parser("the laptop reproduction of FoPE's length curves",
                          "smoke run: 1 seed, 200 iters, small sweeps").parse_args(argv)
-    results = os.path.join(args.results, "quick") if args.quick else args.results
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    if args.report_only:
-        with runner.saved_results(results):
-            return write_report(results, runner.load_json(f"{results}/demo_timing.json"), seeds, args.quick)
+    runner.run_experiment(args, "demo", train_and_eval, stage_count=4,
+                          report=lambda experiment, times: write_report(experiment.results, times, experiment.seeds,
+                                                                        args.quick))
+
+
+def train_and_eval(experiment):
+    """Stages 2-4: every variant trained (or kept), the length sweep without and with YaRN."""
+    args, stages, out, results = experiment.args, experiment.stages, experiment.out, experiment.results
     sweep = (["--tokens=4096", "--trials=4", "--multipliers", "1", "2", "4"] if args.quick
              else PROTOCOL.sweep_args())  # the one evaluation protocol (experiments/protocol.py)
-    out = out_dir(args)
-    os.makedirs(out, exist_ok=True)
-    os.makedirs(results, exist_ok=True)
-    stages = runner.Stages("demo")
-    with stages("data", "1/4 data: char-level Shakespeare"):
-        runner.prepare_data(args, out)
-    with stages("train", f"2/4 train: {len(VARIANTS)} variants x {len(seeds)} seeds"):
+    with stages("train", f"2/4 train: {len(VARIANTS)} variants x {len(experiment.seeds)} seeds"):
         ckpts = train_variants(args, VARIANTS, stages, args.fresh)
     with stages("eval", "3/4 eval: length sweep, then YaRN x8 on the rotary variants"):
         runner.sweep(ckpts, f"{results}/demo", sweep, f"{out}/eval.log")
         runner.sweep({v: ckpts[v] for v in ROTARY}, f"{results}/demo_yarn",
                      ["--rope_scaling", "yarn", "--factor", "8", *sweep], f"{out}/eval_yarn.log")
     stages.say("4/4 write: tables")
-    stages.done(f"{results}/demo.png", f"{results}/demo.md")
-    write_report(results, stages.times, seeds, args.quick)
 
 
 def claims():

@@ -48,31 +48,30 @@ STEPS = (500, 1000)  # the continued runs are evaluated at each
 def main(argv=None):
     args = runner.parser("context extension by continued training (the paper's Fig. 4)",
                          "smoke run on make demo --quick's runs: 1 seed, 40 + 40 iters").parse_args(argv)
-    results = os.path.join(args.results, "quick") if args.quick else args.results
-    seeds = args.seeds[:1] if args.quick else args.seeds
     steps = (40, 80) if args.quick else STEPS
-    if args.report_only:
-        with runner.saved_results(results):
-            return write_report(results, runner.load_json(f"{results}/extend_timing.json"), seeds, steps, args.quick)
+    runner.run_experiment(args, "extend", lambda experiment: train_and_eval(experiment, steps), stage_count=4,
+                          report=lambda experiment, times: write_report(experiment.results, times, experiment.seeds,
+                                                                        steps, args.quick))
+
+
+def train_and_eval(experiment, steps):
+    """Stages 2-4: make demo's parents (trained if missing or stale), every arm continued and evaluated at both
+    steps, the length sweep."""
+    args, stages, out, seeds = experiment.args, experiment.stages, experiment.out, experiment.seeds
     if args.quick:
-        out = os.path.join(args.out_root, "extend_quick")
         extra = ["--eval_interval=40", "--lr_decay_iters=80"]
         sweep = ["--tokens=4096", "--trials=4", "--multipliers", "1", "2", "4", "--passkey_up_to=2"]
     else:
-        out, extra = os.path.join(args.out_root, "extend"), []
+        extra = []
         sweep = ["--tokens=32768", "--trials=20", "--multipliers", "1", "2", "4", "8", "16", "32", "--passkey_up_to=4"]
     if args.dataset:
         extra.append(f"--dataset={args.dataset}")
-    os.makedirs(out, exist_ok=True)
-    os.makedirs(results, exist_ok=True)
-    stages = runner.Stages("extend")
 
-    with stages("parents", "1/3 parents: make demo's length-64 rope and fope runs"):
-        runner.prepare_data(args, out)
+    with stages("parents", "2/4 parents: make demo's length-64 rope and fope runs"):
         parents = demo.train_variants(args, ("rope", "fope"), stages)
 
     groups = {}  # label -> checkpoints
-    with stages("train", f"2/3 continue at length 128: {len(ARMS) - 2} arms x {len(seeds)} seeds, evaluated at {steps}"):
+    with stages("train", f"3/4 continue at length 128: {len(ARMS) - 2} arms x {len(seeds)} seeds, evaluated at {steps}"):
         for arm, (variant, flags) in ARMS.items():
             for seed, parent in zip(seeds, parents[variant]):
                 if flags is None:
@@ -94,10 +93,8 @@ def main(argv=None):
                 for step, run_dir in zip(steps, (half_dir, full_dir)):
                     groups.setdefault(f"{arm} @{step}", []).append(run_dir)
 
-    with stages("eval", "3/3 eval: the length sweep against the parents' L_train = 64"):
-        runner.sweep(groups, f"{results}/extend", ["--train_len=64", *sweep], f"{out}/eval.log")
-    stages.done(f"{results}/extend.png", f"{results}/extend.md")
-    write_report(results, stages.times, seeds, steps, args.quick)
+    with stages("eval", "4/4 eval: the length sweep against the parents' L_train = 64"):
+        runner.sweep(groups, f"{experiment.results}/extend", ["--train_len=64", *sweep], f"{out}/eval.log")
 
 
 def claims(steps):

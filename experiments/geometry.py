@@ -59,7 +59,7 @@ from checkpoint import load_model  # noqa: E402
 from data.shards import TokenShards  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
 from eval_length import perplexity  # noqa: E402
-from experiments import ablate, demo, runner  # noqa: E402
+from experiments import ablate, runner  # noqa: E402
 from experiments.ablate import Claim  # noqa: E402
 from experiments.protocol import PROTOCOL, header  # noqa: E402
 from experiments.lens_measures import (QKProbe, distance_means, far_mass, free_pairs, free_share,  # noqa: E402
@@ -79,17 +79,17 @@ KEY_DEPTHS = (0.0, 0.25)  # the lens's passkey documents: keys farther than L_tr
 
 
 def arms():
-    """arm -> train.py flags (a config file among them is read after the geometry's)."""
-    production = runner.code(PRODUCTION)
-    return {"rope": demo.VARIANTS["rope"], "clamp-only": demo.VARIANTS["clamp-only"],
-            "fourier-only": ["--pos_emb=fope", "--fope_clamp=False"], "fope": demo.VARIANTS["fope"],
-            "fope-identity": ["--pos_emb=fope", "--fope_zero_pad=identity"], "fope-kept": ["--pos_emb=fope", "--fope_d_out=kept"],
+    """arm -> train.py flags (a config file among them is read after the geometry's): make ablate's parts arms,
+    taken from its table (ablate.arms), then this experiment's own."""
+    production = runner.repo_path(PRODUCTION)
+    parts = {arm: ablate.arms()[arm] for _, arm in SECTIONS["parts"][1]}
+    return {**parts, "fope-identity": ["--pos_emb=fope", "--fope_zero_pad=identity"],
+            "fope-kept": ["--pos_emb=fope", "--fope_d_out=kept"],
             "fope-prod": [production], "fope-prod-identity": [production, "--fope_zero_pad=identity"]}
 
 
 SECTIONS = {
-    "parts": ("Parts of FoPE (the paper's Fig. 6a)", [
-        ("RoPE", "rope"), ("clamp only (w/o FS)", "clamp-only"), ("Fourier only (w/o CF)", "fourier-only"), ("FoPE", "fope")]),
+    "parts": ablate.sections()["parts"],  # make ablate's section, at this experiment's geometries
     "production": ("FoPE as production runs it (XTuner, vLLM) against the paper's", [
         ("paper's FoPE", "fope"), ("production FoPE", "fope-prod")]),
     "padding": ("The position-free pairs: official padding (cos = sin = 1) against the identity (sin = 0)", [
@@ -127,23 +127,20 @@ def main(argv=None):
                       "smoke run: 2 seeds, 20 iterations, small sweeps", seeds=(1, 2, 3))
     p.add_argument("--geometries", nargs="+", choices=tuple(GEOMETRIES), default=list(GEOMETRIES))
     args = p.parse_args(argv)
-    out, results, seeds = os.path.join(args.out_root, "geometry"), args.results, args.seeds
+    runner.run_experiment(args, "geometry", train_and_eval, stage_count=5, quick_seeds=2, min_seeds=2,
+                          report_name="ablate_geometry",
+                          report=lambda experiment, times: report(experiment.results, times, args.quick))
+
+
+def train_and_eval(experiment):
+    """Stages 2-5: per geometry its arms x seeds trained (or kept) and one length sweep, then the lens on every run."""
+    args, stages, out, seeds = experiment.args, experiment.stages, experiment.out, experiment.seeds
+    results = experiment.results
     extra, sweep, lens_n = [], PROTOCOL.sweep_args(), {"windows": 8, "long": 4, "docs": 4, "tokens": 32768}
     if args.quick:
-        seeds, out, results = seeds[:2], os.path.join(args.out_root, "geometry_quick"), os.path.join(results, "quick")
-        extra = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
+        extra = ablate.QUICK_TRAIN
         sweep = ["--multipliers", *map(str, MULTIPLES), "--tokens=2048", "--trials=1", f"--passkey_up_to={max(PASSKEY_MULTIPLES)}"]
         lens_n = {"windows": 2, "long": 1, "docs": 1, "tokens": 2048}
-    if len(seeds) < 2:
-        raise SystemExit("geometry needs at least 2 seeds for its paired comparisons: pass --seeds 1 2 3")
-    if args.report_only:
-        with runner.saved_results(results):
-            return report(results, runner.load_json(f"{results}/ablate_geometry_timing.json"), args.quick)
-    os.makedirs(out, exist_ok=True)
-    os.makedirs(results, exist_ok=True)
-    stages = runner.Stages("geometry")
-    with stages("data", "1/5 data: char-level Shakespeare"):
-        runner.prepare_data(args, out)
     ckpts = {}
     for g in args.geometries:
         config, _ = GEOMETRIES[g]
@@ -159,8 +156,6 @@ def main(argv=None):
     stages.say("5/5 write: tables, figures, the claims")
     with open(f"{results}/ablate_geometry_lens.json", "w") as f:
         json.dump(lens, f, indent=1)
-    stages.done(f"{results}/ablate_geometry.md")
-    report(results, stages.times, args.quick)
 
 
 # -----------------------------------------------------------------------------
@@ -306,10 +301,7 @@ def geometry_section(results, g, sweep, claims, lens, digits):
                    {lbl: np.array([per_position[arm]]) for lbl, arm in rows if arm in per_position},
                    train_len, f"{results}/ablate_geometry_{g}_{name}")
         lines += [f"### {title}", "", f"![{g} {name}](ablate_geometry_{g}_{name}.png)", "",
-                  "| arm | " + " | ".join(f"{ablate.METRIC_NAMES[m]} {k}x" for m, k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for lbl, arm in rows:
-            lines.append(f"| {lbl} | " + " | ".join(spread(summary.get(arm, {}).get(str(k * train_len), {}).get(m))
-                                                     for m, k in cols) + " |")
+                  *ablate.compact_table(summary, rows, train_len, cols)]
         section_claims = [c for c in claims if c["section"] == name]
         if section_claims:
             lines += ["", *ablate.format_claims(section_claims)]

@@ -44,7 +44,6 @@ GRIDS = {
     "theta150-2200": ("config/demo.py", "power", "theta150_2200-", ["--rope_theta=150.0"], PARTS),
     "ablate-2200": ("config/demo.py", "demo", "", [], (*PARTS, "alibi")),
 }
-QUICK = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
 QUICK_PROTOCOL = PROTOCOL._replace(multiples=(1, 2, 4), tokens_per_length=2048, passkey_docs_per_depth=1)
 
 
@@ -95,7 +94,7 @@ def main(argv=None):
     p.add_argument("--train_only", action="store_true", help="train the grids' runs, no sweep, no report")
     args = p.parse_args(argv)
     results = os.path.join(args.results, "quick") if args.quick else args.results
-    protocol, extra = (QUICK_PROTOCOL, QUICK) if args.quick else (PROTOCOL, [])
+    protocol, extra = (QUICK_PROTOCOL, ablate.QUICK_TRAIN) if args.quick else (PROTOCOL, [])
     if args.quick:
         args.seeds = args.seeds[:2]
     if args.report_only:

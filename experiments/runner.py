@@ -1,8 +1,10 @@
 """
-The runner the experiments share (demo, extend, ablate, lens, bench): the common flags, the stage timer,
-the data, training a grid of runs with train.py (kept while current), sweeping them with eval_length.py,
-and writing results/<experiment>.md with its reading (experiments/readings/<experiment>.md, whose
-{{DOC/key/...:FMT}} placeholders are filled from the experiment's JSON).
+The runner the experiments share (demo, extend, ablate, geometry, power, lens, bench): the common flags, the
+stage timer, the main() of demo, extend, ablate and geometry (run_experiment: --quick, --report_only, the
+folders, the data, the report; each experiment gives only its own stages), training a grid of runs with
+train.py (kept while current), sweeping them with eval_length.py, and writing results/<experiment>.md with
+its reading (experiments/readings/<experiment>.md, whose {{DOC/key/...:FMT}} placeholders are filled from
+the experiment's JSON).
 
 Code (train.py, eval_length.py, config/) is found from the repo root; data, out/ and results/ are relative
 to the working directory (make runs from the repo root), or wherever --dataset, --out_root and --results say.
@@ -16,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -29,9 +32,12 @@ from pretrained import source_sha256  # noqa: E402
 READINGS = os.path.join(ROOT, "experiments", "readings")
 
 
-def code(path):
+def repo_path(path):
     """A file of the repo (train.py, config/demo.py, ...) as an absolute path."""
     return os.path.join(ROOT, path)
+
+
+code = repo_path  # its old name, until experiments/pretrained.py and tests/test_geometry.py say repo_path
 
 
 def parser(description, quick_help, seeds=(1, 2)):
@@ -74,6 +80,41 @@ class Stages:
         self.say(f"done: {', '.join(paths)}")
 
 
+class Experiment(NamedTuple):
+    """One run of an experiment's main(), as run_experiment hands it to the experiment's own steps."""
+    args: argparse.Namespace  # its flags: parser()'s and its own
+    out: str  # where its training runs go: <out_root>/<name>, or <out_root>/<name>_quick with --quick
+    results: str  # where its tables and report go: --results, or <results>/quick with --quick
+    seeds: list  # --seeds, or their first few with --quick
+    stages: Stages = None  # the stage timer (None with --report_only)
+
+
+def run_experiment(args, name, train_and_eval, report, stage_count, out_name=None, quick_seeds=1, min_seeds=1,
+                   report_name=None):
+    """The main() every experiment shares. --quick: the first quick_seeds seeds, the runs in
+    <out_root>/<name>_quick, the results in <results>/quick. --report_only: report(experiment, times) from the
+    saved stage times (<results>/<report_name>_timing.json) and nothing else. Otherwise: the folders
+    (<out_root>/<out_name>, default <name>), the stage timer, stage 1 of stage_count (the data:
+    prepare_data), train_and_eval(experiment) for the stages after it, then report(experiment, times)."""
+    results = os.path.join(args.results, "quick") if args.quick else args.results
+    seeds = args.seeds[:quick_seeds] if args.quick else args.seeds
+    if len(seeds) < min_seeds:
+        raise SystemExit(f"{name} needs at least {min_seeds} seeds for its paired comparisons: pass --seeds 1 2 3")
+    out = os.path.join(args.out_root, f"{name}_quick" if args.quick else out_name or name)
+    report_name = report_name or name
+    if args.report_only:
+        with saved_results(results):
+            return report(Experiment(args, out, results, seeds), load_json(f"{results}/{report_name}_timing.json"))
+    os.makedirs(out, exist_ok=True)
+    os.makedirs(results, exist_ok=True)
+    experiment = Experiment(args, out, results, seeds, Stages(name))
+    with experiment.stages("data", f"1/{stage_count} data: char-level Shakespeare"):
+        prepare_data(args, out)
+    train_and_eval(experiment)
+    experiment.stages.done(f"{results}/{report_name}.md")
+    report(experiment, experiment.stages.times)
+
+
 def run(cmd, log):
     """Run a stage's command; its output goes to a log file, a failure ends the experiment with one line."""
     with open(log, "w") as f:
@@ -91,7 +132,7 @@ def prepare_data(args, out):
             raise SystemExit(f"--dataset {args.dataset}: no shards there (no meta.json): prepare it first")
         return
     if not os.path.isfile("data/shakespeare/char/meta.json"):
-        run([sys.executable, code("data/shakespeare/prepare.py"), "--char-only"], f"{out}/prepare.log")
+        run([sys.executable, repo_path("data/shakespeare/prepare.py"), "--char-only"], f"{out}/prepare.log")
 
 
 def stale_reason(out_dir, train_args):
@@ -130,7 +171,7 @@ def run_args(config, out, name, flags, seed, extra=(), dataset=None):
     """(out_dir, train.py arguments) of one run: a config file, the run's flags, its seed, the mode's extras."""
     out_dir = f"{out}/{name}_s{seed}"
     data = [f"--dataset={dataset}"] if dataset else []
-    return out_dir, [code(config), *flags, f"--seed={seed}", *extra, *data, f"--out_dir={out_dir}",
+    return out_dir, [repo_path(config), *flags, f"--seed={seed}", *extra, *data, f"--out_dir={out_dir}",
                      f"--wandb_run_name={name}_s{seed}", "--overwrite=True"]  # a stale run there is trained again
 
 
@@ -142,7 +183,7 @@ def ensure_trained(out_dir, train_args, stages, fresh=False, why="--fresh"):
         print(f"  {out_dir}: already trained with this config and code, kept", flush=True)
         return False
     t1 = time.time()
-    run([sys.executable, code("train.py"), *train_args], f"{out_dir}.log")
+    run([sys.executable, repo_path("train.py"), *train_args], f"{out_dir}.log")
     stages.times[f"train {os.path.basename(out_dir)}"] = time.time() - t1
     print(f"  {out_dir}: trained ({reason}), {time.time() - t1:.0f} s", flush=True)
     return True
@@ -163,7 +204,7 @@ def sweep(groups, out, sweep_args, log):
     """eval_length.py over {label: [checkpoints]}, one row per label -> out.{csv,json,png}."""
     ckpts = [c for cs in groups.values() for c in cs]
     labels = [f"--label={label}={','.join(cs)}" for label, cs in groups.items()]
-    run([sys.executable, code("eval_length.py"), "--ckpt", *ckpts, *labels, "--out", out, *sweep_args], log)
+    run([sys.executable, repo_path("eval_length.py"), "--ckpt", *ckpts, *labels, "--out", out, *sweep_args], log)
 
 
 def load_json(path):

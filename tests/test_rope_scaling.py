@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fope import FourierPositionEmbedding, RotaryPositionEmbedding, rope_inv_freq
-from rope_scaling import check_scaling, rescale_inv_freq
+from rope_scaling import ROPE_SCALING, Rescaling, check_scaling, rescale_inv_freq
 
 
 def rope_tables(scaling, length, head_dim=64, train_len=128):
@@ -88,6 +88,24 @@ def test_unknown_rescaling_is_a_one_line_error():
     with pytest.raises(ValueError, match="short_factor needs 32 values"):
         RotaryPositionEmbedding(64, scaling={"rope_type": "longrope", "short_factor": [1.0] * 4,
                                              "long_factor": [1.0] * 32}, train_len=128)
+
+
+def test_a_new_rescaling_is_one_function_and_one_entry(monkeypatch):
+    def divide(inv_freq, index, rot_dim, theta, scaling, seq_len):  # PI with a knob of its own
+        return inv_freq / scaling["divisor"], 1.0
+
+    def check(scaling):
+        if not scaling.get("divisor", 0) > 0:
+            raise ValueError("rope_scaling divide needs a divisor > 0")
+
+    monkeypatch.setitem(ROPE_SCALING, "divide", Rescaling(divide, ("divisor",), needs_factor=False, check=check))
+    cos, sin = rope_tables({"rope_type": "divide", "divisor": 4}, 400)  # a rotary module takes it as it is
+    cos0, sin0 = rope_tables(None, 100)
+    assert torch.allclose(cos[:, ::4], cos0, atol=1e-5) and torch.allclose(sin[:, ::4], sin0, atol=1e-5)
+    with pytest.raises(ValueError, match="needs a divisor"):
+        check_scaling({"rope_type": "divide"})
+    with pytest.raises(ValueError, match="unknown keys"):
+        check_scaling({"rope_type": "divide", "divisor": 2, "beta_fast": 32})
 
 
 # Expected values from HF transformers 5.23's ROPE_INIT_FUNCTIONS (modeling_rope_utils.py), written out so

