@@ -93,6 +93,13 @@ class AttentionBias(nn.Module):
         d = torch.arange(T, device=device)
         return self.values(d[None, :], d[-1:])[:, 0].to(dtype)
 
+    def from_parent(self, name, parent, own, expand=None):
+        """checkpoint.load_parent_weights: a parent run without this bias (rope -> kerple) leaves it freshly drawn."""
+        if parent is not None and parent.shape != own.shape:
+            raise ValueError(f"the parent run's {name} has shape {tuple(parent.shape)} where this model's has "
+                             f"{tuple(own.shape)}: it was written by another model.py")
+        return own if parent is None else parent
+
     def forward(self, q_start, q_end, k_end, device, dtype=torch.float32):
         """The bias of query rows q_start..q_end-1 over keys 0..k_end-1: (H, Tq, Tk), -inf above the diagonal."""
         i = torch.arange(q_start, q_end, device=device)
@@ -324,20 +331,22 @@ def bias_path(q, bias, dropout):
     return "flex" if q.device.type == "cuda" and bias.distance_only and dropout == 0.0 else "dense"
 
 
-def attend_with_bias(q, k, v, bias, dropout=0.0, max_elems=1 << 24):
+def attend_with_bias(q, k, v, bias, dropout=0.0, max_elems=1 << 24, q_start=0):
     """Causal attention with an additive bias module: on a GPU through FlexAttention where it can
     (bias_path), else in query chunks of at most max_elems scores per batch element once the sequence is
     long, so an 8192-token sequence never holds a (H, T, T) bias or score tensor; a chunk of rows s..e
-    needs only the keys 0..e."""
-    if bias_path(q, bias, dropout) == "flex":
+    needs only the keys 0..e. q_start: the position of q's first row when k and v hold earlier positions
+    too (generation with a KV cache: k, v cover 0 .. q_start + T - 1)."""
+    if q_start == 0 and bias_path(q, bias, dropout) == "flex":
         return flex_biased_attention(q, k, v, bias)
     B, H, T, hd = q.shape
-    rows = max(1, min(T, max_elems // (H * T)))
-    if rows >= T:
-        return biased_attention(q, k, v, bias(0, T, T, q.device, q.dtype)[None], is_causal=True, dropout=dropout)
+    S = k.shape[2]
+    rows = max(1, min(T, max_elems // (H * S)))
     out = []
     for s in range(0, T, rows):
         e = min(T, s + rows)
-        mask = bias(s, e, e, q.device, q.dtype)[None]  # -inf above the diagonal
-        out.append(biased_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], mask, dropout=dropout))
-    return torch.cat(out, dim=2)
+        mask = bias(q_start + s, q_start + e, q_start + e, q.device, q.dtype)[None]  # -inf above the diagonal
+        square = q_start == 0 and s == 0 and e == T
+        out.append(biased_attention(q[:, :, s:e], k[:, :, :q_start + e], v[:, :, :q_start + e], mask,
+                                    is_causal=square, dropout=dropout))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=2)

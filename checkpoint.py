@@ -331,3 +331,65 @@ def exit_without_finalizing(code):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+# -----------------------------------------------------------------------------
+# a run started from another run's weights (train.py init_from=<run>: context extension)
+
+
+# what a parent run must share with the model it starts (load_parent_weights); everything else may change
+SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "vocab_multiple", "bias", "norm", "mlp", "mlp_hidden",
+                "tie_embeddings", "qk_norm")
+
+
+def load_parent_weights(model, parent_state, parent_args, fourier_expand="fresh"):
+    """Start `model` from another run's weights, for continued training with a new block_size,
+    position embedding or rope_scaling (the paper's context extension, Fig. 4). Every weight is copied,
+    except where a position module says otherwise through its from_parent(name, parent, own, expand): FoPE
+    resizes its coefficients to the model's kept frequencies (fope.resize_coefficients, new entries
+    `fourier_expand` = "fresh" or "zero") and keeps its fresh draw when the parent had none (RoPE -> FoPE);
+    a bias the parent did not have (rope -> kerple) starts freshly drawn. Raises a one-line ValueError for
+    what cannot be carried over."""
+    from model import POS_EMBS  # here, as build_model: the experiments read checkpoints without building models
+    config, parent_spec, spec = model.config, POS_EMBS[parent_args["pos_emb"]], POS_EMBS[model.config.pos_emb]
+    differ = [f"{k} {parent_args.get(k)} -> {getattr(config, k)}" for k in SHAPE_FIELDS if parent_args.get(k) != getattr(config, k)]
+    if differ:
+        raise ValueError(f"the parent run has another shape ({', '.join(differ)}): only block_size, the position "
+                         "embedding and rope_scaling may change when starting from it")
+    fixed = [p for p in (parent_args["pos_emb"], config.pos_emb) if not POS_EMBS[p].past_block_size]
+    if fixed and (parent_args["pos_emb"] != config.pos_emb or parent_args["block_size"] != config.block_size):
+        movable = ", ".join(n for n, s in POS_EMBS.items() if s.past_block_size)
+        raise ValueError(f"{fixed[0]} positions cannot be carried to another block_size or position embedding "
+                         f"(parent: {parent_args['pos_emb']} at {parent_args['block_size']}); pick {movable}")
+    if parent_spec.scales_tokens != spec.scales_tokens:
+        scaled = parent_args["pos_emb"] if parent_spec.scales_tokens else config.pos_emb
+        raise ValueError(f"{scaled} positions scale the token embeddings: a run cannot switch into or out of them "
+                         f"(parent: {parent_args['pos_emb']}, this run: {config.pos_emb})")
+    state, loaded = model.state_dict(), {}
+    for key, own in state.items():
+        parent = parent_state.get(key)
+        module, name = parent_taker(model, key)
+        if module is not None:
+            # a module shared by every layer (share_layers) takes its parent's weights once, from the first layer's
+            which = (id(module), name)
+            if which not in loaded:
+                loaded[which] = module.from_parent(name, parent, own, fourier_expand)
+            state[key] = loaded[which]
+        elif parent is None or parent.shape != own.shape:
+            raise ValueError(f"the parent run has {'no ' + key if parent is None else f'{key} of shape {tuple(parent.shape)}'}"
+                             f" where this model has {tuple(own.shape)}: it was written by another model.py")
+        else:
+            state[key] = parent
+    model.load_state_dict(state)
+    return model
+
+
+def parent_taker(model, key):
+    """(the nearest module above state key `key` with a from_parent method, the key's name below it), or
+    (None, key)."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module = model.get_submodule(".".join(parts[:i]))
+        if hasattr(module, "from_parent"):
+            return module, ".".join(parts[i:])
+    return None, key

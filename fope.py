@@ -25,14 +25,16 @@ The paper's ablation arms (its Fig. 6a) are four settings of the two parts:
     FoPE                  FourierPositionEmbedding(...)
 """
 
-import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rope_scaling import LENGTH_DEPENDENT, check_scaling, rescale_inv_freq
+from fope_ext.rotation import (BACKENDS, QK_NORM_EPS, apply_rotary, check_backend, compiled_apply_rotary,  # noqa: F401
+                               qk_norm, resolve_backend, rotate, rotate_half, rotation_path)
+from rope_scaling import LENGTH_DEPENDENT, rescale_inv_freq, scaling_for_module
 
 ROPE_THETA = 10000.0  # RoPE's base (Su et al.), the default of every rotary module and of GPTConfig
 FOPE_SIGMA = 0.3  # xavier gain of FoPE's coefficients: the official 60M config (0.4 for 180M, 0.6 for 1.2B)
@@ -55,7 +57,7 @@ def check_even(head_dim):
                          f"got {head_dim}")
 
 
-def check_fope_args(head_dim, sigma, fourier_dim, zero_pad, d_out="quarter"):
+def check_fope_args(head_dim, sigma, fourier_dim, zero_pad, d_out_mode="quarter"):
     """The one check of FoPE's knobs (GPTConfig's fope_sigma, fope_dim, fope_zero_pad, fope_d_out): a one-line
     ValueError."""
     if sigma < 0:
@@ -65,8 +67,8 @@ def check_fope_args(head_dim, sigma, fourier_dim, zero_pad, d_out="quarter"):
                          f">= head_dim {head_dim}, or None for head_dim; got {fourier_dim}")
     if zero_pad not in ZERO_PADS:
         raise ValueError(f"fope_zero_pad must be one of {ZERO_PADS}, got {zero_pad!r}")
-    if d_out not in D_OUTS:
-        raise ValueError(f"fope_d_out must be one of {D_OUTS}, got {d_out!r}")
+    if d_out_mode not in D_OUTS:
+        raise ValueError(f"fope_d_out must be one of {D_OUTS}, got {d_out_mode!r}")
 
 
 def whole_cycle_inv_freq(inv_freq, train_len):
@@ -83,89 +85,7 @@ def floor_clamp_mask(inv_freq, train_len):
 
 
 # -----------------------------------------------------------------------------
-# the rotation (1): one reference, one dispatch point for the fast paths
-
-
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(x, cos, sin):
-    """Eager reference of (1). x: (B, H, T, hd); cos, sin: (H or 1, T, hd//2)."""
-    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
-    return x * cos + rotate_half(x) * sin
-
-
-BACKENDS = ("auto", "eager", "c", "compile")
-
-
-def check_backend(backend):
-    if backend not in BACKENDS:
-        raise ValueError(f"rotary_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-
-
-def resolve_backend(backend):
-    """'auto' -> 'c' when the C extension is built (it is compiled on first use), else 'eager'."""
-    check_backend(backend)
-    if backend != "auto":
-        return backend
-    import fope_ext
-    return "c" if fope_ext.available() else "eager"
-
-
-def rotation_path(backend, device):
-    """The path a tensor on `device` takes. The C kernel runs on CPU only, and "auto" looks for it (builds
-    it on first use) only there. Off the CPU, "auto" and "c" take the eager rotation, which runs wherever
-    torch does: on a GPU the model is compiled whole (train.py compile=True) and the compiler fuses it,
-    with no C build and no nested compile; "compile" asks for a compiled rotation in an eager model."""
-    if torch.device(device).type != "cpu":
-        return "eager" if backend in ("auto", "c") else backend
-    return resolve_backend(backend)
-
-
-QK_NORM_EPS = 1e-5  # F.layer_norm's default
-
-
-def qk_norm(x, backend="eager"):
-    """QK norm without a rotation (a model with qk_norm and no rotary embedding): F.layer_norm over
-    head_dim, no affine. On CPU with the C kernel it is the fused kernel with the identity rotation
-    (cos 1, sin 0, exact), one pass where F.layer_norm over rows this short takes several times longer."""
-    if rotation_path(backend, x.device) == "c":
-        import fope_ext
-        if fope_ext.available():
-            table = (1, x.shape[2], x.shape[-1] // 2)  # one row, every position (stride 0)
-            cos, sin = x.new_ones(1, 1, table[2]).expand(table), x.new_zeros(1, 1, table[2]).expand(table)
-            return fope_ext.norm_rotate(x, cos, sin, QK_NORM_EPS)
-    return F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
-
-
-def rotate(x, cos, sin, backend="eager", norm=False):
-    """The one function the model rotates q and k through. norm=True normalises each row of x first (the
-    QK norm of model.py: F.layer_norm over head_dim, no affine); the C kernel fuses the two in one pass
-    when the tables are constant."""
-    path = rotation_path(backend, x.device)
-    if path == "c":
-        import fope_ext  # fope_ext never imports fope: the fallback to the reference lives here
-        if not fope_ext.available():
-            path = "eager"  # no C compiler: fope_ext has warned once, with the compiler's output
-        elif norm and not (cos.requires_grad or sin.requires_grad):
-            return fope_ext.norm_rotate(x, cos, sin, QK_NORM_EPS)
-    if norm:  # learnable tables (their gradient comes from the plain rotation) or no C kernel
-        x = F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
-    if path == "c":
-        return fope_ext.rotate(x, cos, sin)
-    if path == "compile":
-        return compiled_apply_rotary()(x, cos, sin)
-    return apply_rotary(x, cos, sin)
-
-
-@functools.cache
-def compiled_apply_rotary():
-    """apply_rotary compiled once per process (rotary_backend="compile"); dynamic shapes, so an eager model
-    fed new lengths (sampling, an evaluation sweep) does not recompile for each."""
-    return torch.compile(apply_rotary, dynamic=True)
-
+# the rotation (1): its eager reference and the dispatch to the C kernel live in fope_ext/rotation.py
 
 # -----------------------------------------------------------------------------
 # rotary position modules
@@ -190,16 +110,7 @@ class RotaryEmbedding(nn.Module):
         """rope_scaling (HF's spelling, rope_scaling.check_scaling) and the rotation backend."""
         check_backend(backend)
         self.backend = backend  # resolved per call by the tensor's device (rotation_path)
-        self.scaling = check_scaling(scaling)
-        if self.scaling is not None:
-            if self.scaling.get("original_max_position_embeddings") is None:
-                if self.train_len is None:
-                    raise ValueError("rope_scaling needs original_max_position_embeddings (the training length)")
-                self.scaling["original_max_position_embeddings"] = self.train_len
-            for key in ("short_factor", "long_factor"):
-                if key in self.scaling and len(self.scaling[key]) != self.rot_dim // 2:
-                    raise ValueError(f"rope_scaling {key} needs {self.rot_dim // 2} values (one per frequency), "
-                                     f"got {len(self.scaling[key])}")
+        self.scaling = scaling_for_module(scaling, self.train_len, self.rot_dim)
 
     def reset_tables(self):
         """(Re)build the tables: at construction, and after the frequencies or frozen coefficients changed
@@ -214,9 +125,9 @@ class RotaryEmbedding(nn.Module):
         if length is not None:
             self._build(length)
 
-    def mix(self, sin_basis, cos_basis):
-        """(T, D) sin/cos of t*w -> tables (H or 1, T, hd//2). RoPE: identity coefficients."""
-        return sin_basis[None], cos_basis[None]
+    def mix(self, cos_basis, sin_basis):
+        """(T, D) cos/sin of t*w -> tables (cos, sin), each (H or 1, T, hd//2). RoPE: identity coefficients."""
+        return cos_basis[None], sin_basis[None]
 
     def pair_frequencies(self):
         """(head_dim//2,) float64: the frequency w (radians per token) each rotary pair turns at, 0 for a
@@ -233,7 +144,7 @@ class RotaryEmbedding(nn.Module):
                                                  self.theta, self.scaling, seq_len)
         pos = torch.arange(start, end, device=inv_freq.device, dtype=torch.float64)
         angle = pos[:, None] * inv_freq[None, :]  # (T, D)
-        sin, cos = self.mix(angle.sin(), angle.cos())
+        cos, sin = self.mix(angle.cos(), angle.sin())
         return attn_factor * cos, attn_factor * sin
 
     def _length_dependent(self, end):
@@ -282,7 +193,7 @@ class RotaryPositionEmbedding(RotaryEmbedding):
     2 pi / train_len is set to zero, so its dimension pair passes through unrotated. whole_cycles=True is
     RoPE-A (the paper's Table 2): every frequency snapped to whole cycles in train_len."""
 
-    def __init__(self, head_dim, theta=ROPE_THETA, scaling=None, train_len=None, backend="eager", clamp_floor=False,
+    def __init__(self, head_dim, *, theta=ROPE_THETA, scaling=None, train_len=None, backend="eager", clamp_floor=False,
                  whole_cycles=False):
         super().__init__()
         if (clamp_floor or whole_cycles) and train_len is None:
@@ -320,21 +231,20 @@ class FourierPositionEmbedding(RotaryEmbedding):
       dimension passes through unrotated: the fix proposed for vllm#55204 in #55243). For q.k the two differ by
       exactly a factor 2 on each position-free pair's term: (q1 - q2)(k1 - k2) + (q2 + q1)(k2 + k1) =
       2 (q1 k1 + q2 k2).
-    d_out: "quarter" (the paper's code): with the clamp the series fill min(D, head_dim/4) pairs;
-      "kept" (FoPE as production runs it: XTuner's FourierEmbedding and vLLM's FourierRotaryEmbedding,
-      coefficients (heads, D, D)): every kept frequency has a pair of its own, d_out = D (at most
-      head_dim/2). The two differ only where D > head_dim/4.
+    d_out_mode: how many pairs the series fill (self.d_out): "quarter" (the paper's code, min(D, head_dim/4)
+      with the clamp) or "kept" (production, XTuner's FourierEmbedding and vLLM's FourierRotaryEmbedding:
+      D, at most head_dim/2). The two differ only where D > head_dim/4.
     coef_heads: how many coefficient sets (None: n_head, one per head, as the paper's code). Production
       draws one per key/value head (fope_sep_head with num_key_value_heads): coef_heads = n_kv_head,
       query heads j*g .. j*g+g-1 (g = n_head / coef_heads) sharing set j, as they share key/value head j.
     """
 
-    def __init__(self, head_dim, n_head, train_len, theta=ROPE_THETA, sigma=FOPE_SIGMA, fourier_dim=None,
+    def __init__(self, head_dim, n_head, train_len, *, theta=ROPE_THETA, sigma=FOPE_SIGMA, fourier_dim=None,
                  clamp_floor=True, learnable=False, zero_pad="official", scaling=None, backend="eager",
-                 d_out="quarter", coef_heads=None):
+                 d_out_mode="quarter", coef_heads=None):
         super().__init__()
         check_even(head_dim)
-        check_fope_args(head_dim, sigma, fourier_dim, zero_pad, d_out)
+        check_fope_args(head_dim, sigma, fourier_dim, zero_pad, d_out_mode)
         coef_heads = coef_heads or n_head
         if n_head % coef_heads:
             raise ValueError(f"FoPE's coefficient sets ({coef_heads}) must divide n_head ({n_head})")
@@ -352,11 +262,11 @@ class FourierPositionEmbedding(RotaryEmbedding):
         self.n_head, self.sigma, self.zero_pad, self.learnable = n_head, sigma, zero_pad, learnable
         D = inv_freq.numel()
         # official: with the clamp, the series fill a quarter of head_dim (fourier_ignore_zero); production
-        # (d_out="kept"): one pair per kept frequency
+        # (d_out_mode="kept"): one pair per kept frequency
         if not clamp_floor:
             self.d_out = head_dim // 2
         else:
-            self.d_out = min(D, head_dim // 4 if d_out == "quarter" else head_dim // 2)
+            self.d_out = min(D, head_dim // 4 if d_out_mode == "quarter" else head_dim // 2)
         sin_coef = fope_coefficients(coef_heads, D, self.d_out, sigma)
         cos_coef = fope_coefficients(coef_heads, D, self.d_out, sigma)
         if learnable:
@@ -366,17 +276,17 @@ class FourierPositionEmbedding(RotaryEmbedding):
             self.register_buffer("cos_coef", cos_coef)
         self.reset_tables()
 
-    def mix(self, sin_basis, cos_basis):
+    def mix(self, cos_basis, sin_basis):
         # paper Eq. 10-11: every output dim is a Fourier series over the kept frequencies, per head
-        sin = torch.einsum("td,hde->hte", sin_basis, self.sin_coef.double())
         cos = torch.einsum("td,hde->hte", cos_basis, self.cos_coef.double())
+        sin = torch.einsum("td,hde->hte", sin_basis, self.sin_coef.double())
         group = self.n_head // self.sin_coef.shape[0]  # query heads per coefficient set (per-key/value-head sets)
         if group > 1:
             sin, cos = sin.repeat_interleave(group, dim=0), cos.repeat_interleave(group, dim=0)
         pad = self.head_dim // 2 - self.d_out  # position-free dimensions
         sin = F.pad(sin, (0, pad), value=1.0 if self.zero_pad == "official" else 0.0)
         cos = F.pad(cos, (0, pad), value=1.0)
-        return sin, cos
+        return cos, sin
 
     def pair_frequencies(self):
         """Pair e < d_out follows its largest coefficient (the step identity), averaged over heads and the sin
@@ -385,6 +295,16 @@ class FourierPositionEmbedding(RotaryEmbedding):
         weight = (self.cos_coef.detach().double().abs() + self.sin_coef.detach().double().abs()).mean(0).cpu()
         freqs[:weight.shape[1]] = self.inv_freq.detach().double().cpu()[weight.argmax(0)]
         return freqs
+
+    def from_parent(self, name, parent, own, expand="fresh"):
+        """What checkpoint.load_parent_weights loads into coefficient `name` from a parent run's tensor (None: the
+        parent had none, RoPE -> FoPE: keep the fresh draw): resized to this model's kept frequencies."""
+        if parent is None:
+            return own
+        if parent.shape[0] != own.shape[0]:
+            raise ValueError(f"the parent run has {parent.shape[0]} FoPE coefficient sets in {name} where this model has "
+                             f"{own.shape[0]}: fope_kv_heads must be the parent's")
+        return resize_coefficients(parent, own.shape[1], own.shape[2], self.sigma, expand)
 
 
 def step_identity(D, d_out):
@@ -425,3 +345,44 @@ def resize_coefficients(coef, D, d_out, sigma, fill="fresh"):
     keep_D, keep_d_out = min(old_D, D), min(old_d_out, d_out)
     new[:, :keep_D, :keep_d_out] = coef[:, :keep_D, :keep_d_out]
     return new.to(coef.dtype)
+
+
+# -----------------------------------------------------------------------------
+# FoPE's knobs in GPTConfig, and the builders model.py's registry calls
+
+
+@dataclass
+class FoPEKnobs:
+    """GPTConfig's FoPE fields (GPTConfig inherits them; train.py takes each as --key=value). Their meaning is
+    FourierPositionEmbedding's argument of the same name; the last three are FoPE as production runs it
+    (config/fope_production.py: XTuner, vLLM, Intern-S1-Pro)."""
+    fope_sigma: float = FOPE_SIGMA  # sigma (0: the step identity alone)
+    fope_dim: int = None  # fourier_dim (None: head_dim)
+    fope_clamp: bool = True  # clamp_floor: zero frequencies whose period exceeds block_size
+    fope_fourier: bool = True  # False: no Fourier series (with fope_clamp: the clamp-only arm, RoPE's module)
+    fope_learnable: bool = False  # learnable
+    fope_zero_pad: str = "official"  # zero_pad: official | identity
+    fope_d_out: str = "quarter"  # d_out_mode: quarter (the paper's code) | kept (production)
+    fope_kv_heads: bool = False  # coef_heads = n_kv_head (production) instead of n_head
+    fope_share_layers: bool = False  # one FoPE module (coefficients) for all layers (production)
+
+
+def check_fope_config(c):
+    check_fope_args(c.n_embd // c.n_head, c.fope_sigma, c.fope_dim, c.fope_zero_pad, c.fope_d_out)
+
+
+def rope_from_config(c, **kw):
+    """RoPE (rope, rope-a; the clamp-only arm with clamp_floor=True) of a GPTConfig."""
+    return RotaryPositionEmbedding(c.n_embd // c.n_head, theta=c.rope_theta, scaling=c.rope_scaling,
+                                   train_len=c.block_size, backend=c.rotary_backend, **kw)
+
+
+def fope_from_config(c):
+    """FoPE of a GPTConfig; fope_fourier=False gives the clamp-only arm (or RoPE, without the clamp)."""
+    if not c.fope_fourier:
+        return rope_from_config(c, clamp_floor=c.fope_clamp)
+    return FourierPositionEmbedding(
+        c.n_embd // c.n_head, c.n_head, c.block_size, theta=c.rope_theta, sigma=c.fope_sigma, fourier_dim=c.fope_dim,
+        clamp_floor=c.fope_clamp, learnable=c.fope_learnable, zero_pad=c.fope_zero_pad, scaling=c.rope_scaling,
+        backend=c.rotary_backend, d_out_mode=c.fope_d_out,
+        coef_heads=(c.n_kv_head or c.n_head) if c.fope_kv_heads else c.n_head)

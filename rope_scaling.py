@@ -188,3 +188,19 @@ def rescale_inv_freq(inv_freq, index, rot_dim, theta, scaling, seq_len=None):
     if scaling is None:
         return inv_freq, 1.0
     return ROPE_SCALING[scaling["rope_type"]].rescale(inv_freq, index, rot_dim, theta, scaling, seq_len)
+
+
+def scaling_for_module(scaling, train_len, rot_dim):
+    """A rotary module's rope_scaling (check_scaling), with original_max_position_embeddings defaulting to
+    its train_len and LongRoPE's factor lists checked against its rot_dim // 2 frequencies."""
+    scaling = check_scaling(scaling)
+    if scaling is None:
+        return None
+    if scaling.get("original_max_position_embeddings") is None:
+        if train_len is None:
+            raise ValueError("rope_scaling needs original_max_position_embeddings (the training length)")
+        scaling["original_max_position_embeddings"] = train_len
+    for key in ("short_factor", "long_factor"):
+        if key in scaling and len(scaling[key]) != rot_dim // 2:
+            raise ValueError(f"rope_scaling {key} needs {rot_dim // 2} values (one per frequency), got {len(scaling[key])}")
+    return scaling

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from checkpoint import checkpoint_file
-from model import GPTConfig, is_rotary
+from model import POS_EMBS, GPTConfig, is_rotary, knob_fields
 
 # train.py settings that do not change the trained model: checkpoints differing only in these are seeds
 NOT_THE_MODEL = ("seed", "out_dir", "wandb_log", "wandb_project", "wandb_run_name", "init_from", "device",
@@ -33,18 +33,17 @@ MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
 def run_settings(checkpoint, model):
     """Everything that makes the evaluated model what it is: the train config minus NOT_THE_MODEL, the
     model's fields (eval-time rope_scaling included) and the iteration reached. Settings the position
-    embedding never reads are left out, so two rope runs that differ only in fope_sigma are one run."""
+    embedding never reads (another entry's knobs, model.POS_EMBS) are left out, so two rope runs that
+    differ only in a FoPE knob are one run."""
     settings = {k: v for k, v in checkpoint["config"].items() if k not in NOT_THE_MODEL}
     settings.update((k, v) for k, v in dataclasses.asdict(model.config).items() if k not in NOT_THE_MODEL)
     settings["iter_num"] = checkpoint["iter_num"]
     parent = checkpoint.get("parent")  # a continued run (init_from=<run>): what it started from counts too
     if parent:
         settings["parent"] = f"{parent['model_args']['pos_emb']}@{parent['model_args']['block_size']}:{parent['iter_num']}"
-    pos_emb = settings["pos_emb"]
-    for key in list(settings):
-        if (key.startswith("fope_") and pos_emb != "fope"
-                or key in ("rope_theta", "rope_scaling") and not is_rotary(pos_emb)):
-            del settings[key]
+    spec = POS_EMBS.get(settings["pos_emb"])
+    for key in set(knob_fields()) - set(spec.reads() if spec else ()):  # another embedding's knobs
+        settings.pop(key, None)
     return settings
 
 

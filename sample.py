@@ -31,6 +31,7 @@ max_new_tokens = 500
 temperature = 0.8  # 1.0: the model's distribution; lower is more conservative; 0: greedy
 top_k = None  # e.g. 200: sample only among the top_k most likely tokens
 seed = 1337
+use_cache = True  # generate with a KV cache (prefill once, then one token at a time); False: the whole context per token
 device = "auto"  # auto (cuda, mps, then cpu) | cpu | cuda | mps
 dtype = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
 # -----------------------------------------------------------------------------
@@ -81,12 +82,23 @@ def main(argv):
     torch.manual_seed(cfg.seed)
     samples = []
     for _ in range(cfg.num_samples):
+        stats = {}
         with ctx:
-            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k)
+            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                               use_cache=cfg.use_cache, stats=stats)
         samples.append(tokenizer.decode(y[0].tolist()))
         print(samples[-1])
         print("---------------")
+        print(speed_line(x.shape[1], stats), file=sys.stderr)
     return samples
+
+
+def speed_line(prompt_tokens, stats):
+    """One line: the prefill of the prompt and the tokens/s of the new tokens after the first."""
+    rest = stats["new_tokens"] - 1
+    decode = f"{rest} more in {stats['decode_s']:.2f} s, {rest / stats['decode_s']:.1f} tokens/s" if rest else "no more"
+    return (f"{prompt_tokens} prompt tokens and the first new one in {stats['prefill_s']:.2f} s; {decode} "
+            f"({'KV cache' if stats['cache'] else 'no cache'})")
 
 
 if __name__ == "__main__":

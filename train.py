@@ -34,11 +34,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (BEST, changed_sources, checkpoint_status, claim_out_dir, exit_without_finalizing, file_sha256,
-                        load_checkpoint, save_checkpoint, saved_val_loss, source_hashes, watch_interrupts)
+                        load_checkpoint, load_parent_weights, save_checkpoint, saved_val_loss, source_hashes,
+                        watch_interrupts)
 from configurator import accelerator_peak_flops, configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig, is_rotary, load_parent_weights
+from model import GPT, GPTConfig, is_rotary
 from passkey import PasskeyDocs
 from pretrained import is_pretrained, pretrained_overrides, training_start
 

@@ -288,7 +288,34 @@ def report_lines(out):
     lines += [f"| {name} | {gib:.2f} | {s['seconds'][name]:.0f} |" for name, gib in s["peak_rss_gib"].items()]
     lines += ["", f"Within the limit: {'yes' if s['within_limit'] else 'NO'}. Forward below forward+backward for every "
               f"rotation method: {'yes' if out['forward_below_forward_backward_everywhere'] else 'NO'}."]
-    return lines
+    return lines + generation_lines(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results",
+                                                 "bench_generate.json"))
+
+
+def generation_lines(path):
+    """The generation row against HF transformers, from experiments/compare_hf.py --generate's JSON (it needs
+    transformers, which nanoFoPE does not depend on, so it is measured by that script, not by this one)."""
+    lines = ["", "## Generation and forward against HF transformers", ""]
+    if not os.path.isfile(path):
+        return lines + ["Not measured: `pip install transformers accelerate` in a scratch venv, then "
+                        "`python experiments/compare_hf.py --generate smollm2-135m`."]
+    g = json.load(open(path))
+    lines += [f"{g['source']}, {g['dtype']}, greedy, {g['prompt_tokens']}-token prompt of Shakespeare's val split, "
+              f"{g['new_tokens']} new tokens; then a no-grad forward of {g['forward_tokens']} tokens. nanoFoPE's "
+              f"GPT.generate (KV cache) and transformers {g['transformers']}'s generate on the same GGUF, one process, "
+              f"interleaved, median of {g['repeats']}; {g['machine']['cpu']}, {g['threads']} threads, {g['date']} "
+              f"(`python experiments/compare_hf.py --generate {g['source']}`). HF's prefill and ms/token are its model "
+              "with its own cache, timed by hand.", "",
+              "| | prefill s | ms/token | tokens/s (whole generate) | forward s |", "|---|--:|--:|--:|--:|"]
+    for name, key in (("nanoFoPE", "ours"), ("HF transformers", "hf")):
+        r = g[key]
+        lines.append(f"| {name} | {r['prefill_s']:.2f} | {r['ms_per_token']:.1f} | {r['tokens_per_s']:.2f} | "
+                     f"{r['forward_s']:.2f} |")
+    o, h = g["ours"], g["hf"]
+    lines.append(f"| nanoFoPE / HF speed | {h['prefill_s'] / o['prefill_s']:.2f}x | {h['ms_per_token'] / o['ms_per_token']:.2f}x"
+                 f" | {o['tokens_per_s'] / h['tokens_per_s']:.2f}x | {h['forward_s'] / o['forward_s']:.2f}x |")
+    same = "yes" if g["same_tokens"] else f"no, first difference at new token {g['first_difference']}"
+    return lines + ["", f"The same {g['new_tokens']} greedy tokens as HF: {same}."]
 
 
 def write_report(out, path, times):

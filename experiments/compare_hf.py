@@ -5,6 +5,7 @@ Check nanoFoPE against HF transformers: rope_scaling.py's rescalings against its
     pip install transformers accelerate   # not dependencies of nanoFoPE: only this check needs them
     python experiments/compare_hf.py      # prints the largest relative difference per rope_type
     python experiments/compare_hf.py --pretrained smollm2-135m   # logits (float32, 512 tokens), ids
+    python experiments/compare_hf.py --generate smollm2-135m     # greedy tokens and speed -> results/bench_generate.json
 
 --pretrained: the first --tokens tokens of Shakespeare's val split in the model's tokens (data/shakespeare/
 prepare.py --pretrained=SOURCE), through nanoFoPE's GPT.from_pretrained and through
@@ -116,11 +117,87 @@ def compare_pretrained(source, n_tokens):
     return 0 if worst < 1e-3 and same else 1
 
 
+@torch.no_grad()
+def compare_generate(source, prompt_tokens=2048, new_tokens=64, forward_tokens=4096, repeats=2):
+    """Greedy decoding of new_tokens after the first prompt_tokens of the val split, by GPT.generate (KV cache)
+    and by HF's generate on the same GGUF, float32, one process, the two interleaved; then the no-grad forward
+    of forward_tokens (the last position's logits only, on both sides). Medians over repeats; results/bench_generate.json (experiments/bench.py reports it)."""
+    import json
+    import statistics
+    import time
+
+    import transformers
+
+    from data.shards import TokenShards
+    from pretrained import from_pretrained, resolve
+    from util.machine import describe_machine
+    _, path = resolve(source)
+    window = next(iter(TokenShards(os.path.join("data", "shakespeare", source), "val").windows(forward_tokens - 1)))
+    tokens = torch.from_numpy(window.astype("int64"))[None]
+    prompt = tokens[:, :prompt_tokens]
+    ours, theirs = from_pretrained(source), hf_llama(path, None)
+    runs = {"ours": [], "hf": []}
+    for _ in range(repeats):
+        stats = {}
+        t0 = time.perf_counter()
+        a = ours.generate(prompt, new_tokens, temperature=0, stats=stats)
+        runs["ours"].append({"total_s": time.perf_counter() - t0, **stats})
+        t0 = time.perf_counter()
+        b = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, do_sample=False,
+                            min_new_tokens=new_tokens, pad_token_id=0)
+        total = time.perf_counter() - t0
+        t0 = time.perf_counter()  # HF's own prefill and per-token time: its model with its cache, by hand
+        out = theirs(input_ids=prompt, use_cache=True)
+        prefill = time.perf_counter() - t0
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        t0 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            out = theirs(input_ids=nxt, past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        runs["hf"].append({"total_s": total, "prefill_s": prefill, "decode_s": time.perf_counter() - t0})
+    a, b = a[0, prompt_tokens:].tolist(), b[0, prompt_tokens:].tolist()
+    first_diff = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    forward = {"ours": [], "hf": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ours(tokens[:, :-1])  # the last position's logits only, as logits_to_keep=1
+        forward["ours"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        theirs(input_ids=tokens[:, :-1], use_cache=False, logits_to_keep=1)
+        forward["hf"].append(time.perf_counter() - t0)
+
+    def med(side, key):
+        return statistics.median(r[key] for r in runs[side])
+
+    rows = {side: {"total_s": med(side, "total_s"), "prefill_s": med(side, "prefill_s"),
+                   "ms_per_token": 1000 * med(side, "decode_s") / (new_tokens - 1),
+                   "tokens_per_s": new_tokens / med(side, "total_s"),
+                   "forward_s": statistics.median(forward[side])} for side in runs}
+    doc = {"source": source, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "forward_tokens": forward_tokens - 1,
+           "repeats": repeats, "dtype": "float32", "same_tokens": first_diff is None, "first_difference": first_diff,
+           "ours": rows["ours"], "hf": rows["hf"], "runs": runs, "forward_runs": forward,
+           "transformers": transformers.__version__, "torch": torch.__version__, "machine": describe_machine(),
+           "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    os.makedirs("results", exist_ok=True)
+    with open("results/bench_generate.json", "w") as f:
+        json.dump(doc, f, indent=1)
+    for side in ("ours", "hf"):
+        r = rows[side]
+        print(f"  {side:4s}: prefill {r['prefill_s']:.2f} s, {r['ms_per_token']:.1f} ms/token, {r['tokens_per_s']:.2f} "
+              f"tokens/s over {new_tokens}, forward of {forward_tokens - 1} tokens {r['forward_s']:.2f} s")
+    print(f"  the same {new_tokens} greedy tokens: {first_diff is None}" + ("" if first_diff is None else f" (first differs at {first_diff})"))
+    return 0 if first_diff is None else 1
+
+
 def main():
     try:
         import transformers
     except ImportError:
         raise SystemExit("compare_hf.py needs transformers: pip install transformers (nanoFoPE itself does not)")
+    if "--generate" in sys.argv:
+        source = sys.argv[sys.argv.index("--generate") + 1]
+        print(f"transformers {transformers.__version__}, torch {torch.__version__}: {source}, greedy generation")
+        return compare_generate(source)
     if "--pretrained" in sys.argv:
         source = sys.argv[sys.argv.index("--pretrained") + 1]
         print(f"transformers {transformers.__version__}, torch {torch.__version__}: {source}")

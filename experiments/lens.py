@@ -99,7 +99,7 @@ def measure(model, ckpt, data, args):
     L, hd, H = config.block_size, config.n_embd // config.n_head, config.n_head
     blocks = list(model.transformer.h)
     shared_bias = getattr(model.transformer, "pos_bias", None)  # ALiBi, T5 (FIRE, KERPLE: attn.pos_bias per layer)
-    rope_ref = RotaryPositionEmbedding(hd, config.rope_theta, backend="eager")
+    rope_ref = RotaryPositionEmbedding(hd, theta=config.rope_theta, backend="eager")
     result = {"ckpt": ckpt["path"], "label": None, "pos_emb": config.pos_emb,
               "seed": ckpt["config"].get("seed"), "train_len": L, "head_dim": hd, "n_head": H,
               "n_layer": len(blocks), "rope_theta": config.rope_theta, "note": ""}

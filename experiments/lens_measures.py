@@ -249,7 +249,7 @@ def rope_closed_form(head_dim, theta, mu, max_distance):
 @torch.no_grad()
 def fig8_curves(head_dim, theta, max_distance, draws, seed, mus=(0.0, 0.1, 1.0)):
     """The paper's Fig. 8 for a RoPE module of head_dim and theta: mu -> (mean of draws samples, closed form)."""
-    rope = RotaryPositionEmbedding(head_dim, theta, backend="eager")
+    rope = RotaryPositionEmbedding(head_dim, theta=theta, backend="eager")
     generator = torch.Generator().manual_seed(seed)
     return {mu: (sampled_score(rope, mu, max_distance, draws, generator)[0],
                  rope_closed_form(head_dim, theta, mu, max_distance)) for mu in mus}

@@ -6,16 +6,18 @@ torch custom op (fope::rotate) so torch.compile(fullgraph=True) traces through i
 
 RoPE (tables shared by the heads) and FoPE (per-head tables) are the same call. Eager PyTorch
 makes about five passes over x for this; the kernel makes one, so it runs near the speed of a plain
-copy of x (fope_ext/bench.py measures both). The reference it is tested against is fope.apply_rotary.
+copy of x (fope_ext/bench.py measures both). The reference it is tested against, apply_rotary, and the
+dispatch every rotary module calls (rotate: this kernel, a compiled reference or the reference) sit beside
+it in fope_ext/rotation.py.
 
     import fope_ext
     y = fope_ext.rotate(x, cos, sin)   # float32, float64 or bfloat16 on CPU
     y = fope_ext.norm_rotate(x, cos, sin)  # QK norm (F.layer_norm over hd, no affine), then the rotation
-    fope_ext.available()               # False when no C compiler (fope.rotate then runs the reference)
+    fope_ext.available()               # False when no C compiler (rotation.rotate then runs the reference)
     fope_ext.build_error()             # why not, or None
 
-fope.py imports this package and the package (this file, build.py) never imports fope: the fallback to the
-eager reference lives in fope.rotate, so this file holds the kernel and nothing else. Only the benchmark
+fope.py imports this package and the package (this file, build.py, rotation.py) never imports fope: this
+file holds the kernel and nothing else, rotation.py the reference and the fallback to it. Only the benchmark
 script beside it, fope_ext/bench.py, imports fope (to time the kernel against fope's eager reference and
 position modules); nothing in the package imports the benchmark.
 

@@ -276,7 +276,7 @@ def test_sinusoidal_positions_are_sin_and_cos_of_the_vaswani_frequencies():
 
 
 def test_a_parent_cannot_switch_qk_norm_or_into_or_out_of_sinusoidal_positions():
-    from model import load_parent_weights
+    from checkpoint import load_parent_weights
     for parent, child, message in [(tiny("rope"), tiny("rope", qk_norm=True), "qk_norm False -> True"),
                                    (tiny("rope"), tiny("sinusoidal"), "cannot switch into or out of"),
                                    (tiny("sinusoidal"), tiny("rope"), "cannot switch into or out of")]:
@@ -285,7 +285,7 @@ def test_a_parent_cannot_switch_qk_norm_or_into_or_out_of_sinusoidal_positions()
 
 
 def test_a_rope_parent_starts_a_bias_model_with_fresh_bias_parameters():
-    from model import load_parent_weights
+    from checkpoint import load_parent_weights
     parent = tiny("rope")
     child = tiny("kerple", seed=1)
     r1 = child.transformer.h[0].attn.pos_bias.r1.detach().clone()

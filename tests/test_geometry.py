@@ -61,7 +61,7 @@ def test_production_rotates_every_kept_frequency_where_the_paper_caps_at_a_quart
     # D > head_dim/4 = 8: the paper's code fills 8 pairs (its step identity reaches only 5 of them at D = 10:
     # rows 0, 2, 4, 6, 8), production one pair per kept frequency
     paper = FourierPositionEmbedding(32, 4, train_len, theta=theta, sigma=0.0)
-    prod = FourierPositionEmbedding(32, 4, train_len, theta=theta, sigma=0.0, d_out="kept", zero_pad="identity")
+    prod = FourierPositionEmbedding(32, 4, train_len, theta=theta, sigma=0.0, d_out_mode="kept", zero_pad="identity")
     assert paper.inv_freq.numel() == prod.inv_freq.numel() == D
     assert paper.d_out == 8 and prod.d_out == D
     # identity coefficients and identity padding: the clamp-only arm (RoPE on the kept frequencies) exactly
@@ -132,7 +132,7 @@ def test_production_coefficients_are_xtuners_init_and_shared_by_every_layer():
     # xavier-normal of gain 0.5 on (n_kv, D, D) (torch's fans: fan_in = D * D, fan_out = n_kv * D) plus the identity
     assert (coef - torch.eye(5)).abs().max() > 0
     # the fans, on a draw large enough to tell them apart: (4 sets, D, D) -> fan_in D * D, fan_out 4 * D
-    big = FourierPositionEmbedding(256, 8, 4096, sigma=0.5, d_out="kept", coef_heads=4).sin_coef
+    big = FourierPositionEmbedding(256, 8, 4096, sigma=0.5, d_out_mode="kept", coef_heads=4).sin_coef
     D = big.shape[1]
     assert big.shape == (4, D, D) and D > 64
     expected = 0.5 * math.sqrt(2 / (D * D + 4 * D))
@@ -153,8 +153,8 @@ def test_production_coefficients_are_xtuners_init_and_shared_by_every_layer():
 @pytest.mark.parametrize("d_out", ["quarter", "kept"])
 def test_the_padding_arms_differ_exactly_on_the_position_free_pairs_by_a_factor_two_in_q_dot_k(d_out):
     torch.manual_seed(0)
-    official = FourierPositionEmbedding(32, 4, 64, theta=1e4, d_out=d_out)
-    identity = FourierPositionEmbedding(32, 4, 64, theta=1e4, d_out=d_out, zero_pad="identity")
+    official = FourierPositionEmbedding(32, 4, 64, theta=1e4, d_out_mode=d_out)
+    identity = FourierPositionEmbedding(32, 4, 64, theta=1e4, d_out_mode=d_out, zero_pad="identity")
     identity.load_state_dict(official.state_dict())  # the same coefficients
     free = measures.free_pairs(official)
     assert int(free.sum()) == 2 * (16 - 5)  # 11 position-free pairs, both halves
@@ -240,7 +240,7 @@ VLLM_OUTPUTS = {
 @pytest.mark.parametrize("theta", sorted(VLLM_OUTPUTS))
 def test_production_fope_reproduces_vllms_output_on_a_fixed_input(theta):
     H, KV, hd, T = 4, 2, 32, 50
-    rotary = FourierPositionEmbedding(hd, H, 64, theta=theta, sigma=0.5, d_out="kept", coef_heads=KV)
+    rotary = FourierPositionEmbedding(hd, H, 64, theta=theta, sigma=0.5, d_out_mode="kept", coef_heads=KV)
     D = rotary.inv_freq.numel()
     assert rotary.d_out == D == {1e4: 5, 50.0: 10}[theta]
     h, i, j = torch.meshgrid(torch.arange(KV), torch.arange(D), torch.arange(D), indexing="ij")
@@ -256,7 +256,7 @@ def test_production_fope_reproduces_vllms_output_on_a_fixed_input(theta):
 
 
 def test_a_parent_run_carries_its_coefficients_into_production_fope_or_says_why_not():
-    from model import load_parent_weights
+    from checkpoint import load_parent_weights
     torch.manual_seed(0)
     parent = GPT(model_config("config/ablate.py", "config/fope_production.py", n_kv_head=2))
     # a longer block_size keeps more frequencies (D 5 -> 6 at 128): the shared module is resized once, from layer 0

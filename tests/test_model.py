@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from model import GPT, GPTConfig, POS_EMBS, load_parent_weights
+from checkpoint import load_parent_weights
+from model import GPT, GPTConfig, POS_EMBS
 
 TINY = dict(block_size=32, vocab_size=17, n_layer=2, n_head=2, n_embd=32, rotary_backend="eager")
 
@@ -322,3 +323,77 @@ def test_flops_per_token_is_nanogpts_count_for_its_gpt2_config():
     assert model.flops_per_token() == 854_770_176
     from configurator import accelerator_peak_flops
     assert accelerator_peak_flops("cpu") is None and accelerator_peak_flops("cpu", 1e12) == 1e12
+
+
+# --- a new embedding with knobs of its own, parent loading and sharing, through one registry entry ----
+
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass
+class GainKnobs:
+    gain_start: float = 1.0  # the gain's first value
+    gain_share: bool = False  # one module for every layer
+
+
+class GainRotary(PhaseRotary):
+    """PhaseRotary with a learnable gain per pair, and a parent rule of its own: it halves a parent's gain."""
+
+    def __init__(self, head_dim, train_len, start):
+        super().__init__(head_dim, train_len)
+        self.gain = torch.nn.Parameter(torch.full((head_dim // 2,), start))
+        self.parents = []  # the names from_parent was asked for
+
+    def forward(self, x, offset=0, norm=False):
+        x = super().forward(x, offset, norm)
+        return x * torch.cat((self.gain, self.gain)).to(x.dtype)
+
+    def from_parent(self, name, parent, own, expand):
+        self.parents.append(name)
+        return own if parent is None else parent / 2
+
+
+def check_gain(c):
+    if not c.gain_start > 0:
+        raise ValueError(f"gain_start must be > 0, got {c.gain_start}")
+
+
+def test_an_embedding_with_knobs_parent_loading_and_sharing_joins_by_one_entry(monkeypatch):
+    import pretrained
+    import runs
+    from model import PositionEmbedding
+    entry = PositionEmbedding("rotary", lambda c: GainRotary(c.n_embd // c.n_head, c.block_size, c.gain_start),
+                              knobs=GainKnobs, check=check_gain, share_layers="gain_share")
+    monkeypatch.setitem(POS_EMBS, "gain", entry)  # the one entry
+
+    @dataclass
+    class Config(GPTConfig, GainKnobs):  # what model.py's GPTConfig(*knob_classes(POS_EMBS)) does at import
+        pass
+
+    def build(pos_emb, **kw):
+        return GPT(Config(block_size=32, vocab_size=17, n_layer=3, n_head=2, n_embd=32, pos_emb=pos_emb, **kw))
+
+    with pytest.raises(ValueError, match="gain_start must be > 0"):
+        Config(pos_emb="gain", gain_start=0.0)
+    with pytest.raises(ValueError, match="gain_share shares gain's module across layers: it needs pos_emb=gain"):
+        Config(pos_emb="rope", gain_share=True)
+    shared, own = build("gain", gain_share=True, gain_start=3.0), build("gain")
+    rotaries = [b.attn.rotary for b in shared.transformer.h]
+    assert all(r is rotaries[0] for r in rotaries) and float(rotaries[0].gain[0].detach()) == 3.0
+    assert len({id(b.attn.rotary) for b in own.transformer.h}) == 3
+    # parent loading: RoPE -> gain keeps the fresh gain; gain -> gain goes through from_parent, once per module
+    rope = build("rope")
+    load_parent_weights(own, rope.state_dict(), vars(rope.config))
+    assert all(b.attn.rotary.parents.count("gain") == 1 and float(b.attn.rotary.gain[0].detach()) == 1.0 for b in own.transformer.h)
+    child = build("gain", gain_share=True)
+    load_parent_weights(child, shared.state_dict(), vars(shared.config))
+    assert child.transformer.h[0].attn.rotary.parents.count("gain") == 1 and float(child.transformer.h[0].attn.rotary.gain[0].detach()) == 1.5
+    # its knobs: a pretrained model may override them; a rope run's settings leave them out
+    assert {"gain_start", "gain_share"} <= set(pretrained.overridable())
+    checkpoint = {"config": {}, "iter_num": 1}
+    assert "gain_start" in runs.run_settings(checkpoint, own) and "gain_start" not in runs.run_settings(checkpoint, rope)
+    assert "fope_sigma" not in runs.run_settings(checkpoint, own)
+    # it generates with a KV cache like every other embedding
+    prompt = torch.randint(0, 17, (1, 4))
+    assert torch.equal(shared.double().generate(prompt, 6, temperature=0),
+                       shared.generate(prompt, 6, temperature=0, use_cache=False))

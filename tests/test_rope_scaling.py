@@ -30,9 +30,9 @@ def test_linear_rescaling_divides_positions_by_the_factor():
 
 def test_ntk_rescaling_is_a_base_change():
     head_dim, s, theta = 64, 8.0, 10000.0
-    pe = RotaryPositionEmbedding(head_dim, theta, {"type": "ntk", "factor": s}, train_len=128)
+    pe = RotaryPositionEmbedding(head_dim, theta=theta, scaling={"type": "ntk", "factor": s}, train_len=128)
     new_base = theta * s ** (head_dim / (head_dim - 2))
-    expected = RotaryPositionEmbedding(head_dim, new_base, train_len=128)
+    expected = RotaryPositionEmbedding(head_dim, theta=new_base, train_len=128)
     for got, want in zip(pe.tables(0, 500), expected.tables(0, 500)):
         assert torch.allclose(got, want, atol=1e-5)
 
@@ -149,7 +149,7 @@ def test_rescaled_frequencies_and_attention_factor_equal_hf_transformers(case):
     torch.testing.assert_close(got, torch.tensor(inv_freq, dtype=torch.float64), rtol=1e-6, atol=0)
     assert got_factor == pytest.approx(attention_factor, rel=1e-9)
     # the module's tables use exactly these frequencies and factor
-    pe = RotaryPositionEmbedding(head_dim, theta, scaling, train_len=scaling["original_max_position_embeddings"])
+    pe = RotaryPositionEmbedding(head_dim, theta=theta, scaling=scaling, train_len=scaling["original_max_position_embeddings"])
     cos, sin = pe.tables(0, seq_len or 2)
     torch.testing.assert_close(cos[0, 0], torch.full((head_dim // 2,), attention_factor, dtype=torch.float32))
     angle = torch.atan2(sin[0, 1], cos[0, 1]).double()

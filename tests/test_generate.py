@@ -1,0 +1,70 @@
+"""Generation with a KV cache: the same tokens and logits as running the whole context, for every embedding."""
+
+import pytest
+import torch
+
+from model import GPT, POS_EMBS, GPTConfig, KVCache, is_rotary
+
+
+def toy(pos_emb, **kw):
+    torch.manual_seed(0)
+    gqa = {"n_kv_head": 2} if is_rotary(pos_emb) else {}  # GQA's repeated keys go through the cache too
+    config = GPTConfig(block_size=24, vocab_size=31, n_layer=2, n_head=4, n_embd=32, pos_emb=pos_emb,
+                       rotary_backend="eager", **{**gqa, **kw})
+    return GPT(config).double().eval()  # float64: the two paths' sums differ in order, not in value
+
+
+@pytest.mark.parametrize("pos_emb", list(POS_EMBS))
+def test_cached_and_uncached_generation_give_the_same_tokens(pos_emb):
+    model = toy(pos_emb)
+    prompt = torch.randint(0, 31, (2, 5))
+    for new in (10, 30):  # 30: the context outgrows block_size (24) and slides
+        cached = model.generate(prompt, new, temperature=0)
+        assert cached.shape == (2, 5 + new)
+        assert torch.equal(cached, model.generate(prompt, new, temperature=0, use_cache=False))
+
+
+@pytest.mark.parametrize("pos_emb", ["rope", "fope", "alibi", "fire", "sinusoidal", "learned"])
+def test_logits_after_a_cache_equal_the_whole_context(pos_emb):
+    model = toy(pos_emb, **({"fope_kv_heads": True} if pos_emb == "fope" else {}))
+    idx = torch.randint(0, 31, (2, 20))
+    whole = model.head(model.hidden_states(idx))
+    cache = KVCache(model.config.n_layer, 20)
+    parts = [model.head(model.hidden_states(idx[:, s:e], cache)) for s, e in ((0, 7), (7, 8), (8, 20))]  # a chunk, a token, a chunk
+    assert cache.pos == 20
+    assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-10, rtol=0)
+
+
+def test_a_full_cache_says_so():
+    model = toy("rope")
+    cache = KVCache(model.config.n_layer, 4)
+    model(torch.zeros(1, 4, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="holds 4 positions"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+def test_sampling_with_a_temperature_stays_in_the_vocabulary_and_is_seeded():
+    model = toy("fope")
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    torch.manual_seed(5)
+    a = model.generate(prompt, 12, temperature=0.8, top_k=5)
+    torch.manual_seed(5)
+    b = model.generate(prompt, 12, temperature=0.8, top_k=5, use_cache=False)
+    assert torch.equal(a, b) and a.max() < 31
+
+
+def test_sample_py_prints_its_speed_and_the_cache_changes_no_token(tmp_path, capsys):
+    import sample
+    import train
+    from tinydata import write_random_chars
+    data_dir = write_random_chars(tmp_path / "data", "abcdefghijklmnop", 3000, 1000)
+    train.main([f"--dataset={data_dir}", f"--out_dir={tmp_path / 'run'}", "--n_layer=1", "--n_head=2", "--n_embd=32",
+                "--block_size=16", "--batch_size=4", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+                "--rotary_backend=eager"])
+    capsys.readouterr()
+    runs = [sample.main([f"--out_dir={tmp_path / 'run'}", "--max_new_tokens=12", "--start=abc", "--num_samples=1",
+                         "--temperature=0", f"--use_cache={cache}"]) for cache in (True, False)]
+    assert runs[0] == runs[1]
+    err = capsys.readouterr().err
+    assert "3 prompt tokens and the first new one in" in err and "11 more in" in err and "tokens/s (KV cache)" in err
+    assert "tokens/s (no cache)" in err
