@@ -20,13 +20,11 @@ An out_dir holds one run: ckpt.pt, its last checkpoint (what init_from=resume co
 hard link to the saved checkpoint with the lowest val loss (never replaced by a worse one). claim_out_dir
 makes sure of it: a second process, or a new run over an existing one, is refused in one line.
 
-Also how a run ends on Ctrl-C (watch_interrupts, exit_without_finalizing): within seconds, its last
-checkpoint whole; an interrupt during a save waits for the rename (interrupts_deferred).
+A save is never half-written: it goes to a temp file renamed over the old one, and Ctrl-C during it waits for
+the rename (interrupts_deferred). How a run ends on Ctrl-C is train.py's (watch_interrupts, end_now).
 """
 
-import atexit
 import contextlib
-import faulthandler
 import fcntl
 import glob
 import hashlib
@@ -72,6 +70,18 @@ def source_hashes(root=ROOT):
 def changed_sources(saved, current):
     """The names in which two source_hashes() dicts differ, sorted."""
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+
+
+def resumed_sources(checkpoint, current, say=True):
+    """The sources of a run resumed with the code `current` (a source_hashes() dict): the checkpoint's, then
+    `current` if the code changed since its last version, which it then says on stderr (if say)."""
+    saved = checkpoint.get("sources") or [{}]
+    if saved[-1] == current:
+        return saved
+    if say:
+        print(f"resuming with other sources than the run was trained with ({', '.join(changed_sources(saved[-1], current))}); "
+              "the checkpoint records both", file=sys.stderr)
+    return saved + [current]
 
 
 def files_sha256(files, names=False):
@@ -147,7 +157,14 @@ def existing_run(out_dir):
 def claim_out_dir(out_dir, new_run, overwrite=False):
     """Hold out_dir for one training process (a lock the kernel drops when the process ends, even by kill -9)
     and check that a new run (not a resume) does not replace one already there unless overwrite. Removes
-    what killed saves left; with overwrite, the old run's checkpoints. One-line exits otherwise."""
+    what killed saves left; with overwrite, the old run's checkpoints. Makes out_dir first, and checks it takes
+    files, so a mistake costs nothing, not a run's first eval_interval. One-line exits otherwise."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"cannot make out_dir {out_dir} ({e.strerror}): pick another --out_dir")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise SystemExit(f"out_dir {out_dir} is not writable: pick another --out_dir")
     fd = os.open(out_dir, os.O_RDONLY)
     try:
         try:
@@ -200,6 +217,20 @@ def load_checkpoint(path, missing=None, require=(), mmap=False):
     if absent:
         raise CheckpointError(f"{file} has no {', '.join(absent)}: not a checkpoint written by train.py")
     return checkpoint
+
+
+def check_model_args(checkpoint, path, model_args, may_differ=()):
+    """A one-line CheckpointError unless the checkpoint at path holds the model model_args describe (the fields in
+    may_differ aside): it names each difference and the flags that would match the checkpoint."""
+    saved = checkpoint["model_args"]
+    diff = [k for k in model_args if k not in may_differ and saved.get(k) != model_args[k]]
+    if diff:
+        def show(args):
+            return ", ".join(f"{k}={args.get(k)}" for k in diff)
+        flags = [f"--dataset={checkpoint['config']['dataset']}" if k == "vocab_size" else f"--{k}={saved.get(k)}"
+                 for k in diff]
+        raise CheckpointError(f"{path} holds another model ({show(saved)}) than the config asks ({show(model_args)}): "
+                              f"use a new out_dir or matching {' '.join(flags)}")
 
 
 def check_data(checkpoint, data_meta, data_dir):
@@ -268,73 +299,48 @@ def checkpoint_status(path):
     return status
 
 
-# -----------------------------------------------------------------------------
-# ending a run: Ctrl-C leaves the last checkpoint whole and ends the process within seconds
-
-
-INTERRUPT_GRACE_S = 10  # after Ctrl-C, the run ends within this many seconds whatever it is doing
-_watching = False  # watch_interrupts() was called: an interrupt arms the watchdog
-
-
-def watch_interrupts(grace=INTERRUPT_GRACE_S):
-    """Ctrl-C raises KeyboardInterrupt as usual (main() reports the last checkpoint, then the process exits 130
-    without finalizing the interpreter), and also arms faulthandler's watchdog: a C thread that needs no GIL,
-    so if anything after the interrupt hangs (a C call that never returns, a lock, a blocked write), the
-    process still ends within `grace` seconds, printing every thread's stack to stderr (exit status 1).
-    Checkpoints are written atomically, so the last one stays whole either way."""
-    global _watching
-
-    def on_interrupt(signum, frame):
-        faulthandler.dump_traceback_later(grace, exit=True)
-        signal.default_int_handler(signum, frame)
-
-    signal.signal(signal.SIGINT, on_interrupt)
-    _watching = True
-
-
 @contextlib.contextmanager
 def interrupts_deferred():
     """Ctrl-C inside waits until the block ends (a checkpoint's rename), then raises as usual. A torch.save
-    interrupted inside its C++ writer would fail with a RuntimeError instead of a KeyboardInterrupt. The
-    watchdog is armed at once, so a save that hangs still ends the process within the grace."""
+    interrupted inside its C++ writer would fail with a RuntimeError instead of a KeyboardInterrupt. The SIGINT
+    handler in place still runs at once (train.py's arms its watchdog, so a save that hangs still ends the
+    process within the grace); only what it raises waits for the end of the block."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught = []
+    previous, raised = signal.getsignal(signal.SIGINT), []
 
     def defer(signum, frame):
-        if _watching:
-            faulthandler.dump_traceback_later(INTERRUPT_GRACE_S, exit=True)
-        caught.append((signum, frame))
+        try:
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
+        except BaseException as e:  # the handler's KeyboardInterrupt, as a rule
+            raised.append(e)
 
-    previous = signal.signal(signal.SIGINT, defer)
+    signal.signal(signal.SIGINT, defer)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if caught:
-            if callable(previous):
-                previous(*caught[0])
-            elif previous == signal.SIG_DFL:
-                raise KeyboardInterrupt
-
-
-def exit_without_finalizing(code):
-    """End the process now: the atexit handlers (wandb, logging) run and the output is flushed, but the
-    interpreter is not finalized. Finalizing after a run is a full garbage collection of everything the run
-    held and the teardown of torch's libraries: it took over 10 s after a Ctrl-C on a loaded machine (a
-    native backtrace showed Py_FinalizeEx in gc_collect_main), and under torchrun it can abort: torch's DDP
-    keeps the gloo process group and its worker threads alive past destroy_process_group, and a worker still
-    releasing the last collective's tensors while the interpreter finalizes needs the GIL, is ended inside a
-    noexcept destructor, and std::terminate aborts the process (SIGABRT) after the run finished."""
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        if raised:
+            raise raised[0]
 
 
 # -----------------------------------------------------------------------------
 # a run started from another run's weights (train.py init_from=<run>: context extension)
+
+
+def load_parent(path, meta):
+    """The checkpoint of a run another starts from (train.py init_from=<run>), checked to be in the tokenizer of
+    the data `meta` describes, and its lineage: the path, iter_num, model_args and sha256 of those weights."""
+    parent = load_checkpoint(path, missing="pass init_from=scratch, resume, or the out_dir of a finished run")
+    if parent["meta"] != meta:
+        raise CheckpointError(f"init_from={path} was trained on another tokenizer ({parent['config'].get('dataset')}): "
+                              f"pass --dataset={parent['config'].get('dataset')} or another run")
+    return parent, {"init_from": path, "iter_num": parent["iter_num"], "model_args": parent["model_args"],
+                    "sha256": file_sha256(path)}
 
 
 # what a parent run must share with the model it starts (load_parent_weights); everything else may change

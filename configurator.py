@@ -140,3 +140,15 @@ def resolve_dtype(name, device, rotary_backend=None):
         raise SystemExit(f"dtype float16 on CPU: the C rotation kernel (rotary_backend={rotary_backend}) takes float32 "
                          "and bfloat16; use --dtype=bfloat16 (CPU autocast's type) or float32")
     return name
+
+
+def autocast_context(device, dtype):
+    """The context a forward runs in at dtype (a resolve_dtype name) on device (a name or a torch.device):
+    torch.autocast for bfloat16 and float16, nothing for float32."""
+    import contextlib
+
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))

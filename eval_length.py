@@ -27,7 +27,6 @@ longest length).
 
 import argparse
 import ast
-import contextlib
 import csv
 import json
 import math
@@ -42,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import check_data, load_model
-from configurator import describe_machine, resolve_device, resolve_dtype
+from configurator import autocast_context, describe_machine, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
 from model import POS_EMBS
@@ -107,12 +106,9 @@ def passkey_accuracy(model, docs, tok, length, depths, trials, seed, device, bat
 def evaluation_precision(dtype, device):
     """The autocast context of an evaluation: train.py's dtype rule (bfloat16 on CUDA, float32 elsewhere, for
     --dtype auto), so a GPU model is evaluated at the precision it trained in; TF32 matmuls on CUDA."""
-    dtype = resolve_dtype(dtype, device)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.split(":")[0], dtype=getattr(torch, dtype))
+    return autocast_context(device, resolve_dtype(dtype, device))
 
 
 def longest_length(data):

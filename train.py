@@ -13,19 +13,23 @@ written atomically and holds everything needed to resume exactly and to decode s
 After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
 """
 
+import atexit
 import os
 import signal
 
-if __name__ == "__main__":  # Ctrl-C while torch loads: nothing has started, so end quietly (130)
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # Ctrl-C while torch loads: nothing has started: end quietly
+    end_status = None  # set at the bottom where the process ends without finalizing the interpreter (end_now)
+    atexit.register(lambda: end_status is None or end_now(end_status))  # registered first, so it runs last
 
 import contextlib
 import dataclasses
+import faulthandler
+import inspect
 import math
 import random
 import sys
 import time
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,10 +37,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (BEST, changed_sources, checkpoint_status, claim_out_dir, exit_without_finalizing, file_sha256,
-                        load_checkpoint, load_parent_weights, save_checkpoint, saved_val_loss, source_hashes,
-                        watch_interrupts)
-from configurator import accelerator_peak_flops, configure, resolve_device, resolve_dtype
+from checkpoint import (BEST, check_model_args, checkpoint_status, claim_out_dir, load_checkpoint, load_parent,
+                        load_parent_weights, resumed_sources, save_checkpoint, saved_val_loss, source_hashes)
+from configurator import accelerator_peak_flops, autocast_context, configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, is_rotary
@@ -96,27 +99,21 @@ OPTIONAL_TYPES = {"lr_decay_iters": int, "peak_flops": float, **{f.name: f.type 
 # What each training setting must be, checked before anything runs: a bad value is one line, not a
 # ZeroDivisionError or a silently odd run later. The model's fields are checked by GPTConfig.
 LIMITS = {
-    "eval_interval": (">= 1", lambda v: v >= 1),
-    "eval_iters": (">= 1", lambda v: v >= 1),
-    "log_interval": (">= 1", lambda v: v >= 1),
-    "gradient_accumulation_steps": (">= 1", lambda v: v >= 1),
-    "batch_size": (">= 1", lambda v: v >= 1),
-    "seed": (">= 0", lambda v: v >= 0),
+    **dict.fromkeys(["eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps", "batch_size"],
+                    (">= 1", lambda v: v >= 1)),
+    **dict.fromkeys(["seed", "passkey_warmup", "max_iters", "weight_decay", "warmup_iters", "min_lr"],
+                    (">= 0", lambda v: v >= 0)),
+    **dict.fromkeys(["beta1", "beta2"], ("in [0, 1)", lambda v: 0 <= v < 1)),
     "passkey_frac": ("in [0, 1]", lambda v: 0 <= v <= 1),
-    "passkey_warmup": (">= 0", lambda v: v >= 0),
     "learning_rate": ("> 0", lambda v: v > 0),
-    "max_iters": (">= 0", lambda v: v >= 0),
-    "weight_decay": (">= 0", lambda v: v >= 0),
-    "beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
     "grad_clip": (">= 0 (0: off)", lambda v: v >= 0),
-    "warmup_iters": (">= 0", lambda v: v >= 0),
     "lr_decay_iters": ("None or >= 1", lambda v: v is None or v >= 1),
-    "min_lr": (">= 0", lambda v: v >= 0),
 }
 
-
-DDP_OPTIONS = {"broadcast_buffers": False}  # buffers (rotary tables, masks): every process computes the same
+# DDP resends no buffers (rotary tables, masks) at each forward: every process computes the same. torch 2.13 renamed
+# the option (broadcast_buffers now warns: FutureWarning); an older torch knows only the old name.
+DDP_OPTIONS = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+               else {"broadcast_buffers": False})
 
 
 def model_config(cfg, vocab_size=1):
@@ -183,33 +180,96 @@ def estimate_val_loss(model, val_data, cfg, ctx, device, rank, world_size):
     return total.item() / cfg.eval_iters
 
 
-def resume_checkpoint(path, model_args):
-    """The checkpoint to resume from, if it holds the model the config asks for (else a one-line exit)."""
-    checkpoint = load_checkpoint(path, missing="drop --init_from=resume or pick its --out_dir",
-                                 require=("optimizer", "rng"))
-    if (checkpoint.get("parent") or {}).get("pretrained"):  # a pretrained model's shape is the file's, not the config's
-        model_args = {**checkpoint["model_args"], **pretrained_overrides(SimpleNamespace(**model_args))}
-    ignore = ("dropout", "rotary_backend")  # may change on resume: they do not change the weights
-    saved = checkpoint["model_args"]
-    diff = [k for k in model_args if k not in ignore and saved.get(k) != model_args[k]]
-    if diff:
-        def show(args):
-            return ", ".join(f"{k}={args.get(k)}" for k in diff)
-        flags = [f"--dataset={checkpoint['config']['dataset']}" if k == "vocab_size" else f"--{k}={saved.get(k)}"
-                 for k in diff]
-        raise SystemExit(f"{path} holds another model ({show(saved)}) than the config asks ({show(model_args)}): "
-                         f"use a new out_dir or matching {' '.join(flags)}")
-    return checkpoint, model_args
-
-
-def prepare_out_dir(cfg):
-    """Make out_dir now and check it takes files, so a mistake costs nothing, not a run's first eval_interval."""
+def load_data(cfg):
+    """-> (train shards, val shards, passkey documents or None), checked now, not as an error at the first batch."""
+    data_dir = os.path.join("data", cfg.dataset)
     try:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"cannot make out_dir {cfg.out_dir} ({e.strerror}): pick another --out_dir")
-    if not os.access(cfg.out_dir, os.W_OK | os.X_OK):
-        raise SystemExit(f"out_dir {cfg.out_dir} is not writable: pick another --out_dir")
+        train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+    except ShardError as e:
+        raise SystemExit(str(e))
+    for data in (train_data, val_data):
+        longest = max(h.num_tokens for h in data.headers)
+        if longest <= cfg.block_size:
+            raise SystemExit(f"no {data.split} shard of {data_dir} has block_size + 1 = {cfg.block_size + 1} tokens "
+                             f"(longest: {longest}): use a smaller block_size")
+    if not (cfg.passkey_frac or cfg.passkey_warmup):
+        return train_data, val_data, None
+    try:
+        passkey_docs = PasskeyDocs(get_tokenizer(train_data.meta))
+    except ValueError as e:  # a char vocabulary without the passkey's characters
+        raise SystemExit(f"{data_dir} cannot spell passkey documents ({e}): set passkey_frac=0 and passkey_warmup=0")
+    if passkey_docs.min_length > cfg.block_size + 1:
+        raise SystemExit(f"passkey documents need block_size >= {passkey_docs.min_length - 1}: raise block_size or set passkey_frac=0")
+    return train_data, val_data, passkey_docs
+
+
+def init_source(cfg, ckpt_path, meta, vocab_size, master):
+    """What init_from starts from: gptconf, model_args, the pretrained model, the parent's or the resumed checkpoint
+    (or None), lineage (the weights it started from), sources (the code versions that trained it, earliest first)."""
+    pretrained_model = parent = checkpoint = lineage = None
+    if is_pretrained(cfg.init_from):  # the file's model with the config's OVERRIDABLE keys
+        pretrained_model, lineage = training_start(cfg.init_from, meta, pretrained_overrides(cfg), cfg.seed)
+    gptconf = pretrained_model.config if pretrained_model is not None else model_config(cfg, vocab_size)
+    model_args, sources = dataclasses.asdict(gptconf), [source_hashes()]
+    if cfg.init_from not in ("scratch", "resume") and pretrained_model is None:
+        parent, lineage = load_parent(cfg.init_from, meta)
+    if cfg.init_from == "resume":
+        checkpoint = load_checkpoint(ckpt_path, missing="drop --init_from=resume or pick its --out_dir",
+                                     require=("optimizer", "rng"))
+        if (checkpoint.get("parent") or {}).get("pretrained"):  # its shape is the pretrained file's, not the config's
+            model_args = {**checkpoint["model_args"], **pretrained_overrides(SimpleNamespace(**model_args))}
+        check_model_args(checkpoint, ckpt_path, model_args, may_differ=("dropout", "rotary_backend"))  # not the weights
+        gptconf, lineage = GPTConfig.from_dict(model_args), checkpoint.get("parent")
+        if checkpoint["iter_num"] >= cfg.max_iters:
+            raise SystemExit(f"{ckpt_path} is already at iter {checkpoint['iter_num']} >= max_iters={cfg.max_iters}: "
+                             "nothing to train; raise --max_iters (and --lr_decay_iters, to stretch the schedule) "
+                             "to continue it")
+        sources = resumed_sources(checkpoint, sources[0], say=master)
+    return SimpleNamespace(gptconf=gptconf, model_args=model_args, pretrained_model=pretrained_model, parent=parent,
+                           checkpoint=checkpoint, lineage=lineage, sources=sources)
+
+
+def build_model(cfg, start, device):
+    """The model to train, on device: the pretrained one, or built from the seed (then given the parent's weights,
+    which are freed). Every process builds the same, frozen FoPE coefficients included (a test checks it)."""
+    parent, start.parent = start.parent, None
+    torch.manual_seed(cfg.seed)
+    try:
+        model = start.pretrained_model if start.pretrained_model is not None else GPT(start.gptconf)
+        if parent is not None:
+            load_parent_weights(model, parent["model"], parent["model_args"], cfg.fourier_expand)
+    except ValueError as e:  # what the config asks that the position module or the parent cannot give
+        raise SystemExit(f"init_from={cfg.init_from}: {e}" if parent is not None else str(e))
+    return model.to(device)
+
+
+def resume_state(start, cfg, model, optimizer, scaler, data_rng, device, rank, world_size):
+    """Load the resumed checkpoint's weights, optimizer, loss scale (float16's: an exact resume) and RNG states, and
+    free it; -> (iter_num, best_val_loss, the val loss of the weights in best.pt): 0, inf, inf for a new run."""
+    checkpoint, start.checkpoint = start.checkpoint, None
+    if checkpoint is None:
+        return 0, float("inf"), float("inf")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(checkpoint["scaler"])
+    rng = checkpoint["rng"]
+    data_rng.bit_generator.state = rng["numpy"]
+    random.setstate(rng["python"])
+    if world_size == 1:
+        torch.set_rng_state(rng["torch"])
+        if device.startswith("cuda") and rng["cuda"] is not None:
+            torch.cuda.set_rng_state(rng["cuda"])
+    else:  # only rank 0's state was saved: give every process a fresh dropout stream
+        torch.manual_seed(cfg.seed + rank + world_size * checkpoint["iter_num"])
+    return checkpoint["iter_num"], checkpoint["best_val_loss"], saved_val_loss(os.path.join(cfg.out_dir, BEST))
+
+
+def wrap_model(model, cfg, device, world_size):
+    """-> (the model to train: compiled if asked, in DDP over several processes; the model to evaluate)."""
+    model = torch.compile(model) if cfg.compile else model
+    device_ids = [int(device.split(":")[1])] if device.startswith("cuda") else None
+    return (DDP(model, device_ids=device_ids, **DDP_OPTIONS) if world_size > 1 else model), model
 
 
 def main(argv):
@@ -221,9 +281,7 @@ def main(argv):
         except ImportError:
             raise SystemExit("wandb_log=True needs wandb: pip install wandb, or drop --wandb_log")
     ddp = "RANK" in os.environ  # launched by torchrun
-    rank, local_rank, world_size = 0, 0, 1
-    if ddp:
-        rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    rank, local_rank, world_size = [int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")] if ddp else (0, 0, 1)
     device = resolve_device(cfg.device, local_rank if ddp else None)
     if cfg.require_gpu and not device.startswith("cuda"):
         raise SystemExit(f"this config needs a CUDA GPU and found none (device {device}, torch {torch.__version__}); "
@@ -236,7 +294,7 @@ def main(argv):
     try:
         with contextlib.ExitStack() as held:  # out_dir, held from its first check to the end of the run
             return train(cfg, rank, world_size, device, ckpt_path, held)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C (watch_interrupts): say what the run leaves, then end with 130
         if rank == 0:
             print(f"\ninterrupted; {checkpoint_status(ckpt_path)}", file=sys.stderr)
         raise SystemExit(130)
@@ -246,112 +304,31 @@ def main(argv):
 
 
 def train(cfg, rank, world_size, device, ckpt_path, held):
-    master = rank == 0
+    """The set-up above, step by step, then nanoGPT's loop: evaluate and checkpoint every eval_interval, then one
+    optimizer step over gradient_accumulation_steps micro-batches, split over the processes."""
+    master, device_type = rank == 0, device.split(":")[0]
     if cfg.gradient_accumulation_steps % world_size:
         raise SystemExit(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple "
                          f"of the {world_size} processes")
     accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-batches of this process per step
-    device_type = device.split(":")[0]
     dtype = resolve_dtype(cfg.dtype, device, cfg.rotary_backend if is_rotary(cfg.pos_emb) else None)
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    ctx, scaler = autocast_context(device, dtype), torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
-    data_dir = os.path.join("data", cfg.dataset)
-    try:
-        train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
-    except ShardError as e:
-        raise SystemExit(str(e))
-    for data in (train_data, val_data):  # now, not as a ShardError at the first batch
-        longest = max(h.num_tokens for h in data.headers)
-        if longest <= cfg.block_size:
-            raise SystemExit(f"no {data.split} shard of {data_dir} has block_size + 1 = {cfg.block_size + 1} tokens "
-                             f"(longest: {longest}): use a smaller block_size")
-    passkey_docs = None
-    if cfg.passkey_frac or cfg.passkey_warmup:
-        try:
-            passkey_docs = PasskeyDocs(get_tokenizer(train_data.meta))
-        except ValueError as e:  # a char vocabulary without the passkey's characters
-            raise SystemExit(f"{data_dir} cannot spell passkey documents ({e}): set passkey_frac=0 and passkey_warmup=0")
-    if passkey_docs is not None and passkey_docs.min_length > cfg.block_size + 1:
-        raise SystemExit(f"passkey documents need block_size >= {passkey_docs.min_length - 1}: raise block_size or set passkey_frac=0")
-    checkpoint = parent = pretrained_model = lineage = None
-    if is_pretrained(cfg.init_from):  # the file's model with the config's OVERRIDABLE keys
-        pretrained_model, lineage = training_start(cfg.init_from, train_data.meta, pretrained_overrides(cfg), cfg.seed)
-    gptconf = pretrained_model.config if pretrained_model is not None else model_config(cfg, train_data.vocab_size)
-    model_args = dataclasses.asdict(gptconf)
-    sources = [source_hashes()]  # the code versions that trained this run (an earlier one first if resumed)
-    if cfg.init_from not in ("scratch", "resume") and pretrained_model is None:
-        parent = load_checkpoint(cfg.init_from, missing="pass init_from=scratch, resume, or the out_dir of a finished run")
-        if parent["meta"] != train_data.meta:
-            raise SystemExit(f"init_from={cfg.init_from} was trained on another tokenizer ({parent['config'].get('dataset')}): "
-                             f"pass --dataset={parent['config'].get('dataset')} or another run")
-        lineage = {"init_from": cfg.init_from, "iter_num": parent["iter_num"], "model_args": parent["model_args"],
-                   "sha256": file_sha256(cfg.init_from)}  # which weights this run started from
-    if cfg.init_from == "resume":
-        checkpoint, model_args = resume_checkpoint(ckpt_path, model_args)
-        gptconf = GPTConfig.from_dict(model_args)
-        if checkpoint["iter_num"] >= cfg.max_iters:
-            raise SystemExit(f"{ckpt_path} is already at iter {checkpoint['iter_num']} >= max_iters={cfg.max_iters}: nothing "
-                             "to train; raise --max_iters (and --lr_decay_iters, to stretch the schedule) to continue it")
-        saved = checkpoint.get("sources") or [{}]
-        if saved[-1] != sources[0]:
-            changed = changed_sources(saved[-1], sources[0])
-            if master:
-                print(f"resuming with other sources than the run was trained with ({', '.join(changed)}); "
-                      "the checkpoint records both", file=sys.stderr)
-            sources = saved + sources
-        else:
-            sources = saved
-
-    # every process builds the same model, frozen FoPE coefficients included (they agree by construction,
-    # not by DDP's broadcast from rank 0), then draws its own dropout masks
-    torch.manual_seed(cfg.seed)
-    try:
-        raw_model = pretrained_model if pretrained_model is not None else GPT(gptconf)
-        if parent is not None:
-            load_parent_weights(raw_model, parent["model"], parent["model_args"], cfg.fourier_expand)
-    except ValueError as e:  # what the config asks that the position module or the parent cannot give
-        raise SystemExit(f"init_from={cfg.init_from}: {e}" if parent is not None else str(e))
-    raw_model = raw_model.to(device)
-    parent = None  # free the memory
-    if master:
-        prepare_out_dir(cfg)  # after every check that may refuse the config: a refused run leaves nothing behind
+    train_data, val_data, passkey_docs = load_data(cfg)
+    start = init_source(cfg, ckpt_path, train_data.meta, train_data.vocab_size, master)
+    raw_model = build_model(cfg, start, device)
+    if master:  # after every check that may refuse the config: a refused run leaves nothing behind
         held.enter_context(claim_out_dir(cfg.out_dir, new_run=cfg.init_from != "resume", overwrite=cfg.overwrite))
     if world_size > 1:
-        torch.manual_seed(cfg.seed + 1 + rank)
+        torch.manual_seed(cfg.seed + 1 + rank)  # every process built the same model; now its own dropout masks
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     data_rng = np.random.default_rng(cfg.seed)  # the same on every process: the global batch stream
-    iter_num, best_val_loss = 0, float("inf")
-    best_saved = float("inf")  # the val loss of the weights in best.pt: only a lower one replaces them
-    if checkpoint is not None:
-        raw_model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scaler") and scaler.is_enabled():  # float16's loss scale, so the resume is exact
-            scaler.load_state_dict(checkpoint["scaler"])
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-        best_saved = saved_val_loss(os.path.join(cfg.out_dir, BEST))
-        lineage = checkpoint.get("parent")
-        rng = checkpoint["rng"]
-        data_rng.bit_generator.state = rng["numpy"]
-        random.setstate(rng["python"])
-        if world_size == 1:
-            torch.set_rng_state(rng["torch"])
-            if device_type == "cuda" and rng["cuda"] is not None:
-                torch.cuda.set_rng_state(rng["cuda"])
-        else:  # only rank 0's state was saved: give every process a fresh dropout stream
-            torch.manual_seed(cfg.seed + rank + world_size * iter_num)
-        checkpoint = None  # free the memory
-    model = torch.compile(raw_model) if cfg.compile else raw_model
-    eval_model = model
-    if world_size > 1:
-        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None, **DDP_OPTIONS)
-
+    iter_num, best_val_loss, best_saved = resume_state(start, cfg, raw_model, optimizer, scaler, data_rng, device, rank,
+                                                       world_size)  # best_saved: the val loss of best.pt's weights
+    model, eval_model = wrap_model(raw_model, cfg, device, world_size)
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    peak = accelerator_peak_flops(device, cfg.peak_flops)
-    peak = peak and peak * world_size  # tokens_per_iter counts every process's tokens
+    peak = (accelerator_peak_flops(device, cfg.peak_flops) or 0) * world_size  # tokens_per_iter: every process's
     flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
     if master:
         print(f"{cfg.pos_emb}: {raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter "
@@ -360,14 +337,6 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
         if cfg.wandb_log:
             import wandb
             wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
-
-    def save(iter_num, val_loss, best_val_loss, best):
-        rng = {"numpy": data_rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
-        save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "model_args": model_args, "config": vars(cfg),
-                         "sources": sources, "parent": lineage, "iter_num": iter_num, "val_loss": val_loss,
-                         "best_val_loss": best_val_loss, "rng": rng, "meta": train_data.meta}, ckpt_path, best=best)
 
     losses, start_iter, t_start, running_mfu = [], iter_num, time.time(), None
     while True:
@@ -382,7 +351,13 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
             best_saved = val_loss if best else best_saved
             if master:
                 if saving:  # said after the rename, never of a checkpoint that could not be written
-                    save(iter_num, val_loss, best_val_loss, best)
+                    rng = {"numpy": data_rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state(),
+                           "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+                    save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scaler": scaler.state_dict(), "model_args": start.model_args, "config": vars(cfg),
+                                     "sources": start.sources, "parent": start.lineage, "iter_num": iter_num,
+                                     "val_loss": val_loss, "best_val_loss": best_val_loss, "rng": rng,
+                                     "meta": train_data.meta}, ckpt_path, best=best)
                 print(f"iter {iter_num}: val loss {val_loss:.4f}, {time.time() - t_start:.1f} s"
                       f"{', saved ' + ckpt_path if saving else ''}{' and ' + BEST if best else ''}")
                 if cfg.wandb_log:
@@ -404,7 +379,7 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
                 passkey_docs.mix_into(x, y, 1.0 if iter_num < cfg.passkey_warmup else cfg.passkey_frac, batch_rng)
             x, y = [(t.pin_memory() if device_type == "cuda" else t).to(device, non_blocking=True) for t in (x, y)]
             sync = world_size == 1 or micro == accum_steps - 1  # DDP averages gradients on the last one only
-            with nullcontext() if sync else model.no_sync():
+            with contextlib.nullcontext() if sync else model.no_sync():
                 with ctx:
                     _, loss = model(x, y)
                     loss = loss / accum_steps
@@ -436,13 +411,36 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
     return losses
 
 
+# -----------------------------------------------------------------------------
+# Ctrl-C: main() says what the run leaves (its last checkpoint, whole: checkpoint.interrupts_deferred); 130 in seconds
+
+
+def watch_interrupts(grace=10):
+    """Ctrl-C raises KeyboardInterrupt as usual and arms faulthandler's watchdog, a C thread that needs no GIL: if
+    anything after it hangs (a C call, a lock, a blocked write), the process still ends within `grace` seconds,
+    printing every thread's stack to stderr (exit status 1)."""
+    def on_interrupt(signum, frame):
+        faulthandler.dump_traceback_later(grace, exit=True)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+
+
+def end_now(status):
+    """Flush and end the process without finalizing the interpreter; __main__ calls it from atexit's last handler,
+    after the others (wandb's, logging's, torch's compile workers'). Finalizing took over 10 s after a Ctrl-C on a
+    loaded machine (garbage collection), and under torchrun it can abort (SIGABRT: a gloo worker that DDP keeps past
+    destroy_process_group, needing the GIL to free the last tensors, is ended by std::terminate)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
     watch_interrupts()
     try:
         main(sys.argv[1:])
-    except SystemExit as stop:
-        if stop.code != 130:  # errors end as usual; an interrupt, reported by main(), ends at once
-            raise
-        exit_without_finalizing(130)
-    if "RANK" in os.environ:
-        exit_without_finalizing(0)
+    except SystemExit as stop:  # 130: interrupted (main() said so): end within seconds, not after finalizing
+        end_status = 130 if stop.code == 130 else None
+        raise
+    end_status = 0 if "RANK" in os.environ else None  # torchrun: finalizing can abort (end_now)

@@ -45,7 +45,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from configurator import accelerator_peak_flops, describe_machine  # noqa: E402
+from configurator import accelerator_peak_flops, autocast_context, describe_machine  # noqa: E402
 from fope import apply_rotary  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -93,8 +93,8 @@ def peak_gb(device):
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
-def autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+def autocast(device):  # bfloat16 on the GPU, as train.py's dtype=auto there; float32 in a CPU dry run
+    return autocast_context(device, "bfloat16" if device.startswith("cuda") else "float32")
 
 
 def dynamo_counts():

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from configurator import describe_machine, resolve_device  # noqa: E402
+from configurator import autocast_context, describe_machine, resolve_device  # noqa: E402
 from data.shards import ShardError, TokenShards  # noqa: E402
 from eval_length import passkey_accuracy  # noqa: E402
 from experiments import runner  # noqa: E402
@@ -107,15 +107,11 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def autocast(dtype, device):
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-
-
 def window_losses(model, window, dtype, probe=None):
     """(T,) float64 per-token loss (on the CPU) of one window of T + 1 tokens, on the model's device."""
     device = model_device(model)
     idx = torch.from_numpy(window.astype(np.int64))[None].to(device)
-    with torch.no_grad(), autocast(dtype, device):
+    with torch.no_grad(), autocast_context(device, dtype):
         return model.token_losses(idx[:, :-1], idx[:, 1:])[0].double().cpu()
 
 
@@ -182,7 +178,7 @@ def measure_arm(name, overrides, windows, docs, tok, args, train_len, lengths, s
             continue  # RoPE's, copied by the caller
         if kind == "dynamic-yarn":
             model = from_pretrained(args.source, **dynamic_yarn(base, L, train_len)).to(args.device)
-        with torch.no_grad(), autocast(args.dtype, args.device):
+        with torch.no_grad(), autocast_context(args.device, args.dtype):
             result["passkey"][L] = passkey_accuracy(model, docs, tok, L, args.depths, args.trials, args.seed, args.device,
                                                     batch_tokens=L)
     return result

@@ -105,7 +105,7 @@ def ddp_saving_the_model_as_built(module, **kwargs):
 
 train.DDP = ddp_saving_the_model_as_built
 train.main(sys.argv[2:])
-train.exit_without_finalizing(0)  # as train.py's __main__ does under torchrun
+train.end_now(0)  # as train.py's __main__ ends under torchrun: without finalizing the interpreter
 """
 
 
