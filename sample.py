@@ -10,13 +10,12 @@ After Karpathy's nanoGPT sample.py.
 
 import dataclasses
 import sys
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
 
 from checkpoint import build_model, load_checkpoint
-from configurator import configure, resolve_device, resolve_dtype
+from configurator import autocast_context, configure, resolve_device, resolve_dtype
 from data.tokenizer import get_tokenizer
 from model import is_rotary
 from pretrained import from_pretrained, is_pretrained, load_tokenizer
@@ -60,8 +59,7 @@ def main(argv):
         margs = checkpoint["model_args"]
         model, tokenizer = build_model(checkpoint, cfg.out_dir), get_tokenizer(checkpoint["meta"])
     dtype = resolve_dtype(cfg.dtype, device, margs.get("rotary_backend") if is_rotary(margs["pos_emb"]) else None)
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=ptdtype)
+    ctx = autocast_context(device, dtype)
     model = model.eval().to(device)
 
     prompt = cfg.start

@@ -207,7 +207,7 @@ def init_source(cfg, ckpt_path, meta, vocab_size, master):
     """What init_from starts from: gptconf, model_args, the pretrained model, the parent's or the resumed checkpoint
     (or None), lineage (the weights it started from), sources (the code versions that trained it, earliest first)."""
     pretrained_model = parent = checkpoint = lineage = None
-    if is_pretrained(cfg.init_from):  # the file's model with the config's OVERRIDABLE keys
+    if is_pretrained(cfg.init_from):  # the file's model with the config's pretrained.overridable() keys
         pretrained_model, lineage = training_start(cfg.init_from, meta, pretrained_overrides(cfg), cfg.seed)
     gptconf = pretrained_model.config if pretrained_model is not None else model_config(cfg, vocab_size)
     model_args, sources = dataclasses.asdict(gptconf), [source_hashes()]

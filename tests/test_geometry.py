@@ -193,7 +193,7 @@ def test_geometry_arms_are_the_sections_arms_and_each_claim_names_two_arms():
     used = {arm for _, rows in geometry.SECTIONS.values() for _, arm in rows}
     assert used == set(arms)
     assert all(c.a in arms and c.b in arms for c in geometry.CLAIMS)
-    assert arms["fope-prod"] == [runner.code("config/fope_production.py")]
+    assert arms["fope-prod"] == [runner.repo_path("config/fope_production.py")]
     assert set(geometry.geometry_arms("theta150")) == set(arms) - {"fope-kept"}
     assert set(geometry.geometry_arms("theta50")) == {"rope", "clamp-only", "fope", "fope-kept", "fope-prod"}
 

@@ -321,7 +321,7 @@ def test_flops_per_token_is_nanogpts_count_for_its_gpt2_config():
     model = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, pos_emb="learned"))
     assert model.get_num_params() == 123_587_328
     assert model.flops_per_token() == 854_770_176
-    from configurator import accelerator_peak_flops
+    from util.machine import accelerator_peak_flops
     assert accelerator_peak_flops("cpu") is None and accelerator_peak_flops("cpu", 1e12) == 1e12
 
 
