@@ -46,8 +46,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # rotation: runs train through it (rotary_backend=auto) and its rounding is not eager's bit for bit, nor
 # the same under other compiler flags (build.py).
 SOURCES = ("train.py", "model.py", "pretrained.py", "fope.py", "rope_scaling.py", "baselines.py", "passkey.py", "data/shards.py",
-           "data/tokenizer.py",
-           "fope_ext/__init__.py", "fope_ext/build.py", "fope_ext/*.c", "fope_ext/*.h")
+           "data/tokenizer.py", "checkpoint.py",  # checkpoint.py: load_parent_weights starts continued runs
+           "fope_ext/__init__.py", "fope_ext/rotation.py", "fope_ext/build.py", "fope_ext/*.c", "fope_ext/*.h")
 
 REQUIRED = ("model", "model_args", "config", "iter_num", "meta")  # what every reader needs
 

@@ -147,7 +147,7 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.mix(angle.cos(), angle.sin())
         return attn_factor * cos, attn_factor * sin
 
-    def _length_dependent(self, end):
+    def length_dependent(self, end):
         """True when a sequence ending at `end` needs tables of its own length (dynamic NTK, LongRoPE)."""
         s = self.scaling
         return s is not None and s["rope_type"] in LENGTH_DEPENDENT and end > s["original_max_position_embeddings"]
@@ -166,7 +166,7 @@ class RotaryEmbedding(nn.Module):
         device = torch.device(device) if device is not None else self.inv_freq.device
         if self.learnable:  # the tables depend on parameters: mix every call, cache no autograd graph
             cos, sin = self._compute(offset, end, seq_len=end)
-        elif self._length_dependent(end):
+        elif self.length_dependent(end):
             if self._long is None or self._long[0] != end:
                 with torch.no_grad():
                     cos, sin = self._compute(0, end, seq_len=end)

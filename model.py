@@ -12,10 +12,9 @@ its module (fope.py for rotary ones, baselines.py for the others) and one entry 
 - additive attention biases: "alibi" (Press et al. 2022; one module for all layers), "kerple" (Chi et
   al. 2022) and "fire" (Li et al. 2023), each layer its own, "t5" (Raffel et al. 2020; shared, as in T5);
 - "nope": no position information at all (causal masking alone; Kazemnejad et al. 2023).
-qk_norm=True normalises q and k per head before any rotation (the paper's Table 2 "QK norm").
-The paper's models use RMSNorm and SwiGLU (OLMo); nanoGPT uses LayerNorm and GELU: both are knobs, and with
-n_kv_head (grouped-query attention), mlp_hidden, norm_eps and tie_embeddings the one GPT is a Llama too:
-GPT.from_pretrained (pretrained.py) loads SmolLM2-135M into it.
+qk_norm=True normalises q and k per head before any rotation (the paper's Table 2 "QK norm"). RMSNorm and SwiGLU
+(the paper's OLMo), n_kv_head (GQA), mlp_hidden, norm_eps and tie_embeddings make the one GPT a Llama too:
+GPT.from_pretrained (pretrained.py) loads SmolLM2-135M into it. GPT.generate decodes with a KV cache.
 """
 
 import inspect
@@ -58,10 +57,6 @@ class PositionEmbedding:
 ROTARY_FIELDS = ("rope_theta", "rope_scaling")  # what every rotary embedding reads
 
 
-def head_dim(c):
-    return c.n_embd // c.n_head
-
-
 def padded_vocab(c):
     return -(-c.vocab_size // c.vocab_multiple) * c.vocab_multiple
 
@@ -96,10 +91,8 @@ def is_rotary(pos_emb):
 
 
 @dataclass
-class GPTConfig(*knob_classes(POS_EMBS)):
-    """The model's fields and their defaults: their one home (train.py takes every field as a config key),
-    with the position embeddings' own knobs inherited from their entries. __post_init__ is the one check of
-    their values, with one line per mistake."""
+class ModelFields:
+    """GPTConfig's own fields, first in its field order; the position embeddings' knobs follow them."""
     block_size: int = 128  # the training length L_train
     vocab_size: int = 65
     vocab_multiple: int = 1  # embedding and head rows padded to a multiple (64: GPT-2's 50257 -> 50304, nanoGPT's
@@ -121,6 +114,12 @@ class GPTConfig(*knob_classes(POS_EMBS)):
     rope_scaling: dict = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0}; see rope_scaling.py
     rotary_backend: str = "auto"  # auto | eager | c | compile
 
+
+@dataclass
+class GPTConfig(*knob_classes(POS_EMBS), ModelFields):
+    """The model's fields and their defaults: their one home (train.py takes every field as a config key), then
+    the position embeddings' knobs from their entries. __post_init__ is the one check, one line per mistake."""
+
     def __post_init__(self):
         choices = {"pos_emb": tuple(POS_EMBS), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
         for name, allowed in choices.items():
@@ -129,20 +128,17 @@ class GPTConfig(*knob_classes(POS_EMBS)):
         for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
+        limits = {"dropout": (0 <= self.dropout < 1, "in [0, 1)"), "rope_theta": (self.rope_theta > 0, "> 0"),
+                  "mlp_hidden": (self.mlp_hidden is None or self.mlp_hidden >= 1, ">= 1"), "norm_eps": (self.norm_eps > 0, "> 0")}
+        for name, (ok, what) in limits.items():
+            if not ok:
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head is not None and not (0 < self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0):
             raise ValueError(f"n_kv_head must divide n_head ({self.n_head}), got {self.n_kv_head}")
-        if self.mlp_hidden is not None and self.mlp_hidden < 1:
-            raise ValueError(f"mlp_hidden must be >= 1, got {self.mlp_hidden}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         if is_rotary(self.pos_emb):
-            check_even(head_dim(self))
+            check_even(self.n_embd // self.n_head)
         for name, spec in POS_EMBS.items():
             if spec.check and spec.knobs and isinstance(self, spec.knobs):
                 spec.check(self)
@@ -239,9 +235,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class KVCache:
-    """The keys and values of every layer for the tokens seen so far (after the position embedding), so that
-    generation feeds the model only its new tokens: the prompt once (prefill), then one token at a time.
-    Preallocated for `capacity` positions; pos is how many are cached."""
+    """Every layer's keys and values (after the position embedding) of the tokens so far, so generation feeds the
+    model only its new tokens: the prompt once (prefill), then one at a time. `capacity` positions; pos cached."""
 
     def __init__(self, n_layer, capacity):
         self.layers, self.capacity, self.pos = [None] * n_layer, capacity, 0
@@ -415,16 +410,21 @@ class GPT(nn.Module):
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
+    def cache_holds(self, end):
+        """Whether keys cached at shorter lengths hold for a sequence of `end` tokens: not where a rotary module's
+        tables depend on the whole length (dynamic NTK, LongRoPE past the original length)."""
+        return not any(m.length_dependent(end) for m in self.modules() if hasattr(m, "length_dependent"))
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None, use_cache=True, stats=None):
         """Sample max_new_tokens after idx (B, T); temperature 0: greedy. The context is cropped to max_context
         tokens (default block_size, the training length). use_cache: the prompt runs once (prefill), then each
-        new token alone against a KV cache, the same tokens as without it; past max_context every position
-        moves, so each step runs the cropped context whole. stats (a dict): seconds of prefill and the rest."""
-        max_context = max_context or self.config.block_size
-        cache, clock = None, time.perf_counter()
+        new token alone against a KV cache, the same tokens as without it; where every position moves (past
+        max_context, or past a length-dependent rescaling's original length) each step runs the context whole.
+        stats (a dict): seconds of the prefill and of the rest."""
+        max_context, cache, clock = max_context or self.config.block_size, None, time.perf_counter()
         for step in range(max_new_tokens):
-            if not use_cache or idx.size(1) > max_context:
+            if not use_cache or idx.size(1) > max_context or not self.cache_holds(idx.size(1)):
                 logits, _ = self(idx[:, -max_context:])
             elif cache is None:
                 cache = KVCache(self.config.n_layer, min(max_context, idx.size(1) + max_new_tokens))

@@ -18,7 +18,6 @@ import os
 import numpy as np
 
 from data.download import DOWNLOAD_TIMEOUT, cache_dir, fetch_within, package_file
-from data.download import pip_download  # noqa: F401  (its home is data/download.py; pretrained.py imports it from here)
 
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT = 50256  # <|endoftext|>

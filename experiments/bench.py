@@ -228,8 +228,9 @@ def bench_sweep_memory(T, n_layer):
 # the report
 
 
-def report_lines(out):
-    """results/bench.md's tables, from bench.json's content `out` (a fresh run's or a saved one)."""
+def report_lines(out, generation=None):
+    """results/bench.md's tables, from bench.json's content `out` (a fresh run's or a saved one), and the
+    generation row from `generation` (compare_hf.py --generate's JSON path) when given."""
     m, timing = out["machine"], out["timing"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['threads']} threads, Python "
              f"{m['python']}. {'Quick' if out['quick'] else 'Full'} run of {out['seconds']} s, made {out['date']} by "
@@ -288,8 +289,7 @@ def report_lines(out):
     lines += [f"| {name} | {gib:.2f} | {s['seconds'][name]:.0f} |" for name, gib in s["peak_rss_gib"].items()]
     lines += ["", f"Within the limit: {'yes' if s['within_limit'] else 'NO'}. Forward below forward+backward for every "
               f"rotation method: {'yes' if out['forward_below_forward_backward_everywhere'] else 'NO'}."]
-    return lines + generation_lines(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results",
-                                                 "bench_generate.json"))
+    return lines + (generation_lines(generation) if generation else [])
 
 
 def generation_lines(path):
@@ -303,17 +303,17 @@ def generation_lines(path):
     lines += [f"{g['source']}, {g['dtype']}, greedy, {g['prompt_tokens']}-token prompt of Shakespeare's val split, "
               f"{g['new_tokens']} new tokens; then a no-grad forward of {g['forward_tokens']} tokens. nanoFoPE's "
               f"GPT.generate (KV cache) and transformers {g['transformers']}'s generate on the same GGUF, one process, "
-              f"interleaved, median of {g['repeats']}; {g['machine']['cpu']}, {g['threads']} threads, {g['date']} "
+              f"interleaved, median of {g['repeats']}; {g['machine']}, {g['threads']} threads, {g['date']} "
               f"(`python experiments/compare_hf.py --generate {g['source']}`). HF's prefill and ms/token are its model "
               "with its own cache, timed by hand.", "",
-              "| | prefill s | ms/token | tokens/s (whole generate) | forward s |", "|---|--:|--:|--:|--:|"]
+              "| | prefill s | ms/token after it | new tokens/s (whole generate) | forward s |", "|---|--:|--:|--:|--:|"]
     for name, key in (("nanoFoPE", "ours"), ("HF transformers", "hf")):
         r = g[key]
-        lines.append(f"| {name} | {r['prefill_s']:.2f} | {r['ms_per_token']:.1f} | {r['tokens_per_s']:.2f} | "
+        lines.append(f"| {name} | {r['prefill_s']:.2f} | {r['ms_per_token']:.1f} | {r['generate_tokens_per_s']:.2f} | "
                      f"{r['forward_s']:.2f} |")
     o, h = g["ours"], g["hf"]
     lines.append(f"| nanoFoPE / HF speed | {h['prefill_s'] / o['prefill_s']:.2f}x | {h['ms_per_token'] / o['ms_per_token']:.2f}x"
-                 f" | {o['tokens_per_s'] / h['tokens_per_s']:.2f}x | {h['forward_s'] / o['forward_s']:.2f}x |")
+                 f" | {o['generate_tokens_per_s'] / h['generate_tokens_per_s']:.2f}x | {h['forward_s'] / o['forward_s']:.2f}x |")
     same = "yes" if g["same_tokens"] else f"no, first difference at new token {g['first_difference']}"
     return lines + ["", f"The same {g['new_tokens']} greedy tokens as HF: {same}."]
 
@@ -321,7 +321,8 @@ def generation_lines(path):
 def write_report(out, path, times):
     """path.md (and path_timing.json) from bench.json's content; the reading for a full run only."""
     from experiments import runner
-    runner.write_report(path, "nanoFoPE benchmark", report_lines(out), times, None if out["quick"] else "bench",
+    generation = os.path.join(os.path.dirname(path), "bench_generate.json")  # beside bench.json
+    runner.write_report(path, "nanoFoPE benchmark", report_lines(out, generation), times, None if out["quick"] else "bench",
                         {"bench": out})
 
 # -----------------------------------------------------------------------------

@@ -243,7 +243,7 @@ def main(argv=None):
     with stages("data", "1/5 data: Shakespeare's val plays in SmolLM2's tokens"):
         data_dir = args.dataset and os.path.join("data", args.dataset) or os.path.join("data", "shakespeare", args.source)
         if not args.dataset and not os.path.isfile(os.path.join(data_dir, "meta.json")):
-            runner.run([sys.executable, runner.code("data/shakespeare/prepare.py"), "--char-only",
+            runner.run([sys.executable, runner.repo_path("data/shakespeare/prepare.py"), "--char-only",
                         f"--pretrained={args.source}"], os.path.join(results, "pretrained_prepare.log"))
         tok = load_tokenizer(args.source)
         try:

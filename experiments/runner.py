@@ -37,7 +37,6 @@ def repo_path(path):
     return os.path.join(ROOT, path)
 
 
-code = repo_path  # its old name, until experiments/pretrained.py and tests/test_geometry.py say repo_path
 
 
 def parser(description, quick_help, seeds=(1, 2)):

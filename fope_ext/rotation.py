@@ -1,14 +1,15 @@
 """
 The rotation (1) of fope.py, y = x * cat(C, C) + rotate_half(x) * cat(S, S): its eager reference
 (apply_rotary) beside the C kernel it is tested against, and the one dispatch point (rotate) that every
-rotary module calls: the C kernel on CPU (fope_ext), a compiled reference, or the eager reference. Like
-the rest of the package it never imports fope; fope.py re-exports these names.
+rotary module calls: the C kernel on CPU (fope_ext), a compiled reference, or the eager reference. It never
+imports fope (in this package only the benchmark script, bench.py, does); fope.py re-exports these names.
 """
 
 import functools
 
 import torch
 import torch.nn.functional as F
+
 
 def rotate_half(x):
     x1, x2 = x.chunk(2, dim=-1)

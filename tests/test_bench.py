@@ -162,3 +162,17 @@ def test_quick_run_writes_the_committed_keys_and_a_report(tmp_path):
         with open(template) as f:
             runner.render_reading(f.read(), {"bench": out, "timing": {}})
     assert sorted(os.listdir(tmp_path)) == ["bench.json", "bench.md", "bench_timing.json"]
+
+
+def test_the_generation_row_reads_compare_hfs_json(tmp_path):
+    from experiments import bench
+    assert "Not measured" in " ".join(bench.generation_lines(str(tmp_path / "none.json")))
+    side = {"prefill_s": 2.0, "ms_per_token": 50.0, "generate_tokens_per_s": 10.0, "forward_s": 8.0}
+    doc = {"source": "smollm2-135m", "dtype": "float32", "prompt_tokens": 2048, "new_tokens": 64, "forward_tokens": 4095,
+           "transformers": "5.0", "repeats": 3, "machine": "AMD EPYC, 2 cores", "threads": 2, "date": "2026-12-06",
+           "ours": side, "hf": {**side, "prefill_s": 3.0, "ms_per_token": 40.0}, "same_tokens": False, "first_difference": 7}
+    path = tmp_path / "bench_generate.json"
+    path.write_text(json.dumps(doc))
+    text = "\n".join(bench.generation_lines(str(path)))
+    assert "| nanoFoPE / HF speed | 1.50x | 0.80x | 1.00x | 1.00x |" in text
+    assert "first difference at new token 7" in text and "AMD EPYC, 2 cores" in text

@@ -109,7 +109,7 @@ def test_a_checkpoint_records_the_resolved_config_and_the_sources_that_made_it(t
     assert checkpoint["sources"] == [source_hashes()]
     files = set(checkpoint["sources"][0])
     assert {"train.py", "model.py", "fope.py", "passkey.py", "data/shards.py", "data/tokenizer.py", "torch"} <= files
-    assert {"fope_ext/__init__.py", "fope_ext/build.py"} <= files and any(f.endswith(".c") for f in files)
+    assert {"fope_ext/__init__.py", "fope_ext/rotation.py", "fope_ext/build.py", "checkpoint.py"} <= files and any(f.endswith(".c") for f in files)
     assert {"rope_scaling.py", "baselines.py"} <= files
     assert not {"eval_length.py", "runs.py", "sample.py", "fope_ext/bench.py", "README.md"} & files
     assert not any(f.startswith("experiments/") for f in files)

@@ -68,3 +68,16 @@ def test_sample_py_prints_its_speed_and_the_cache_changes_no_token(tmp_path, cap
     err = capsys.readouterr().err
     assert "3 prompt tokens and the first new one in" in err and "11 more in" in err and "tokens/s (KV cache)" in err
     assert "tokens/s (no cache)" in err
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "dynamic", "factor": 4.0}, {"rope_type": "yarn", "factor": 4.0}])
+def test_a_length_dependent_rescaling_past_its_original_length_runs_the_context_whole(scaling):
+    # dynamic NTK's frequencies follow the sequence's length past the original 8 tokens: keys cached at one length
+    # are wrong at the next, so generate recomputes there (and only there; YaRN's are fixed: the cache holds)
+    model = toy("rope", rope_scaling={**scaling, "original_max_position_embeddings": 8})
+    prompt = torch.randint(0, 31, (1, 5))
+    assert model.cache_holds(8) and model.cache_holds(20) == (scaling["rope_type"] == "yarn")
+    torch.manual_seed(1)
+    cached = model.generate(prompt, 15, temperature=1.0)
+    torch.manual_seed(1)
+    assert torch.equal(cached, model.generate(prompt, 15, temperature=1.0, use_cache=False))
