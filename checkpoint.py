@@ -153,18 +153,24 @@ def existing_run(out_dir):
     return None
 
 
+def writable_dir(folder, name, flag):
+    """Make `folder` and check that it takes files, or exit in one line: `name` says what it is, `flag` what to
+    change."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"cannot make {name} ({e.strerror}): pick another {flag}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"{name} is not writable: pick another {flag}")
+
+
 @contextlib.contextmanager
 def claim_out_dir(out_dir, new_run, overwrite=False):
     """Hold out_dir for one training process (a lock the kernel drops when the process ends, even by kill -9)
     and check that a new run (not a resume) does not replace one already there unless overwrite. Removes
     what killed saves left; with overwrite, the old run's checkpoints. Makes out_dir first, and checks it takes
     files, so a mistake costs nothing, not a run's first eval_interval. One-line exits otherwise."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"cannot make out_dir {out_dir} ({e.strerror}): pick another --out_dir")
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise SystemExit(f"out_dir {out_dir} is not writable: pick another --out_dir")
+    writable_dir(out_dir, f"out_dir {out_dir}", "--out_dir")
     fd = os.open(out_dir, os.O_RDONLY)
     try:
         try:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import check_data, load_model
+from checkpoint import check_data, load_model, writable_dir
 from configurator import autocast_context, describe_machine, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
@@ -188,12 +188,7 @@ def eval_scaling(args):
 def prepare_out(out):
     """Make the output directory and check it takes files, before the sweep's work is done."""
     folder = os.path.dirname(out) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"cannot make {folder} for --out {out} ({e.strerror}): pick another --out")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise SystemExit(f"{folder} is not writable: pick another --out")
+    writable_dir(folder, f"{folder} for --out {out}", "--out")
 
 
 def main(argv=None):
