@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all setup demo ext bench lens extend ablate geometry power pretrained gpu-check
+.PHONY: test test-all setup demo ext bench lens extend ablate geometry power pretrained convert gpu-check
 
 setup: $(STAMP)
 
@@ -76,6 +76,12 @@ power: $(STAMP)
 # extension and FoPE's clamp (about 40 min on 2 cores); QUICK=1: a one-minute smoke run into results/quick/
 pretrained: $(STAMP)
 	$(PY) experiments/pretrained.py $(if $(QUICK),--quick)
+
+# SmolLM2-135M turned into FoPE, its clamp, NoPE and YaRN by continued training on the same tokens, against the rope
+# control (experiments/convert.py; not yet run in full: measure the step cost first, see its docstring); QUICK=1:
+# a few-minute smoke run into results/quick/
+convert: $(STAMP)
+	$(PY) experiments/convert.py $(if $(QUICK),--quick)
 
 # the prepared GPU check (experiments/gpu_check.py: its stages, each a line of results/gpu.jsonl as it ends, then
 # results/gpu.md). On a bare GPU machine: make gpu-check PY=python3 (the machine's own torch: no venv is built).

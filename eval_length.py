@@ -79,9 +79,10 @@ def perplexity(model, data, length, train_len, tokens, device, batch_tokens=1638
 
 @torch.no_grad()
 def passkey_accuracy(model, docs, tok, length, depths, trials, seed, device, batch_tokens=16384):
-    """Exact-match accuracy (and digit accuracy) per depth over `trials` documents of `length` tokens."""
+    """Exact-match accuracy (and digit accuracy) per depth over `trials` documents of `length` tokens, and each
+    document's exact match (passkey_exact: depth by depth, the same documents for every model at one seed)."""
     rng = np.random.default_rng(seed)
-    by_depth = {}
+    by_depth, outcomes = {}, []
     for depth in depths:
         keys = [docs.random_key(rng) for _ in range(trials)]
         built = [docs.build(length, depth, key) for key in keys]
@@ -98,7 +99,8 @@ def passkey_accuracy(model, docs, tok, length, depths, trials, seed, device, bat
                 exact.append(e)
                 digits.append(d)
         by_depth[depth] = (float(np.mean(exact)), float(np.mean(digits)))
-    return {"passkey": float(np.mean([v[0] for v in by_depth.values()])),
+        outcomes += exact
+    return {"passkey": float(np.mean([v[0] for v in by_depth.values()])), "passkey_exact": outcomes,
             "passkey_digits": float(np.mean([v[1] for v in by_depth.values()])),
             "passkey_by_depth": {f"{d:g}": v[0] for d, v in by_depth.items()}}
 
@@ -257,7 +259,8 @@ def main(argv=None):
             docs = PasskeyDocs(tok)
             if length >= docs.min_length:
                 with ctx:
-                    row.update(passkey_accuracy(model, docs, tok, length, args.depths, args.trials, args.seed, device))
+                    accuracy = passkey_accuracy(model, docs, tok, length, args.depths, args.trials, args.seed, device)
+                    row.update((k, v) for k, v in accuracy.items() if k != "passkey_exact")  # a row per (run, length)
             else:
                 row["note"] = f"passkey skipped: a passkey document needs {docs.min_length} tokens"
     for row in rows:

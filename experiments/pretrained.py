@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from configurator import autocast_context, describe_machine, resolve_device  # noqa: E402
+from configurator import autocast_context, resolve_device  # noqa: E402
 from data.shards import ShardError, TokenShards  # noqa: E402
 from eval_length import passkey_accuracy  # noqa: E402
 from experiments import runner  # noqa: E402
@@ -50,6 +50,7 @@ from experiments.stats import wilson  # noqa: E402
 from experiments.lens_measures import QKProbe, cycles, pair_frequencies, pair_mean_norms  # noqa: E402
 from passkey import PasskeyDocs  # noqa: E402
 from pretrained import from_pretrained, load_tokenizer  # noqa: E402
+from util.machine import cpu_flags, describe_machine  # noqa: E402
 
 SOURCE = "smollm2-135m"
 FACTOR = 4.0
@@ -306,12 +307,7 @@ def main(argv=None):
 
 def native_bf16():
     """Whether this CPU multiplies bfloat16 natively (AMX or AVX512-BF16), where autocast pays off."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags()))
 
 
 def jsonable(x):

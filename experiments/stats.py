@@ -142,10 +142,11 @@ def decide(claims):
 def verdict_text(c, fmt=".3f"):
     """One claim's verdict as a reviewer reads it, e.g. 'better: -0.84 [-1.20, -0.50], 10 seeds, Holm p = 0.003'."""
     lo, hi = c["ci95"]
-    effect = f"{c['mean']:+{fmt}} [{lo:+{fmt}}, {hi:+{fmt}}], {c['n']} seeds"
+    effect = f"{c['mean']:+{fmt}} [{lo:+{fmt}}, {hi:+{fmt}}], {c['n']} {c.get('unit', 'seeds')}"
     if c["verdict"] in ("better", "worse"):
         return f"{c['verdict']}: {effect}, paired t, Holm p = {c['p_holm']:.2g}"
     if c["verdict"] == "equivalent":
         return f"equivalent within +/- {c['margin']:{fmt}}: {effect}, TOST Holm p = {c['p_equiv_holm']:.2g}"
-    need = f"; ~{c['seeds_needed']} seeds would decide it" if c["seeds_needed"] else "; no seed count decides it"
+    unit = c.get("unit", "seeds")
+    need = f"; ~{c['seeds_needed']} {unit} would decide it" if c["seeds_needed"] else f"; no count of {unit} decides it"
     return f"undecided: {effect}, Holm p = {c['p_holm']:.2g} (difference), {c['p_equiv_holm']:.2g} (within +/- {c['margin']:{fmt}}){need}"

@@ -1,0 +1,323 @@
+"""
+A pretrained RoPE LM turned into FoPE, its clamp, NoPE or YaRN by continued training (`make convert`).
+
+SmolLM2-135M (GPT.from_pretrained, L_train 8192) is trained on Shakespeare's train plays in its own tokens
+(data/shakespeare/prepare.py --pretrained), once per arm, on the same batches in the same order (one seeded
+generator per arm, drawn alike), with the same steps and learning-rate schedule:
+
+    rope        as trained: the control, what the same tokens do without a change of position embedding
+    yarn        rope_scaling yarn x4 (the FoPE paper's rival in its Fig. 4: RoPE-512 + YaRN-1024)
+    clamp       FoPE's clamp at the model's own L_train: every frequency with a period over 8192 set to zero (p-RoPE)
+    fope        the clamp and the Fourier series, as production runs FoPE on a GQA model (config/fope_production.py:
+                one coefficient set per key/value head, a pair per kept frequency, one set for all layers, sigma 0.5)
+    nope        no rotation at all (DroPE's recalibration)
+    fope+yarn   (--arms) FoPE, then YaRN x4 on the frequencies it keeps
+
+Training windows are --window tokens (shorter than 8192 on a CPU); the model's block_size stays its own, so the
+clamp's floor stays at 8192. Each arm is scored at step 0 (its training-free value: make pretrained's for rope,
+yarn and clamp, by the same functions) and at --evals points along training, on the val plays the training never
+sees: perplexity at 2k and 8k (does the trained context survive?) and past 8192 at 16k and 32k (what the
+conversion buys), on --eval_tokens tokens of windows per length, and the passkey at 8k and 16k (documents as units).
+Each arm is compared with the rope control at the end (experiments/stats.py: windows or documents as the paired
+units, one Holm family); the rope control's own curve is the reference, as the same tokens also adapt the model
+to Shakespeare.
+
+    python experiments/convert.py            # about 90 minutes on 2 CPU cores: measure --steps' cost first
+    python experiments/convert.py --quick    # a smoke run: rope and fope, 4 steps, 1k windows (results/quick/)
+    python experiments/convert.py --device=cuda --compile --window=4096 --steps=2000   # the GPU recipe (bf16)
+
+Each arm keeps its state (weights, optimizer, batch generator, step, curve) in <out_root>/convert/<arm>/state.pt,
+written at each evaluation (1.6 GB for SmolLM2 in float32): an interrupted run resumes there. A finished arm keeps
+only its curve (done.json) and is never trained again (--fresh does).
+Writes results/convert.{json,md,png}.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from checkpoint import save_checkpoint  # noqa: E402
+from configurator import autocast_context, resolve_device  # noqa: E402
+from data.shards import ShardError, TokenShards  # noqa: E402
+from eval_length import passkey_accuracy  # noqa: E402
+from experiments import runner  # noqa: E402
+from experiments.pretrained import arms as pretrained_arms  # noqa: E402
+from experiments.pretrained import native_bf16, perplexity_rows, window_losses  # noqa: E402
+from experiments.stats import decide, verdict_text, wilson  # noqa: E402
+from passkey import PasskeyDocs  # noqa: E402
+from pretrained import from_pretrained, load_tokenizer  # noqa: E402
+from util.machine import describe_machine  # noqa: E402
+
+FOPE = {"pos_emb": "fope", "fope_sigma": 0.5, "fope_d_out": "kept", "fope_kv_heads": True, "fope_share_layers": True}
+
+
+def arms(train_len, factor=4.0):
+    """name -> from_pretrained overrides; rope, yarn and clamp are make pretrained's own."""
+    same = pretrained_arms(train_len, factor)
+    return {"rope": same["rope"], "yarn": same["yarn"], "clamp": same["clamp"], "fope": FOPE,
+            "nope": {"pos_emb": "nope"}, "fope+yarn": {**FOPE, "rope_scaling": same["yarn"]["rope_scaling"]}}
+
+
+def lr_at(step, args):
+    """Linear warmup, then a cosine to --min_lr at --steps: the same for every arm."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (args.lr - args.min_lr)
+
+
+def eval_windows(data, lengths, eval_tokens):
+    """{L: windows of L + 1 tokens}: --eval_tokens tokens per length (at least one window), the val split's first."""
+    return {L: list(data.windows(L))[:max(1, eval_tokens // L)] for L in lengths}
+
+
+@torch.no_grad()
+def evaluate(model, windows, docs, tok, args, train_len):
+    """Perplexity per window at each length (past train_len: its positions beyond it) and each passkey document's
+    exact match; means alongside."""
+    model.eval()
+    out = {"lengths": {}, "passkey": {}}
+    for L, ws in windows.items():
+        per_window = [perplexity_rows(window_losses(model, w, args.dtype).numpy()[None], [L], train_len)[L] for w in ws]
+        key = "ppl" if L <= train_len else "ppl_beyond"
+        values = [r[key] for r in per_window]
+        out["lengths"][str(L)] = {"metric": key, "per_window": values, "mean": float(np.mean(values))}
+    for L in args.passkey_lengths:
+        with autocast_context(args.device, args.dtype):
+            r = passkey_accuracy(model, docs, tok, L, args.depths, args.trials, args.seed, args.device, batch_tokens=L)
+        out["passkey"][str(L)] = {"per_document": [float(x) for x in r["passkey_exact"]], "mean": r["passkey"]}
+    model.train()
+    return out
+
+
+def train_arm(name, overrides, data, windows, docs, tok, args, train_len, folder, stages):
+    """Train one arm for --steps, scoring it at each of the eval steps; resumes from folder/state.pt."""
+    os.makedirs(folder, exist_ok=True)
+    path, done = os.path.join(folder, "state.pt"), os.path.join(folder, "done.json")
+    if os.path.isfile(done) and not args.fresh:  # a finished arm: its curve, not its 1.6 GB of weights and moments
+        saved = runner.load_json(done)
+        if saved["overrides"] != overrides or saved["settings"] != settings(args):
+            raise SystemExit(f"{done} was trained with other settings: pass --fresh to train {name} again")
+        stages.say(f"  {name}: finished before, kept ({done})")
+        return saved["state"]
+    torch.manual_seed(args.seed)  # FoPE's coefficients: the same draw for fope and fope+yarn
+    model = from_pretrained(args.source, **overrides).to(args.device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.95),
+                                  weight_decay=0.0)
+    rng = np.random.default_rng(args.seed)  # the batches: one generator per arm, drawn alike
+    state = {"step": 0, "curve": [], "batches": [], "step_seconds": []}
+    if os.path.isfile(path) and not args.fresh:
+        saved = torch.load(path, weights_only=True)
+        if saved["overrides"] != overrides or saved["settings"] != settings(args):
+            raise SystemExit(f"{path} was trained with other settings: pass --fresh to train {name} again")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["rng"]
+        state = saved["state"]
+        stages.say(f"  {name}: resumed at step {state['step']}")
+    step_model = torch.compile(model) if args.compile else model
+    ctx = autocast_context(args.device, args.dtype)
+    while True:
+        step = state["step"]
+        if step in args.eval_steps and not any(p["step"] == step for p in state["curve"]):
+            state["curve"].append({"step": step, "tokens": step * args.batch * args.window,
+                                   **evaluate(model, windows, docs, tok, args, train_len)})
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
+                             "state": state, "overrides": overrides, "settings": settings(args)}, path)
+            stages.say(f"  {name} step {step}: " + ", ".join(f"{L} {v['mean']:.1f}" for L, v in state["curve"][-1]["lengths"].items()))
+        if step == args.steps:
+            with open(done + ".tmp", "w") as f:
+                json.dump({"overrides": overrides, "settings": settings(args), "state": state}, f)
+            os.replace(done + ".tmp", done)
+            os.remove(path)  # the weights and moments: nothing left to resume
+            return state
+        t0 = time.perf_counter()
+        x, y = data.get_batch(args.batch, args.window, rng)
+        state["batches"].append(int(x.sum()) * 31 + int(x[:, 0].sum()))  # the batch's fingerprint (test: arms alike)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args)
+        with ctx:
+            _, loss = step_model(x.to(args.device), y.to(args.device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step_seconds"].append(time.perf_counter() - t0)
+        state.setdefault("loss", []).append(loss.item())
+        state["step"] = step + 1
+
+
+def settings(args):
+    """What makes two runs of an arm the same run."""
+    return {k: getattr(args, k) for k in ("source", "steps", "window", "batch", "lr", "min_lr", "warmup", "seed",
+                                            "eval_tokens", "trials", "depths", "evals", "dtype")}
+
+
+# -----------------------------------------------------------------------------
+# verdicts and the report
+
+
+def claims(measured, train_len):
+    """Every arm against the rope control at the end, and fope against yarn (the paper's Fig. 4): per length, the
+    paired per-window (or per-document) differences A - B; one Holm family."""
+    pairs = [(a, "rope") for a in measured if a != "rope" and "rope" in measured]
+    pairs += [("fope", "yarn")] if {"fope", "yarn"} <= set(measured) else []
+    out = []
+    for a, b in pairs:
+        end_a, end_b = measured[a]["curve"][-1], measured[b]["curve"][-1]
+        for L, v in end_a["lengths"].items():
+            ref = end_b["lengths"][L]
+            out.append({"a": a, "b": b, "length": int(L), "metric": v["metric"], "unit": "windows",
+                        "d": list(np.subtract(v["per_window"], ref["per_window"])), "reference": ref["mean"]})
+        for L, v in end_a["passkey"].items():
+            ref = end_b["passkey"][L]
+            out.append({"a": a, "b": b, "length": int(L), "metric": "passkey", "unit": "documents",
+                        "d": list(np.subtract(v["per_document"], ref["per_document"])), "reference": ref["mean"]})
+    return decide([c for c in out if len(c["d"]) > 1])
+
+
+def report_lines(doc):
+    info, measured = doc["info"], doc["arms"]
+    lengths = [str(L) for L in info["lengths"]]
+    cost = {a: float(np.median(m["step_seconds"])) for a, m in measured.items() if m["step_seconds"]}
+    lines = [f"{info['source']} (L_train {info['train_len']}) trained {info['steps']} steps of {info['batch']} x "
+             f"{info['window']} tokens per arm ({info['steps'] * info['batch'] * info['window']:,} tokens each, the same "
+             f"batches: fingerprints {'alike' if doc['same_batches'] else 'NOT alike'}), lr {info['lr']:g} -> "
+             f"{info['min_lr']:g}, {info['dtype']} on {info['machine']}. Median step: "
+             + ", ".join(f"{a} {s:.2f} s" for a, s in cost.items()) + ".", "",
+             f"Perplexity on {info['eval_tokens']:,} val tokens per length (windows of that length; past "
+             f"{info['train_len']}: its positions beyond it), passkey on {len(info['depths']) * info['trials']} "
+             f"documents per length, at each evaluation step:", "",
+             "| arm | step | tokens | " + " | ".join(f"ppl {L}" for L in lengths) + " | "
+             + " | ".join(f"passkey {L}" for L in info["passkey_lengths"]) + " |",
+             "|---" * (3 + len(lengths) + len(info["passkey_lengths"])) + "|"]
+    for arm, m in measured.items():
+        for point in m["curve"]:
+            keys = []
+            for L, v in point["passkey"].items():
+                lo, hi = wilson(sum(v["per_document"]), len(v["per_document"]))
+                keys.append(f"{v['mean']:.2f} [{lo:.2f}, {hi:.2f}]")
+            lines.append(f"| {arm} | {point['step']} | {point['tokens']:,} | "
+                         + " | ".join(f"{point['lengths'][L]['mean']:.1f}" for L in lengths) + " | " + " | ".join(keys) + " |")
+    lines += ["", "Verdicts at the end (A - B; windows or documents as the paired units, so they speak of this one "
+              "training run per arm, not of seeds; experiments/stats.py):", "", "| A vs B | metric at length | verdict |",
+              "|---|---|---|"]
+    for c in doc["claims"]:
+        lines.append(f"| {c['a']} vs {c['b']} | {c['metric']} at {c['length']} | {verdict_text(c)} |")
+    return lines
+
+
+def plot(path, doc):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    lengths = [str(L) for L in doc["info"]["lengths"]]
+    fig, axes = plt.subplots(1, len(lengths) + 1, figsize=(4 * (len(lengths) + 1), 3.4))
+    for arm, m in doc["arms"].items():
+        if m.get("loss"):
+            axes[0].plot(np.arange(1, len(m["loss"]) + 1) * doc["info"]["batch"] * doc["info"]["window"], m["loss"], label=arm)
+        for ax, L in zip(axes[1:], lengths):
+            ax.plot([p["tokens"] for p in m["curve"]], [p["lengths"][L]["mean"] for p in m["curve"]], "o-", label=arm)
+            ax.set_title(f"perplexity at {L}")
+            ax.set_yscale("log")
+    axes[0].set_title("training loss")
+    for ax in axes:
+        ax.set_xlabel("tokens trained")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = runner.parser("SmolLM2-135M turned into FoPE (and its clamp, NoPE, YaRN) by continued training",
+                      "smoke run: rope and fope, 4 steps, 1k windows", seeds=(1,))
+    p.add_argument("--source", default="smollm2-135m", help="a pretrained source (pretrained.py)")
+    p.add_argument("--arms", nargs="+", default=["rope", "yarn", "clamp", "fope", "nope"])
+    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--window", type=int, default=1024, help="training window (tokens); the model keeps its own L_train")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--min_lr", type=float, default=3e-6)
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--evals", type=int, default=3, help="evaluations after step 0, evenly spaced to --steps")
+    p.add_argument("--eval_tokens", type=int, default=32768, help="val tokens per length")
+    p.add_argument("--trials", type=int, default=4, help="passkey documents per (length, depth)")
+    p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
+    p.add_argument("--train_len", type=int, help="the lengths' unit (default: the model's own L_train)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (the GPU recipe)")
+    args = p.parse_args(argv)
+    results = os.path.join(args.results, "quick") if args.quick else args.results
+    if args.quick:
+        args.arms, args.steps, args.window, args.evals, args.eval_tokens, args.trials = ["rope", "fope"], 4, 256, 1, 2048, 1
+        args.train_len, args.depths, args.warmup = args.train_len or 1024, [0.5], 1
+    if args.report_only:
+        with runner.saved_results(results):
+            return write(results, runner.load_json(f"{results}/convert.json"))
+    args.device = resolve_device(args.device)
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if args.device.startswith("cuda") or native_bf16() else "float32"
+    args.seed = args.seeds[0]
+    args.eval_steps = sorted({0, *(round(args.steps * (i + 1) / args.evals) for i in range(args.evals))})
+    stages = runner.Stages("convert")
+    with stages("data", "1/3 data: Shakespeare's plays in the model's tokens"):
+        data_dir = os.path.join("data", args.dataset) if args.dataset else os.path.join("data", "shakespeare", args.source)
+        if not args.dataset and not os.path.isfile(os.path.join(data_dir, "meta.json")):
+            runner.run([sys.executable, runner.repo_path("data/shakespeare/prepare.py"), "--char-only",
+                        f"--pretrained={args.source}"], os.path.join(args.out_root, "convert_prepare.log"))
+        tok = load_tokenizer(args.source)
+        try:
+            train, val = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+            val.check_vocab(tok.vocab_size)
+        except ShardError as e:
+            raise SystemExit(str(e))
+        train_len = args.train_len or from_pretrained(args.source).config.block_size
+        lengths = [train_len // 4, train_len, 2 * train_len, 4 * train_len]
+        args.passkey_lengths = [train_len, 2 * train_len] if args.trials else []
+        windows, docs = eval_windows(val, lengths, args.eval_tokens), PasskeyDocs(tok)
+    unknown = set(args.arms) - set(arms(train_len))
+    if unknown:
+        raise SystemExit(f"--arms: unknown {sorted(unknown)}; pick from {', '.join(arms(train_len))}")
+    measured = {}
+    out = os.path.join(args.out_root, "convert_quick" if args.quick else "convert")
+    for name in args.arms:
+        overrides = {**arms(train_len)[name], **({"block_size": train_len} if args.train_len else {})}
+        with stages(f"arm {name}", f"2/3 {name}: {args.steps} steps of {args.batch} x {args.window} tokens, "
+                                   f"evaluated at steps {args.eval_steps}"):
+            measured[name] = train_arm(name, overrides, train, windows, docs, tok, args, train_len,
+                                       os.path.join(out, name.replace("+", "_")), stages)
+    with stages("report", "3/3 report"):
+        same = len({json.dumps(m["batches"]) for m in measured.values()}) == 1
+        doc = {"info": {**settings(args), "date": time.strftime("%Y-%m-%d %H:%M"), "train_len": train_len,
+                        "lengths": lengths, "passkey_lengths": args.passkey_lengths, "quick": args.quick,
+                        "machine": describe_machine(), "threads": torch.get_num_threads(),
+                        "command": "python experiments/convert.py " + " ".join(argv or sys.argv[1:])},
+               "same_batches": same, "arms": measured, "claims": claims(measured, train_len)}
+        os.makedirs(results, exist_ok=True)
+        with open(f"{results}/convert.json", "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+    stages.done(f"{results}/convert.md")
+    doc["info"]["stage_seconds"] = {k: round(v) for k, v in stages.times.items()}
+    write(results, json.loads(json.dumps(doc, default=str)), stages.times)
+
+
+def write(results, doc, times=None):
+    with open(f"{results}/convert.json", "w") as f:
+        json.dump(doc, f, indent=1)
+    plot(f"{results}/convert.png", doc)
+    runner.write_report(f"{results}/convert", "A pretrained RoPE model turned into FoPE by continued training",
+                        report_lines(doc), times or doc["info"].get("stage_seconds", {}),
+                        None if doc["info"]["quick"] else "convert", {"convert": doc})
+    print(f"wrote {results}/convert.md")
+
+
+if __name__ == "__main__":
+    main()
