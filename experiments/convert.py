@@ -271,6 +271,7 @@ def main(argv=None):
     with stages("data", "1/3 data: Shakespeare's plays in the model's tokens"):
         data_dir = os.path.join("data", args.dataset) if args.dataset else os.path.join("data", "shakespeare", args.source)
         if not args.dataset and not os.path.isfile(os.path.join(data_dir, "meta.json")):
+            os.makedirs(args.out_root, exist_ok=True)
             runner.run([sys.executable, runner.repo_path("data/shakespeare/prepare.py"), "--char-only",
                         f"--pretrained={args.source}"], os.path.join(args.out_root, "convert_prepare.log"))
         tok = load_tokenizer(args.source)

@@ -29,6 +29,7 @@ def run(source, out, *extra):
     return json.loads((out / "results" / "convert.json").read_text())
 
 
+@pytest.mark.slow  # seconds each: CI's make test-all runs them, make test leaves them
 def test_every_arm_trains_on_the_same_batches_and_is_compared_with_the_control(source, tmp_path):
     doc = run(source, tmp_path, "--arms", "rope", "clamp", "fope", "nope", "yarn")
     batches = [m["batches"] for m in doc["arms"].values()]
@@ -42,6 +43,7 @@ def test_every_arm_trains_on_the_same_batches_and_is_compared_with_the_control(s
     assert (tmp_path / "results" / "convert.md").read_text().count("| fope | ") == 3
 
 
+@pytest.mark.slow  # seconds each: CI's make test-all runs them, make test leaves them
 @pytest.mark.parametrize("arm", ["rope", "yarn", "clamp"])
 def test_step_0_is_make_pretraineds_training_free_value_on_the_same_windows(source, tmp_path, arm):
     folder, data = source
@@ -57,6 +59,7 @@ def test_step_0_is_make_pretraineds_training_free_value_on_the_same_windows(sour
         np.testing.assert_allclose(start["lengths"][str(L)]["per_window"], expected, rtol=1e-12)
 
 
+@pytest.mark.slow  # seconds each: CI's make test-all runs them, make test leaves them
 def test_an_interrupted_run_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(source, tmp_path, monkeypatch):
     whole = run(source, tmp_path / "whole", "--arms", "rope", "fope")
     finished = tmp_path / "whole" / "convert" / "rope"
