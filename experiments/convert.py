@@ -16,8 +16,9 @@ generator per arm, drawn alike), with the same steps and learning-rate schedule:
 Training windows are --window tokens (shorter than 8192 on a CPU); the model's block_size stays its own, so the
 clamp's floor stays at 8192. Each arm is scored at step 0 (its training-free value: make pretrained's for rope,
 yarn and clamp, by the same functions) and at --evals points along training, on the val plays the training never
-sees: perplexity at 2k and 8k (does the trained context survive?) and past 8192 at 16k and 32k (what the
-conversion buys), on --eval_tokens tokens of windows per length, and the passkey at 8k and 16k (documents as units).
+sees: perplexity at 2k and 8k (does the trained context survive?) at every point, and at step 0 and the last step
+(every point with --long_every_eval) past 8192 at 16k and 32k (what the conversion buys) and the passkey at 8k and
+16k (documents as units); --eval_tokens tokens of windows per length (at least one window).
 Each arm is compared with the rope control at the end (experiments/stats.py: windows or documents as the paired
 units, one Holm family); the rope control's own curve is the reference, as the same tokens also adapt the model
 to Shakespeare.
@@ -78,17 +79,20 @@ def eval_windows(data, lengths, eval_tokens):
 
 
 @torch.no_grad()
-def evaluate(model, windows, docs, tok, args, train_len):
+def evaluate(model, windows, docs, tok, args, train_len, long=True):
     """Perplexity per window at each length (past train_len: its positions beyond it) and each passkey document's
-    exact match; means alongside."""
+    exact match; means alongside. long=False: only the lengths up to train_len, no passkey (the cheap points of the
+    curve: a forward of 32k tokens costs ~13 times one of 8k on a CPU, attention being quadratic)."""
     model.eval()
     out = {"lengths": {}, "passkey": {}}
     for L, ws in windows.items():
+        if L > train_len and not long:
+            continue
         per_window = [perplexity_rows(window_losses(model, w, args.dtype).numpy()[None], [L], train_len)[L] for w in ws]
         key = "ppl" if L <= train_len else "ppl_beyond"
         values = [r[key] for r in per_window]
         out["lengths"][str(L)] = {"metric": key, "per_window": values, "mean": float(np.mean(values))}
-    for L in args.passkey_lengths:
+    for L in args.passkey_lengths if long else []:
         with autocast_context(args.device, args.dtype):
             r = passkey_accuracy(model, docs, tok, L, args.depths, args.trials, args.seed, args.device, batch_tokens=L)
         out["passkey"][str(L)] = {"per_document": [float(x) for x in r["passkey_exact"]], "mean": r["passkey"]}
@@ -126,8 +130,9 @@ def train_arm(name, overrides, data, windows, docs, tok, args, train_len, folder
     while True:
         step = state["step"]
         if step in args.eval_steps and not any(p["step"] == step for p in state["curve"]):
+            long = args.long_every_eval or step in (0, args.steps)  # past L_train and the passkey: at the ends
             state["curve"].append({"step": step, "tokens": step * args.batch * args.window,
-                                   **evaluate(model, windows, docs, tok, args, train_len)})
+                                   **evaluate(model, windows, docs, tok, args, train_len, long)})
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
                              "state": state, "overrides": overrides, "settings": settings(args)}, path)
             stages.say(f"  {name} step {step}: " + ", ".join(f"{L} {v['mean']:.1f}" for L, v in state["curve"][-1]["lengths"].items()))
@@ -156,7 +161,7 @@ def train_arm(name, overrides, data, windows, docs, tok, args, train_len, folder
 def settings(args):
     """What makes two runs of an arm the same run."""
     return {k: getattr(args, k) for k in ("source", "steps", "window", "batch", "lr", "min_lr", "warmup", "seed",
-                                            "eval_tokens", "trials", "depths", "evals", "dtype")}
+                                            "eval_tokens", "trials", "depths", "evals", "long_every_eval", "dtype")}
 
 
 # -----------------------------------------------------------------------------
@@ -193,7 +198,8 @@ def report_lines(doc):
              + ", ".join(f"{a} {s:.2f} s" for a, s in cost.items()) + ".", "",
              f"Perplexity on {info['eval_tokens']:,} val tokens per length (windows of that length; past "
              f"{info['train_len']}: its positions beyond it), passkey on {len(info['depths']) * info['trials']} "
-             f"documents per length, at each evaluation step:", "",
+             f"documents per length, at each evaluation step (past {info['train_len']} and the passkey at step 0 and the "
+             f"last{' and every one between' if info.get('long_every_eval') else ''}; '-': not scored there):", "",
              "| arm | step | tokens | " + " | ".join(f"ppl {L}" for L in lengths) + " | "
              + " | ".join(f"passkey {L}" for L in info["passkey_lengths"]) + " |",
              "|---" * (3 + len(lengths) + len(info["passkey_lengths"])) + "|"]
@@ -203,8 +209,10 @@ def report_lines(doc):
             for L, v in point["passkey"].items():
                 lo, hi = wilson(sum(v["per_document"]), len(v["per_document"]))
                 keys.append(f"{v['mean']:.2f} [{lo:.2f}, {hi:.2f}]")
-            lines.append(f"| {arm} | {point['step']} | {point['tokens']:,} | "
-                         + " | ".join(f"{point['lengths'][L]['mean']:.1f}" for L in lengths) + " | " + " | ".join(keys) + " |")
+            keys += ["-"] * (len(info["passkey_lengths"]) - len(keys))
+            cells = [f"{point['lengths'][L]['mean']:.1f}" if L in point["lengths"] else "-" for L in lengths]
+            lines.append(f"| {arm} | {point['step']} | {point['tokens']:,} | " + " | ".join(cells) + " | "
+                         + " | ".join(keys) + " |")
     lines += ["", "Verdicts at the end (A - B; windows or documents as the paired units, so they speak of this one "
               "training run per arm, not of seeds; experiments/stats.py):", "", "| A vs B | metric at length | verdict |",
               "|---|---|---|"]
@@ -223,7 +231,8 @@ def plot(path, doc):
         if m.get("loss"):
             axes[0].plot(np.arange(1, len(m["loss"]) + 1) * doc["info"]["batch"] * doc["info"]["window"], m["loss"], label=arm)
         for ax, L in zip(axes[1:], lengths):
-            ax.plot([p["tokens"] for p in m["curve"]], [p["lengths"][L]["mean"] for p in m["curve"]], "o-", label=arm)
+            points = [p for p in m["curve"] if L in p["lengths"]]
+            ax.plot([p["tokens"] for p in points], [p["lengths"][L]["mean"] for p in points], "o-", label=arm)
             ax.set_title(f"perplexity at {L}")
             ax.set_yscale("log")
     axes[0].set_title("training loss")
@@ -247,6 +256,8 @@ def main(argv=None):
     p.add_argument("--min_lr", type=float, default=3e-6)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--evals", type=int, default=3, help="evaluations after step 0, evenly spaced to --steps")
+    p.add_argument("--long_every_eval", action="store_true",
+                   help="score past L_train and the passkey at every evaluation (default: at step 0 and the last)")
     p.add_argument("--eval_tokens", type=int, default=32768, help="val tokens per length")
     p.add_argument("--trials", type=int, default=4, help="passkey documents per (length, depth)")
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])

@@ -295,3 +295,33 @@ def key_attention(q, k, query, key):
     future = torch.arange(q.shape[2], device=q.device)[None, :] > query[:, None]  # (B, T)
     weights = torch.softmax(scores.masked_fill(future[:, None], float("-inf")), dim=-1)
     return weights[rows, :, key].cpu()
+
+
+class FarMass:
+    """Forward hooks: for each layer and each end E in `ends` (E <= the sequence's length), the attention
+    weight that the last `n` queries before E (of a window cut at E) put on keys at distance >= far,
+    averaged over heads and queries. Exact for a window of E tokens when the rotation is static; for
+    dynamic NTK use E = the forward's own length."""
+
+    def __init__(self, model, ends, far, n):
+        self.ends, self.far, self.n, self.mass = ends, far, n, {}
+        self.handles = [block.attn.c_attn.register_forward_hook(self.hook(block.attn))
+                        for block in model.transformer.h]
+
+    def hook(self, attn):
+        def measure(module, inputs, output):
+            q, k, _ = attn.split_heads(output.float())
+            for end in (e for e in self.ends if e <= q.shape[2]):
+                qs, ks = attn.position_qk(q[:, :, :end], k[:, :, :end])  # as the layer does: QK norm, rotation
+                qs = qs[:, :, end - self.n:end]
+                scores = qs @ ks.transpose(-2, -1) / math.sqrt(qs.shape[-1])  # (B, H, n, end)
+                i = torch.arange(end - self.n, end, device=q.device)[:, None]
+                j = torch.arange(end, device=q.device)[None, :]
+                weights = scores.masked_fill(j > i, float("-inf")).softmax(-1)
+                far = (weights * (j <= i - self.far)).sum(-1).mean().item()
+                self.mass.setdefault(end, []).append(far)
+        return measure
+
+    def close(self):
+        for h in self.handles:
+            h.remove()

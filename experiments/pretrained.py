@@ -46,8 +46,8 @@ from data.shards import ShardError, TokenShards  # noqa: E402
 from eval_length import passkey_accuracy  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments.protocol import PROTOCOL, deviation  # noqa: E402
-from experiments.stats import wilson  # noqa: E402
-from experiments.lens_measures import QKProbe, cycles, pair_frequencies, pair_mean_norms  # noqa: E402
+from experiments.stats import decide, verdict_text, wilson  # noqa: E402
+from experiments.lens_measures import FarMass, QKProbe, cycles, pair_frequencies, pair_mean_norms  # noqa: E402
 from passkey import PasskeyDocs  # noqa: E402
 from pretrained import from_pretrained, load_tokenizer  # noqa: E402
 from util.machine import cpu_flags, describe_machine  # noqa: E402
@@ -74,36 +74,6 @@ def arms(train_len, factor=FACTOR):
     }
 
 
-class FarMass:
-    """Forward hooks: for each layer and each end E in `ends` (E <= the sequence's length), the attention
-    weight that the last `n` queries before E (of a window cut at E) put on keys at distance >= far,
-    averaged over heads and queries. Exact for a window of E tokens when the rotation is static; for
-    dynamic NTK use E = the forward's own length."""
-
-    def __init__(self, model, ends, far, n):
-        self.ends, self.far, self.n, self.mass = ends, far, n, {}
-        self.handles = [block.attn.c_attn.register_forward_hook(self.hook(block.attn))
-                        for block in model.transformer.h]
-
-    def hook(self, attn):
-        def measure(module, inputs, output):
-            q, k, _ = attn.split_heads(output.float())
-            for end in (e for e in self.ends if e <= q.shape[2]):
-                qs, ks = attn.position_qk(q[:, :, :end], k[:, :, :end])  # as the layer does: QK norm, rotation
-                qs = qs[:, :, end - self.n:end]
-                scores = qs @ ks.transpose(-2, -1) / math.sqrt(qs.shape[-1])  # (B, H, n, end)
-                i = torch.arange(end - self.n, end, device=q.device)[:, None]
-                j = torch.arange(end, device=q.device)[None, :]
-                weights = scores.masked_fill(j > i, float("-inf")).softmax(-1)
-                far = (weights * (j <= i - self.far)).sum(-1).mean().item()
-                self.mass.setdefault(end, []).append(far)
-        return measure
-
-    def close(self):
-        for h in self.handles:
-            h.remove()
-
-
 def model_device(model):
     return next(model.parameters()).device
 
@@ -121,8 +91,12 @@ def perplexity_rows(losses, lengths, train_len):
     rows = {}
     for L in lengths:
         part = losses[:, :L]
-        rows[L] = {"ppl": math.exp(part.mean()),
-                   "ppl_beyond": math.exp(part[:, train_len:].mean()) if L > train_len else float("nan")}
+        rows[L] = {"ppl": math.exp(part.mean()), "per_window": np.exp(part.mean(1)).tolist()}
+        if L > train_len:
+            rows[L].update(ppl_beyond=math.exp(part[:, train_len:].mean()),
+                           per_window_beyond=np.exp(part[:, train_len:].mean(1)).tolist())
+        else:
+            rows[L]["ppl_beyond"] = float("nan")
     return rows
 
 
@@ -398,13 +372,65 @@ def derived(doc):
     return out
 
 
+# The claims the reading makes, one Holm family: (A, B, metric, length as a multiple of L_train). Perplexity with
+# the val windows as paired units (every window of the split; "ppl": all positions, "ppl_beyond": those past
+# L_train), the passkey with its documents (the same documents for every arm).
+CLAIMS = [
+    ("linear", "rope", "ppl", 0.25),        # the YaRN paper: interpolation without fine-tuning costs perplexity
+    ("ntk", "rope", "ppl", 1), ("ntk", "rope", "ppl_beyond", 4),       # NTK-aware extends without fine-tuning
+    ("dynamic", "rope", "ppl_beyond", 4),
+    ("dynamic-yarn", "rope", "ppl_beyond", 2), ("dynamic-yarn", "rope", "ppl_beyond", 4),  # its training-free method
+    ("dynamic-yarn", "yarn", "ppl_beyond", 4), ("dynamic-yarn", "dynamic", "ppl_beyond", 4),
+    ("yarn", "rope", "ppl", 1), ("yarn", "rope", "ppl_beyond", 4), ("llama3", "rope", "ppl_beyond", 4),
+    ("clamp", "rope", "ppl", 0.25), ("clamp", "rope", "ppl", 1),    # the clamp as a drop-in, within the context
+    ("clamp+yarn", "clamp", "ppl_beyond", 4),
+    ("yarn", "rope", "passkey", 2), ("dynamic-yarn", "rope", "passkey", 2), ("yarn", "rope", "passkey", 1),
+]
+
+
+def claims(doc):
+    """CLAIMS decided (experiments/stats.py) on the paired per-window or per-document differences A - B."""
+    arms_, L0 = doc["arms"], doc["info"]["train_len"]
+    out = []
+    for a, b, metric, multiple in CLAIMS:
+        L = str(int(multiple * L0))
+        if a not in arms_ or b not in arms_:
+            continue
+        if metric == "passkey":
+            if "passkey_exact" not in arms_[a]["passkey"].get(L, {}) or "passkey_exact" not in arms_[b]["passkey"].get(L, {}):
+                continue
+            va, vb, unit = arms_[a]["passkey"][L]["passkey_exact"], arms_[b]["passkey"][L]["passkey_exact"], "documents"
+        else:
+            if L not in arms_[a]["lengths"] or L not in arms_[b]["lengths"]:
+                continue
+            field = "per_window" if metric == "ppl" else "per_window_beyond"
+            if field not in arms_[a]["lengths"][L] or field not in arms_[b]["lengths"][L]:
+                continue  # a run made before the values per window were kept
+            va, vb, unit = arms_[a]["lengths"][L][field], arms_[b]["lengths"][L][field], "windows"
+        out.append({"a": a, "b": b, "metric": metric, "multiple": multiple, "length": int(L), "unit": unit,
+                    "d": list(np.subtract(va, vb)), "reference": float(np.mean(vb))})
+    decided = decide([c for c in out if len(c["d"]) > 1])
+    return {f"{c['a']} vs {c['b']}, {c['metric']} at {c['multiple']:g}x": {**c, "verdict_text": verdict_text(c, ".2f")}
+            for c in decided}
+
+
+def claim_lines(claimed):
+    lines = ["Verdicts (A - B; lower perplexity, higher passkey is better; the val windows or the passkey documents as "
+             "the paired units, so they speak of this one model and this text, not of seeds; one Holm family; "
+             "experiments/stats.py):", "", "| A vs B | metric at length | verdict |", "|---|---|---|"]
+    for c in claimed.values():
+        lines.append(f"| {c['a']} vs {c['b']} | {c['metric']} at {c['length']} | {c['verdict_text']} |")
+    return lines
+
+
 def write_report(results, doc, quick=False):
     info = doc["info"]
-    doc = {**doc, "derived": derived(doc)}
+    doc = {**doc, "derived": derived(doc), "claim": claims(doc)}
     lines = [PROTOCOL.describe(), deviation(
         f"one pretrained model, so no seeds; {info['windows']} window(s) of {info['window_tokens']} tokens; passkey "
-        f"{info['trials']} document(s) per depth at {len(info['depths'])} depths", "a 135M model on 2 CPU cores; no claim "
-        "between arms is tested, the numbers are descriptions"), "",
+        f"{info['trials']} document(s) per depth at {len(info['depths'])} depths", "a 135M model on 2 CPU cores; " + (
+        "claims between arms are tested with the windows or documents as units" if doc["claim"] else
+        "no claim between arms is tested, the numbers are descriptions")), "",
              f"{info['source']} (pretrained.py), nothing trained; Shakespeare's val plays in its tokens; L_train = "
              f"{info['train_len']}; every rescaling at factor {info['factor']:g}. {info['windows']} window(s) of "
              f"{info['window_tokens']} tokens give every length (a causal model's first L positions are a window of L); "
@@ -412,7 +438,8 @@ def write_report(results, doc, quick=False):
              f"the last {info['tail_queries']} queries of a window of L put on keys more than {info['train_len']} back "
              f"(layers and heads averaged). {info['dtype']}. Made {info['date']} by `{info['command'].strip()}`; "
              f"machine: {info['machine']}.", "",
-             "![perplexity vs length and loss by position](pretrained.png)", "", "```", *table(doc), "```"]
+             "![perplexity vs length and loss by position](pretrained.png)", "", "```", *table(doc), "```",
+             *(["", *claim_lines(doc["claim"])] if doc["claim"] else [])]
     runner.write_report(f"{results}/pretrained", "nanoFoPE on a pretrained model: SmolLM2-135M past 8k",
                         lines, info["stage_seconds"], None if quick else "pretrained", {"pretrained": doc})
 

@@ -257,7 +257,7 @@ def test_the_first_positions_of_a_long_window_are_a_short_window_unless_the_resc
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_far_mass_hooks_equal_the_attention_weights_a_layer_computes(qk_norm):
     from experiments.lens_measures import QKProbe, attention_scores
-    from experiments.pretrained import FarMass
+    from experiments.lens_measures import FarMass
     model = llama(rope_scaling={"rope_type": "yarn", "factor": 4.0}, qk_norm=qk_norm)
     idx = torch.randint(0, len(TOKENS), (1, 48))
     probe = FarMass(model, ends=[40, 48], far=16, n=5)
@@ -287,3 +287,17 @@ def test_make_pretrained_quick_writes_its_report(tmp_path):
     assert dynamic_yarn["1024"] == rope["1024"] and dynamic_yarn["4096"] != dynamic["4096"]
     assert all(math.isfinite(row["ppl"]) for arm in doc["arms"].values() for row in arm["lengths"].values())
     assert (tmp_path / "quick" / "pretrained.md").read_text().count("rope") >= 1
+
+
+def test_make_pretrained_claims_pair_the_val_windows_and_the_passkey_documents():
+    from experiments import pretrained as make_pretrained
+    rows = lambda *beyond: {"32": {"ppl": 0.0, "per_window": list(beyond), "per_window_beyond": list(beyond)}}  # noqa: E731
+    doc = {"info": {"train_len": 8},
+           "arms": {"rope": {"lengths": rows(100.0, 300.0, 200.0), "passkey": {"16": {"passkey_exact": [0, 0, 1, 0]}}},
+                    "yarn": {"lengths": rows(40.0, 240.0, 140.0), "passkey": {"16": {"passkey_exact": [1, 0, 1, 1]}}}}}
+    claimed = make_pretrained.claims(doc)
+    ppl, key = claimed["yarn vs rope, ppl_beyond at 4x"], claimed["yarn vs rope, passkey at 2x"]
+    assert ppl["unit"] == "windows" and ppl["d"] == [-60.0, -60.0, -60.0] and ppl["verdict"] == "better"
+    assert key["unit"] == "documents" and key["d"] == [1, 0, 0, 1] and key["verdict"] == "undecided"
+    assert "documents would decide it" in key["verdict_text"]
+    assert not any("dynamic" in k for k in claimed)  # a claim whose arm did not run is left out
