@@ -62,7 +62,7 @@ ablate: $(STAMP)
 # how many pairs rotate: make ablate's parts at the paper's kept fraction (theta 150 at L_train 64; L_train 512),
 # FoPE as production runs it (XTuner, vLLM) and the padding arms (7 arms each), and theta 50 where D > head_dim/4
 # (5 arms), 3 seeds, with the lens
-# (about 40 min on 2 cores) -> results/ablate_geometry.md; QUICK=1: a few-minute smoke run
+# (40-60 min on 2 cores) -> results/ablate_geometry.md; QUICK=1: a few-minute smoke run
 geometry: $(STAMP)
 	$(PY) experiments/geometry.py $(if $(QUICK),--quick)
 

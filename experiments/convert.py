@@ -16,9 +16,9 @@ generator per arm, drawn alike), with the same steps and learning-rate schedule:
 Training windows are --window tokens (shorter than 8192 on a CPU); the model's block_size stays its own, so the
 clamp's floor stays at 8192. Each arm is scored at step 0 (its training-free value: make pretrained's for rope,
 yarn and clamp, by the same functions) and at --evals points along training, on the val plays the training never
-sees: perplexity at 2k and 8k (does the trained context survive?) at every point, and at step 0 and the last step
-(every point with --long_every_eval) past 8192 at 16k and 32k (what the conversion buys) and the passkey at 8k and
-16k (documents as units); --eval_tokens tokens of windows per length (at least one window).
+sees: perplexity at 2k and 8k (does the trained context survive?) at every point, and at the last step (--long_evals:
+also at step 0, or at every point) past 8192 at 16k and 32k (what the conversion buys) and the passkey at 8k and 16k
+(documents as units); --eval_tokens tokens of windows per length (at least one window).
 Each arm is compared with the rope control at the end (experiments/stats.py: windows or documents as the paired
 units, one Holm family); the rope control's own curve is the reference, as the same tokens also adapt the model
 to Shakespeare.
@@ -63,6 +63,11 @@ def arms(train_len, factor=4.0):
     same = pretrained_arms(train_len, factor)
     return {"rope": same["rope"], "yarn": same["yarn"], "clamp": same["clamp"], "fope": FOPE,
             "nope": {"pos_emb": "nope"}, "fope+yarn": {**FOPE, "rope_scaling": same["yarn"]["rope_scaling"]}}
+
+
+# A forward of 32k tokens costs ~12 times one of 8k on a CPU (attention is quadratic: 260 s against 21 s for SmolLM2
+# on 2 AMD EPYC cores in bfloat16), so the lengths past L_train and the passkey are scored at the end by default.
+LONG_EVALS = {"end": "at the last step only", "ends": "at step 0 and the last step", "all": "at every evaluation"}
 
 
 def lr_at(step, args):
@@ -130,7 +135,7 @@ def train_arm(name, overrides, data, windows, docs, tok, args, train_len, folder
     while True:
         step = state["step"]
         if step in args.eval_steps and not any(p["step"] == step for p in state["curve"]):
-            long = args.long_every_eval or step in (0, args.steps)  # past L_train and the passkey: at the ends
+            long = {"end": step == args.steps, "ends": step in (0, args.steps), "all": True}[args.long_evals]
             state["curve"].append({"step": step, "tokens": step * args.batch * args.window,
                                    **evaluate(model, windows, docs, tok, args, train_len, long)})
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
@@ -161,7 +166,7 @@ def train_arm(name, overrides, data, windows, docs, tok, args, train_len, folder
 def settings(args):
     """What makes two runs of an arm the same run."""
     return {k: getattr(args, k) for k in ("source", "steps", "window", "batch", "lr", "min_lr", "warmup", "seed",
-                                            "eval_tokens", "trials", "depths", "evals", "long_every_eval", "dtype")}
+                                            "eval_tokens", "trials", "depths", "evals", "long_evals", "dtype")}
 
 
 # -----------------------------------------------------------------------------
@@ -198,8 +203,8 @@ def report_lines(doc):
              + ", ".join(f"{a} {s:.2f} s" for a, s in cost.items()) + ".", "",
              f"Perplexity on {info['eval_tokens']:,} val tokens per length (windows of that length; past "
              f"{info['train_len']}: its positions beyond it), passkey on {len(info['depths']) * info['trials']} "
-             f"documents per length, at each evaluation step (past {info['train_len']} and the passkey at step 0 and the "
-             f"last{' and every one between' if info.get('long_every_eval') else ''}; '-': not scored there):", "",
+             f"documents per length, at each evaluation step (past {info['train_len']} and the passkey: "
+             f"{LONG_EVALS[info['long_evals']]}; '-': not scored there):", "",
              "| arm | step | tokens | " + " | ".join(f"ppl {L}" for L in lengths) + " | "
              + " | ".join(f"passkey {L}" for L in info["passkey_lengths"]) + " |",
              "|---" * (3 + len(lengths) + len(info["passkey_lengths"])) + "|"]
@@ -256,8 +261,8 @@ def main(argv=None):
     p.add_argument("--min_lr", type=float, default=3e-6)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--evals", type=int, default=3, help="evaluations after step 0, evenly spaced to --steps")
-    p.add_argument("--long_every_eval", action="store_true",
-                   help="score past L_train and the passkey at every evaluation (default: at step 0 and the last)")
+    p.add_argument("--long_evals", choices=tuple(LONG_EVALS), default="end",
+                   help="when to score past L_train and the passkey: " + "; ".join(f"{k}: {v}" for k, v in LONG_EVALS.items()))
     p.add_argument("--eval_tokens", type=int, default=32768, help="val tokens per length")
     p.add_argument("--trials", type=int, default=4, help="passkey documents per (length, depth)")
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
@@ -322,6 +327,8 @@ def main(argv=None):
 
 
 def write(results, doc, times=None):
+    doc["claim"] = {f"{c['a']} vs {c['b']}, {c['metric']} at {c['length']}": {**c, "verdict_text": verdict_text(c, ".2f")}
+                    for c in doc["claims"]}  # by name, for the reading
     with open(f"{results}/convert.json", "w") as f:
         json.dump(doc, f, indent=1)
     plot(f"{results}/convert.png", doc)

@@ -33,12 +33,12 @@ as paired per-seed differences (experiments/ablate.py's compare), and the lens o
 - far mass: the attention the last L_train queries of 4 L_train windows put on keys farther than L_train;
 - key attention: on passkey documents at 1x, 2x, 4x with the key at depth 0 or 0.25 (so farther than L_train
   from the question at 2x and 4x), the softmax weight the query reading the answer puts on the key's first
-  digit, for the model's copy head (the head with the largest weight there at 1x), and the largest over all
-  heads; and the copy head's own far mass at 4x;
+  digit, for the model's copy head (the head with the largest weight at 1x on other documents, drawn from
+  another seed), and the largest over all heads; and the copy head's own far mass at 4x;
 - trained-vs-served padding: perplexity of the runs trained with the official padding when run with the
   identity padding instead (a model trained by XTuner and served by vLLM after its fix).
 
-    python experiments/geometry.py            # about 40 minutes on 2 CPU cores (make geometry)
+    python experiments/geometry.py            # about 40-60 minutes on 2 CPU cores (make geometry)
     python experiments/geometry.py --quick    # a smoke run of the same pipeline: 2 seeds, 20 iterations
 
 Writes results/ablate_geometry.{md,json}, results/ablate_geometry_<geometry>.{csv,json,png} (the sweeps),
@@ -76,6 +76,7 @@ PRODUCTION = "config/fope_production.py"
 MULTIPLES = (1, 2, 4, 16)
 PASSKEY_MULTIPLES = (1, 2, 4)
 KEY_DEPTHS = (0.0, 0.25)  # the lens's passkey documents: keys farther than L_train from the question at 2x and 4x
+SCORE_SEED, CHOICE_SEED = 1234, 4321  # the documents key attention is scored on; those the copy head is chosen on
 
 
 def arms():
@@ -174,8 +175,11 @@ def measure(path, n):
     free = free_pairs(blocks[0].attn.rotary)
     share = [free_share(q, k, free).mean().item() if free.any() else 0.0 for q, k in rotated]
     far = distance_means(probe, pick_windows(data, 4 * L, n["long"]), None, L)[2]  # (layers, H)
-    key = {k: key_weights(model, probe, get_tokenizer(data.meta), k * L, n["docs"]) for k in PASSKEY_MULTIPLES}
-    copy_head = tuple(int(i) for i in np.unravel_index(int(np.argmax(key[1])), key[1].shape))  # (layer, head) at 1x
+    tok = get_tokenizer(data.meta)
+    key = {k: key_weights(model, probe, tok, k * L, n["docs"]) for k in PASSKEY_MULTIPLES}
+    # the copy head is chosen at 1x on documents of its own (another seed), then scored on the others
+    choice = key_weights(model, probe, tok, L, n["docs"], seed=CHOICE_SEED)
+    copy_head = tuple(int(i) for i in np.unravel_index(int(np.argmax(choice)), choice.shape))  # (layer, head)
     probe.close()
     out = {"ckpt": path, "seed": ckpt["config"]["seed"], "rotating_pairs": int((~free).sum().item() // 2),
            "free_share": float(np.mean(share)), "free_share_by_layer": share, "far_mass_4x": far.mean().item(),
@@ -188,10 +192,10 @@ def measure(path, n):
     return out
 
 
-def key_weights(model, probe, tok, length, n_docs):
+def key_weights(model, probe, tok, length, n_docs, seed=SCORE_SEED):
     """(layers, H) float64: the mean key attention (lens_measures.key_attention) over passkey documents of
-    `length` tokens, n_docs keys at each of KEY_DEPTHS (a fixed seed)."""
-    docs, rng = PasskeyDocs(tok), np.random.default_rng(1234)
+    `length` tokens, n_docs keys at each of KEY_DEPTHS (documents drawn from `seed`)."""
+    docs, rng = PasskeyDocs(tok), np.random.default_rng(seed)
     built = [docs.build(length, depth, docs.random_key(rng)) for depth in KEY_DEPTHS for _ in range(n_docs)]
     total = 0.0
     for ids, answer_start, key_start in built:
@@ -308,7 +312,8 @@ def geometry_section(results, g, sweep, claims, lens, digits):
         lines.append("")
     lines += ["### The lens", "", "Means [min-max] over seeds. Free share: of |q.k| within L_train; far mass: at 4x, all heads "
               f"and the copy head's (a head uniform over the causal keys: {uniform_far_mass(4 * train_len, train_len):.2f}); "
-              "key attention: the copy head's weight on the key's first digit, keys at depth 0 and 0.25 (in parentheses: "
+              "key attention: the copy head's (chosen at 1x on other documents) weight on the key's first digit, "
+              "keys at depth 0 and 0.25 (in parentheses: "
               "the largest head's); "
               "digits: the fraction of the key's digits the passkey answers get right.", "",
               "| arm | rotating pairs | free share | far mass 4x | copy head's far mass 4x | "
