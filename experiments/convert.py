@@ -17,15 +17,16 @@ Training windows are --window tokens (shorter than 8192 on a CPU); the model's b
 clamp's floor stays at 8192. Each arm is scored at step 0 (its training-free value: make pretrained's for rope,
 yarn and clamp, by the same functions) and at --evals points along training, on the val plays the training never
 sees: perplexity at 2k and 8k (does the trained context survive?) at every point, and at the last step (--long_evals:
-also at step 0, or at every point) past 8192 at 16k and 32k (what the conversion buys) and the passkey at 8k and 16k
-(documents as units); --eval_tokens tokens of windows per length (at least one window).
+also at step 0, or at every point) past 8192 at 16k (--longest 4: and 32k, the GPU recipe's) for what the conversion
+buys, and the passkey at 8k and 16k (documents as units). Perplexity is read on --windows val windows of the longest
+length, every shorter length on their prefixes (make pretrained's way: one forward per window).
 Each arm is compared with the rope control at the end (experiments/stats.py: windows or documents as the paired
 units, one Holm family); the rope control's own curve is the reference, as the same tokens also adapt the model
 to Shakespeare.
 
-    python experiments/convert.py            # about 90 minutes on 2 CPU cores: measure --steps' cost first
+    python experiments/convert.py            # ~85 min on 2 AMD EPYC cores, from measured costs (not yet run in full)
     python experiments/convert.py --quick    # a smoke run: rope and fope, 4 steps, 1k windows (results/quick/)
-    python experiments/convert.py --device=cuda --compile --window=4096 --steps=2000   # the GPU recipe (bf16)
+    python experiments/convert.py --device=cuda --compile --window=4096 --steps=2000 --longest=4   # the GPU recipe
 
 Each arm keeps its state (weights, optimizer, batch generator, step, curve) in <out_root>/convert/<arm>/state.pt,
 written at each evaluation (1.6 GB for SmolLM2 in float32): an interrupted run resumes there. A finished arm keeps
@@ -78,9 +79,13 @@ def lr_at(step, args):
     return args.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (args.lr - args.min_lr)
 
 
-def eval_windows(data, lengths, eval_tokens):
-    """{L: windows of L + 1 tokens}: --eval_tokens tokens per length (at least one window), the val split's first."""
-    return {L: list(data.windows(L))[:max(1, eval_tokens // L)] for L in lengths}
+def eval_windows(data, lengths, n):
+    """{L: n windows of L + 1 tokens}: the val split's first n windows of the longest length, and their prefixes for
+    every shorter one (a causal model's first L positions are a window of L: one forward gives every length)."""
+    longest = list(data.windows(max(lengths)))[:n]
+    if len(longest) < n:
+        raise SystemExit(f"the val split holds {len(longest)} windows of {max(lengths)} tokens, --windows asks {n}")
+    return {L: [w[:L + 1] for w in longest] for L in lengths}
 
 
 @torch.no_grad()
@@ -90,12 +95,11 @@ def evaluate(model, windows, docs, tok, args, train_len, long=True):
     curve: a forward of 32k tokens costs ~13 times one of 8k on a CPU, attention being quadratic)."""
     model.eval()
     out = {"lengths": {}, "passkey": {}}
-    for L, ws in windows.items():
-        if L > train_len and not long:
-            continue
-        per_window = [perplexity_rows(window_losses(model, w, args.dtype).numpy()[None], [L], train_len)[L] for w in ws]
+    lengths = [L for L in windows if long or L <= train_len]
+    losses = np.stack([window_losses(model, w, args.dtype).numpy() for w in windows[max(lengths)]])  # prefixes: every L
+    for L, row in perplexity_rows(losses, lengths, train_len).items():
         key = "ppl" if L <= train_len else "ppl_beyond"
-        values = [r[key] for r in per_window]
+        values = row["per_window" if L <= train_len else "per_window_beyond"]
         out["lengths"][str(L)] = {"metric": key, "per_window": values, "mean": float(np.mean(values))}
     for L in args.passkey_lengths if long else []:
         with autocast_context(args.device, args.dtype):
@@ -166,7 +170,7 @@ def train_arm(name, overrides, data, windows, docs, tok, args, train_len, folder
 def settings(args):
     """What makes two runs of an arm the same run."""
     return {k: getattr(args, k) for k in ("source", "steps", "window", "batch", "lr", "min_lr", "warmup", "seed",
-                                            "eval_tokens", "trials", "depths", "evals", "long_evals", "dtype")}
+                                            "windows", "longest", "trials", "depths", "evals", "long_evals", "dtype")}
 
 
 # -----------------------------------------------------------------------------
@@ -201,8 +205,8 @@ def report_lines(doc):
              f"batches: fingerprints {'alike' if doc['same_batches'] else 'NOT alike'}), lr {info['lr']:g} -> "
              f"{info['min_lr']:g}, {info['dtype']} on {info['machine']}. Median step: "
              + ", ".join(f"{a} {s:.2f} s" for a, s in cost.items()) + ".", "",
-             f"Perplexity on {info['eval_tokens']:,} val tokens per length (windows of that length; past "
-             f"{info['train_len']}: its positions beyond it), passkey on {len(info['depths']) * info['trials']} "
+             f"Perplexity on {info['windows']} val window(s) of {max(info['lengths']):,} tokens (shorter lengths: their "
+             f"prefixes; past {info['train_len']}: its positions beyond it), passkey on {len(info['depths']) * info['trials']} "
              f"documents per length, at each evaluation step (past {info['train_len']} and the passkey: "
              f"{LONG_EVALS[info['long_evals']]}; '-': not scored there):", "",
              "| arm | step | tokens | " + " | ".join(f"ppl {L}" for L in lengths) + " | "
@@ -260,11 +264,13 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--min_lr", type=float, default=3e-6)
     p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--evals", type=int, default=3, help="evaluations after step 0, evenly spaced to --steps")
+    p.add_argument("--evals", type=int, default=2, help="evaluations after step 0, evenly spaced to --steps")
     p.add_argument("--long_evals", choices=tuple(LONG_EVALS), default="end",
                    help="when to score past L_train and the passkey: " + "; ".join(f"{k}: {v}" for k, v in LONG_EVALS.items()))
-    p.add_argument("--eval_tokens", type=int, default=32768, help="val tokens per length")
-    p.add_argument("--trials", type=int, default=4, help="passkey documents per (length, depth)")
+    p.add_argument("--windows", type=int, default=3, help="val windows of the longest length (the paired units)")
+    p.add_argument("--longest", type=int, default=2, choices=(1, 2, 4),
+                   help="the longest length, in L_train: 2 (16k) fits 90 minutes on 2 CPU cores, 4 (32k) is the GPU's")
+    p.add_argument("--trials", type=int, default=1, help="passkey documents per (length, depth)")
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     p.add_argument("--train_len", type=int, help="the lengths' unit (default: the model's own L_train)")
     p.add_argument("--device", default="auto")
@@ -273,7 +279,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     results = os.path.join(args.results, "quick") if args.quick else args.results
     if args.quick:
-        args.arms, args.steps, args.window, args.evals, args.eval_tokens, args.trials = ["rope", "fope"], 4, 256, 1, 2048, 1
+        args.arms, args.steps, args.window, args.evals, args.windows, args.trials = ["rope", "fope"], 4, 256, 1, 2, 1
         args.train_len, args.depths, args.warmup = args.train_len or 1024, [0.5], 1
     if args.report_only:
         with runner.saved_results(results):
@@ -297,9 +303,9 @@ def main(argv=None):
         except ShardError as e:
             raise SystemExit(str(e))
         train_len = args.train_len or from_pretrained(args.source).config.block_size
-        lengths = [train_len // 4, train_len, 2 * train_len, 4 * train_len]
+        lengths = [L for L in (train_len // 4, train_len, 2 * train_len, 4 * train_len) if L <= args.longest * train_len]
         args.passkey_lengths = [train_len, 2 * train_len] if args.trials else []
-        windows, docs = eval_windows(val, lengths, args.eval_tokens), PasskeyDocs(tok)
+        windows, docs = eval_windows(val, lengths, args.windows), PasskeyDocs(tok)
     unknown = set(args.arms) - set(arms(train_len))
     if unknown:
         raise SystemExit(f"--arms: unknown {sorted(unknown)}; pick from {', '.join(arms(train_len))}")

@@ -24,7 +24,7 @@ def source(tmp_path_factory):
 def run(source, out, *extra):
     folder, data = source
     convert.main([f"--source={folder}", f"--dataset={data}", f"--out_root={out}", f"--results={out / 'results'}",
-                  "--steps=4", "--window=16", "--batch=2", "--evals=2", "--eval_tokens=256", "--trials=0", "--warmup=1",
+                  "--steps=4", "--window=16", "--batch=2", "--evals=2", "--windows=2", "--longest=4", "--trials=0", "--warmup=1",
                   "--dtype=float32", *extra])
     return json.loads((out / "results" / "convert.json").read_text())
 
@@ -54,10 +54,10 @@ def test_step_0_is_make_pretraineds_training_free_value_on_the_same_windows(sour
     assert convert.arms(32)[arm] == make_pretrained.arms(32)[arm]
     model = from_pretrained(folder, **make_pretrained.arms(32)[arm])
     from data.shards import TokenShards
-    for L, windows in convert.eval_windows(TokenShards(data, "val"), [8, 32, 64, 128], 256).items():
-        rows = [make_pretrained.perplexity_rows(make_pretrained.window_losses(model, w, "float32").numpy()[None], [L], 32)[L]
-                for w in windows]
-        expected = [r["ppl" if L <= 32 else "ppl_beyond"] for r in rows]
+    windows = convert.eval_windows(TokenShards(data, "val"), [8, 32, 64, 128], 2)[128]  # make pretrained's way:
+    losses = np.stack([make_pretrained.window_losses(model, w, "float32").numpy() for w in windows])  # prefixes
+    for L, row in make_pretrained.perplexity_rows(losses, [8, 32, 64, 128], 32).items():
+        expected = row["per_window" if L <= 32 else "per_window_beyond"]
         np.testing.assert_allclose(start["lengths"][str(L)]["per_window"], expected, rtol=1e-12)
 
 
@@ -89,6 +89,8 @@ def test_an_interrupted_run_resumes_where_it_stopped_and_ends_as_an_uninterrupte
 def test_unknown_arms_are_refused_in_one_line(source, tmp_path):
     with pytest.raises(SystemExit, match=r"--arms: unknown \['rpoe'\]; pick from rope, yarn"):
         run(source, tmp_path, "--arms", "rpoe")
+    with pytest.raises(SystemExit, match=r"the val split holds 7 windows of 128 tokens, --windows asks 50"):
+        run(source, tmp_path, "--windows=50")
 
 
 @pytest.mark.slow
@@ -109,4 +111,4 @@ def test_make_convert_quick_on_smollm2_writes_its_report(tmp_path):
     doc = json.loads((tmp_path / "quick" / "convert.json").read_text())
     assert list(doc["arms"]) == ["rope", "fope"] and doc["same_batches"]
     assert all(np.isfinite(m["loss"]).all() and len(m["curve"]) == 2 for m in doc["arms"].values())
-    assert "| fope vs rope | ppl at 256 |" in (tmp_path / "quick" / "convert.md").read_text()  # 8 windows of 256
+    assert "| fope vs rope | ppl at 256 |" in (tmp_path / "quick" / "convert.md").read_text()  # 2 windows' prefixes
