@@ -235,20 +235,19 @@ def test_a_save_that_fails_is_one_line_says_no_saved_and_keeps_the_last_checkpoi
     assert {p.name for p in out.iterdir()} == {"best.pt", "ckpt.pt"}  # no temp file left
 
 
-def test_ctrl_c_during_a_save_waits_for_the_rename_then_interrupts(tmp_path, monkeypatch):
+def test_ctrl_c_during_a_save_waits_for_the_rename_then_interrupts(tmp_path, monkeypatch, request):
     path = tmp_path / "ckpt.pt"
     save_checkpoint({"iter_num": 1}, path)
     real_save = torch.save
 
     def interrupted_save(obj, f):
-        # Ctrl-C arrives while torch.save writes: the SIGINT handler in place runs, as the interpreter runs it. (Not
-        # os.kill: under a full suite on a loaded machine its delivery was once lost, the handler never running, an
-        # observation of CI of 2026-12-06 not traced to its cause.)
-        handler = signal.getsignal(signal.SIGINT)
-        assert callable(handler), handler
-        handler(signal.SIGINT, None)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while torch.save writes
         real_save(obj, f)
 
+    # Python's own Ctrl-C handler, whatever an earlier test of the suite left in place (in the full suite some
+    # slow test leaves one that does not raise: seen in CI on 2026-12-06, not yet traced to its test)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     monkeypatch.setattr(torch, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({"iter_num": 2}, path)
