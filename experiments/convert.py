@@ -91,8 +91,7 @@ def eval_windows(data, lengths, n):
 @torch.no_grad()
 def evaluate(model, windows, docs, tok, args, train_len, long=True):
     """Perplexity per window at each length (past train_len: its positions beyond it) and each passkey document's
-    exact match; means alongside. long=False: only the lengths up to train_len, no passkey (the cheap points of the
-    curve: a forward of 32k tokens costs ~13 times one of 8k on a CPU, attention being quadratic)."""
+    exact match; means alongside. long=False: only the lengths up to train_len, no passkey (LONG_EVALS)."""
     model.eval()
     out = {"lengths": {}, "passkey": {}}
     lengths = [L for L in windows if long or L <= train_len]
