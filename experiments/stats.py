@@ -17,6 +17,10 @@ The margin m is fixed here, before any run: 2% of B's mean perplexity, or 0.10 o
 Holm's step-down correction runs over the claims of one report (one family), separately for the
 difference tests and for the equivalence tests. Passkey accuracies also get a pooled Wilson interval
 (all seeds' documents together) beside the per-seed mean.
+
+A claim whose units are passkey documents (unit "documents": one model, each document's exact match 0 or 1 for
+both arms) is tested exactly instead (paired_binary_test): a t-test on a few 0/1 outcomes is no test (three
+documents that all differ the same way have sd 0, so t = inf).
 """
 
 import math
@@ -60,6 +64,57 @@ def paired_test(d, m):
     p_upper = float(st.t.cdf((mean - m) / se, n - 1))  # H0: mean >= +m
     return {"n": n, "mean": mean, "sd": sd, "ci95": (mean - half, mean + half), "t": t, "p": p,
             "p_equiv": max(p_lower, p_upper)}
+
+
+def paired_binary_test(d, m):
+    """Paired 0/1 outcomes, d = A - B in {-1, 0, 1} per document -> paired_test's fields, by exact tests:
+    difference: McNemar's exact test (the signs of the discordant pairs, binomial at 1/2, two-sided);
+    equivalence within m: |P(A > B) - P(A < B)| <= P(A != B), so an exact one-sided binomial test that the share
+      of discordant documents is below m shows it (conservative where discordant pairs cancel out);
+    interval: Clopper-Pearson bounds of P(A > B) and P(A < B), 97.5% each (Bonferroni), combined."""
+    d = np.asarray(d, dtype=float)
+    if not np.isin(d, (-1.0, 0.0, 1.0)).all():
+        raise ValueError("a claim with documents as units needs per-document differences of 0/1 outcomes (-1, 0, 1)")
+    n, up, down = len(d), int((d == 1).sum()), int((d == -1).sum())
+    p = float(st.binomtest(up, up + down, 0.5).pvalue) if up + down else 1.0
+    p_equiv = float(st.binom.cdf(up + down, n, m)) if n else 1.0
+
+    def bounds(k):
+        ci = st.binomtest(k, n, 0.5).proportion_ci(0.975, "exact")
+        return ci.low, ci.high
+
+    (lo_up, hi_up), (lo_down, hi_down) = bounds(up), bounds(down)
+    return {"n": n, "mean": float(d.mean()), "sd": float(d.std(ddof=1)) if n > 1 else math.nan,
+            "ci95": (lo_up - hi_down, hi_up - lo_down), "t": math.nan, "p": p, "p_equiv": p_equiv,
+            "test": ("exact McNemar", "exact discordance bound")}
+
+
+def documents_needed(d, m, alpha):
+    """Documents the observed rates would need (80% power at alpha) to decide a claim by paired_binary_test:
+    the difference if the discordant pairs lean one way, else equivalence if discordance is below m; None if
+    neither can be decided by any count (up to 20,000)."""
+    d = np.asarray(d, dtype=float)
+    n0 = len(d)
+    p_up, p_down = float((d == 1).sum()) / n0, float((d == -1).sum()) / n0
+    disc = p_up + p_down
+
+    def power_difference(n):
+        k = np.arange(n + 1)
+        # per discordant count k: the largest b with two-sided exact p < alpha (the rejection region's edge)
+        edge = st.binom.ppf(alpha / 2, k, 0.5) - 1  # 2 cdf(edge) < alpha <= 2 cdf(edge + 1)
+        share = p_up / disc
+        given = st.binom.cdf(edge, k, share) + st.binom.sf(k - edge - 1, k, share)
+        return float((st.binom.pmf(k, n, disc) * np.where(edge >= 0, given, 0)).sum())
+
+    def power_equivalence(n):
+        edge = st.binom.ppf(alpha, n, m) - 1  # the most discordant documents that still show it
+        return float(st.binom.cdf(edge, n, disc)) if edge >= 0 else 0.0
+
+    powers = [power_difference] if disc and p_up != p_down else []
+    powers += [power_equivalence] if disc < m else []
+    counts = (*range(2, 200), *range(200, 2000, 10), *range(2000, 20001, 100))
+    found = [next((n for n in counts if power(n) >= POWER), None) for power in powers]
+    return min((n for n in found if n), default=None)
 
 
 def holm(pvalues):
@@ -117,7 +172,8 @@ def decide(claims):
     tested = []
     for c in claims:
         m = margin(c["metric"], c["reference"])
-        tested.append({**c, **paired_test(c["d"], m), "margin": m})
+        test = paired_binary_test if c.get("unit") == "documents" else paired_test
+        tested.append({**c, **test(c["d"], m), "margin": m})
     p_diff = holm([c["p"] for c in tested]) if tested else []
     p_equiv = holm([c["p_equiv"] for c in tested]) if tested else []
     out = []
@@ -130,7 +186,9 @@ def decide(claims):
         else:
             verdict = "undecided"
         need = None
-        if verdict == "undecided":  # at the level Holm asks of the family's strictest rank (Bonferroni's)
+        if verdict == "undecided" and c.get("unit") == "documents":
+            need = documents_needed(c["d"], c["margin"], ALPHA / len(tested))
+        elif verdict == "undecided":  # at the level Holm asks of the family's strictest rank (Bonferroni's)
             alpha = ALPHA / len(tested)
             options = [n for n in (seeds_for_difference(c["mean"], c["sd"], alpha),
                                    seeds_for_equivalence(c["mean"], c["sd"], c["margin"], alpha)) if n]
@@ -143,10 +201,11 @@ def verdict_text(c, fmt=".3f"):
     """One claim's verdict as a reviewer reads it, e.g. 'better: -0.84 [-1.20, -0.50], 10 seeds, Holm p = 0.003'."""
     lo, hi = c["ci95"]
     effect = f"{c['mean']:+{fmt}} [{lo:+{fmt}}, {hi:+{fmt}}], {c['n']} {c.get('unit', 'seeds')}"
+    difference, equivalence = c.get("test", ("paired t", "TOST"))
     if c["verdict"] in ("better", "worse"):
-        return f"{c['verdict']}: {effect}, paired t, Holm p = {c['p_holm']:.2g}"
+        return f"{c['verdict']}: {effect}, {difference}, Holm p = {c['p_holm']:.2g}"
     if c["verdict"] == "equivalent":
-        return f"equivalent within +/- {c['margin']:{fmt}}: {effect}, TOST Holm p = {c['p_equiv_holm']:.2g}"
+        return f"equivalent within +/- {c['margin']:{fmt}}: {effect}, {equivalence} Holm p = {c['p_equiv_holm']:.2g}"
     unit = c.get("unit", "seeds")
     need = f"; ~{c['seeds_needed']} {unit} would decide it" if c["seeds_needed"] else f"; no count of {unit} decides it"
     return f"undecided: {effect}, Holm p = {c['p_holm']:.2g} (difference), {c['p_equiv_holm']:.2g} (within +/- {c['margin']:{fmt}}){need}"

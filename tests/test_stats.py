@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from experiments.stats import (VERDICTS, decide, holm, paired_test, seeds_for_difference, seeds_for_equivalence,
-                               verdict_text, wilson)
+from experiments.stats import (VERDICTS, decide, holm, paired_binary_test, paired_test, seeds_for_difference,
+                               seeds_for_equivalence, verdict_text, wilson)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,6 +53,27 @@ def test_a_tiny_variance_decides_exactly():
     assert shift["verdict"] == "better" and shift["p"] == 0.0
     (tiny,) = decide([claim([-0.5, -0.5 + 1e-9, -0.5])])
     assert tiny["verdict"] == "better"
+
+
+def documents(d):
+    return {**claim(d, "passkey", 0.5), "unit": "documents"}
+
+
+def test_passkey_documents_of_one_model_are_decided_by_exact_tests_not_by_a_t_on_zero_spread():
+    # three documents, each retrieved by B and missed by A: sd 0, a t-test would read p = 0; McNemar's exact p is 0.25
+    (lost, none, held, flipped) = decide([documents([-1, -1, -1]), documents([0, 0, 0]), documents([0] * 100),
+                                          documents([-1] * 30 + [0] * 10)])
+    assert lost["verdict"] == "undecided" and lost["p"] == pytest.approx(0.25) and lost["seeds_needed"] >= 8
+    assert none["verdict"] == "undecided" and none["p_equiv"] == pytest.approx(0.9 ** 3)  # 0/3 and 0/3 prove nothing
+    assert "~" in verdict_text(none) and "documents would decide it" in verdict_text(none)
+    assert held["verdict"] == "equivalent" and held["p_equiv"] == pytest.approx(0.9 ** 100)
+    assert "exact discordance bound" in verdict_text(held)
+    assert flipped["verdict"] == "worse" and flipped["p"] == pytest.approx(2 * 0.5 ** 30)
+    assert "exact McNemar" in verdict_text(flipped) and flipped["ci95"][1] < 0
+    r = paired_binary_test([1, -1] * 50, 0.1)  # half the documents disagree, both ways: no difference, no equivalence
+    assert r["p"] == 1.0 and r["p_equiv"] > 0.99 and r["ci95"][0] < 0 < r["ci95"][1]
+    with pytest.raises(ValueError, match="0/1 outcomes"):
+        decide([documents([0.5, 0.0])])
 
 
 def test_paired_t_and_tost_match_their_textbook_values():
