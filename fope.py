@@ -84,6 +84,27 @@ def floor_clamp_mask(inv_freq, train_len):
     return inv_freq >= 2 * math.pi / train_len
 
 
+TAPERS = ("hard", "hann")
+
+
+def clamped_inv_freq(inv_freq, train_len, taper="hard"):
+    """The floor clamp applied to inv_freq (D,), highest frequency first. taper="hard": FoPE's cut, the n
+    frequencies past the floor set to 0. taper="hann": CoPE's soft clip (Li et al. 2026, arXiv 2602.05258), the
+    same n multiplied by a Hann half-window 0.5 (1 + cos(pi k / (n - 1))), k = 0 .. n-1 from the highest of them:
+    the first is kept whole, the lowest zeroed, those between slowed. CoPE's released code clips a fixed count
+    (20 of Llama-3-8B's 64); here the count is the clamp's, set by the training length."""
+    if taper not in TAPERS:
+        raise ValueError(f"the clamp's taper must be one of {TAPERS}, got {taper!r}")
+    cut = ~floor_clamp_mask(inv_freq, train_len)
+    out = inv_freq.clone()
+    if taper == "hard":
+        out[cut] = 0.0
+    else:
+        window = 0.5 * (1 + torch.cos(torch.linspace(0, math.pi, int(cut.sum()), dtype=torch.float64)))
+        out[cut] = (out[cut].double() * window).to(out.dtype)
+    return out
+
+
 # -----------------------------------------------------------------------------
 # the rotation (1): its eager reference and the dispatch to the C kernel live in fope_ext/rotation.py
 
@@ -191,16 +212,17 @@ class RotaryPositionEmbedding(RotaryEmbedding):
     """RoPE, and with clamp_floor=True the paper's clamp-only ablation ("FoPE w/o FS", Fig. 6a: the
     official rope_clamp_floor_freq + rope_clamp_floor_to_zero without fourier): every frequency below
     2 pi / train_len is set to zero, so its dimension pair passes through unrotated. whole_cycles=True is
-    RoPE-A (the paper's Table 2): every frequency snapped to whole cycles in train_len."""
+    RoPE-A (the paper's Table 2): every frequency snapped to whole cycles in train_len. taper="hann": the
+    clamp as CoPE softens it (clamped_inv_freq)."""
 
     def __init__(self, head_dim, *, theta=ROPE_THETA, scaling=None, train_len=None, backend="eager", clamp_floor=False,
-                 whole_cycles=False):
+                 whole_cycles=False, taper="hard"):
         super().__init__()
         if (clamp_floor or whole_cycles) and train_len is None:
             raise ValueError("clamp_floor and whole_cycles need train_len (the training length)")
         inv_freq = rope_inv_freq(head_dim, theta)
         if clamp_floor:
-            inv_freq[~floor_clamp_mask(inv_freq, train_len)] = 0.0
+            inv_freq = clamped_inv_freq(inv_freq, train_len, taper)
         if whole_cycles:  # RoPE-A
             inv_freq = whole_cycle_inv_freq(inv_freq, train_len)
         self.head_dim, self.theta, self.train_len, self.rot_dim = head_dim, theta, train_len, head_dim
@@ -365,10 +387,16 @@ class FoPEKnobs:
     fope_d_out: str = "quarter"  # d_out_mode: quarter (the paper's code) | kept (production)
     fope_kv_heads: bool = False  # coef_heads = n_kv_head (production) instead of n_head
     fope_share_layers: bool = False  # one FoPE module (coefficients) for all layers (production)
+    fope_taper: str = "hard"  # the clamp-only arm's cut: hard | hann (CoPE's soft clip; fope_fourier=False)
 
 
 def check_fope_config(c):
     check_fope_args(c.n_embd // c.n_head, c.fope_sigma, c.fope_dim, c.fope_zero_pad, c.fope_d_out)
+    if c.fope_taper not in TAPERS:
+        raise ValueError(f"fope_taper must be one of {TAPERS}, got {c.fope_taper!r}")
+    if c.fope_taper != "hard" and (c.fope_fourier or not c.fope_clamp):
+        raise ValueError(f"fope_taper={c.fope_taper!r} softens the clamp-only arm: set fope_fourier=False, "
+                         "fope_clamp=True")
 
 
 def rope_from_config(c, **kw):
@@ -380,7 +408,7 @@ def rope_from_config(c, **kw):
 def fope_from_config(c):
     """FoPE of a GPTConfig; fope_fourier=False gives the clamp-only arm (or RoPE, without the clamp)."""
     if not c.fope_fourier:
-        return rope_from_config(c, clamp_floor=c.fope_clamp)
+        return rope_from_config(c, clamp_floor=c.fope_clamp, taper=c.fope_taper)
     return FourierPositionEmbedding(
         c.n_embd // c.n_head, c.n_head, c.block_size, theta=c.rope_theta, sigma=c.fope_sigma, fourier_dim=c.fope_dim,
         clamp_floor=c.fope_clamp, learnable=c.fope_learnable, zero_pad=c.fope_zero_pad, scaling=c.rope_scaling,

@@ -67,6 +67,36 @@ def test_clamp_only_arm_is_rope_with_its_low_frequencies_set_to_zero():
     assert torch.allclose(y[..., keep_dims], rope(x, offset=300)[..., keep_dims], atol=1e-6)
 
 
+@pytest.mark.parametrize("head_dim, train_len", [(64, 1024), (64, 8192), (128, 256), (32, 64)])
+def test_copes_hann_taper_slows_the_clamped_frequencies_from_whole_to_zero(head_dim, train_len):
+    # CoPE (arXiv 2602.05258): the frequencies the clamp would cut, highest first, times 0.5 (1 + cos(pi k / (n-1)))
+    plain = rope_inv_freq(head_dim)
+    hard = RotaryPositionEmbedding(head_dim, train_len=train_len, clamp_floor=True).inv_freq
+    soft = RotaryPositionEmbedding(head_dim, train_len=train_len, clamp_floor=True, taper="hann").inv_freq
+    cut = plain < 2 * math.pi / train_len
+    n = int(cut.sum())
+    assert n >= 2 and torch.equal(soft[~cut], plain[~cut]) and torch.equal(hard[~cut], plain[~cut])
+    assert soft[cut][0] == plain[cut][0] and soft[cut][-1] == 0  # the first kept whole, the lowest frozen
+    ratio = (soft[cut] / plain[cut])[:-1]
+    k = torch.arange(n - 1, dtype=torch.float64)
+    assert torch.allclose(ratio.double(), 0.5 * (1 + torch.cos(math.pi * k / (n - 1))), atol=1e-6)
+    assert (soft[cut][1:] < soft[cut][:-1]).all()  # still ordered: a slowed frequency stays below its neighbour
+    with pytest.raises(ValueError, match="taper must be one of"):
+        RotaryPositionEmbedding(head_dim, train_len=train_len, clamp_floor=True, taper="cosine")
+
+
+def test_the_taper_is_a_knob_of_the_clamp_only_arm_and_refused_elsewhere_in_one_line():
+    from model import GPT, GPTConfig
+    kw = dict(n_layer=1, n_head=2, n_embd=64, block_size=256, vocab_size=32, pos_emb="fope", fope_fourier=False)
+    soft = GPT(GPTConfig(**kw, fope_taper="hann")).transformer.h[0].attn.rotary.inv_freq
+    expected = RotaryPositionEmbedding(32, train_len=256, clamp_floor=True, taper="hann").inv_freq
+    assert torch.equal(soft, expected)
+    for bad, match in [({"fope_fourier": True}, "set fope_fourier=False"), ({"fope_taper": "soft"}, "must be one of")]:
+        with pytest.raises(ValueError, match=match) as err:
+            GPT(GPTConfig(**{**kw, "fope_taper": "hann", **bad}))
+        assert "\n" not in str(err.value)
+
+
 def test_fope_at_sigma_zero_is_not_the_clamp_only_arm_when_more_frequencies_are_kept_than_d_out():
     # head_dim 64 at L_train 1024: D = 18 kept, d_out = 16; the step identity keeps 9 of them only
     fope = FourierPositionEmbedding(64, 2, 1024, sigma=0.0, zero_pad="identity")
