@@ -78,8 +78,8 @@ pretrained: $(STAMP)
 	$(PY) experiments/pretrained.py $(if $(QUICK),--quick)
 
 # SmolLM2-135M turned into FoPE, its clamp, NoPE and YaRN by continued training on the same tokens, against the rope
-# control (experiments/convert.py; not yet run in full; sized for ~90 min on 2 CPU cores from measured costs: a step
-# of 2 x 1024 tokens 7 s, a forward of 16k 72 s, of 32k 260 s, bf16 on an AMD EPYC); QUICK=1: a few-minute smoke run
+# control (experiments/convert.py; 71 min on 2 AMD EPYC cores in bf16, results/convert_timing.json: a step of 2 x 1024
+# tokens ~5 s, a forward of 16k 72 s); QUICK=1: a few-minute smoke run
 convert: $(STAMP)
 	$(PY) experiments/convert.py $(if $(QUICK),--quick)
 

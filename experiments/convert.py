@@ -12,6 +12,7 @@ generator per arm, drawn alike), with the same steps and learning-rate schedule:
                 one coefficient set per key/value head, a pair per kept frequency, one set for all layers, sigma 0.5)
     nope        no rotation at all (DroPE's recalibration)
     fope+yarn   (--arms) FoPE, then YaRN x4 on the frequencies it keeps
+    cope        (--arms) the clamp with CoPE's soft taper (fope_taper="hann", arXiv 2602.05258) instead of a cut
 
 Training windows are --window tokens (shorter than 8192 on a CPU); the model's block_size stays its own, so the
 clamp's floor stays at 8192. Each arm is scored at step 0 (its training-free value: make pretrained's for rope,
@@ -24,7 +25,7 @@ Each arm is compared with the rope control at the end (experiments/stats.py: win
 units, one Holm family); the rope control's own curve is the reference, as the same tokens also adapt the model
 to Shakespeare.
 
-    python experiments/convert.py            # ~85 min on 2 AMD EPYC cores, from measured costs (not yet run in full)
+    python experiments/convert.py            # 71 min on 2 AMD EPYC cores in bf16 (results/convert_timing.json)
     python experiments/convert.py --quick    # a smoke run: rope and fope, 4 steps, 1k windows (results/quick/)
     python experiments/convert.py --device=cuda --compile --window=4096 --steps=2000 --longest=4   # the GPU recipe
 
@@ -51,6 +52,7 @@ from eval_length import passkey_accuracy  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments.pretrained import arms as pretrained_arms  # noqa: E402
 from experiments.pretrained import native_bf16, perplexity_rows, window_losses  # noqa: E402
+from experiments.protocol import PROTOCOL, deviation  # noqa: E402
 from experiments.stats import decide, verdict_text, wilson  # noqa: E402
 from passkey import PasskeyDocs  # noqa: E402
 from pretrained import from_pretrained, load_tokenizer  # noqa: E402
@@ -63,7 +65,8 @@ def arms(train_len, factor=4.0):
     """name -> from_pretrained overrides; rope, yarn and clamp are make pretrained's own."""
     same = pretrained_arms(train_len, factor)
     return {"rope": same["rope"], "yarn": same["yarn"], "clamp": same["clamp"], "fope": FOPE,
-            "nope": {"pos_emb": "nope"}, "fope+yarn": {**FOPE, "rope_scaling": same["yarn"]["rope_scaling"]}}
+            "nope": {"pos_emb": "nope"}, "fope+yarn": {**FOPE, "rope_scaling": same["yarn"]["rope_scaling"]},
+            "cope": {**same["clamp"], "fope_taper": "hann"}}
 
 
 # A forward of 32k tokens costs ~12 times one of 8k on a CPU (attention is quadratic: 260 s against 21 s for SmolLM2
@@ -199,7 +202,13 @@ def report_lines(doc):
     info, measured = doc["info"], doc["arms"]
     lengths = [str(L) for L in info["lengths"]]
     cost = {a: float(np.median(m["step_seconds"])) for a, m in measured.items() if m["step_seconds"]}
-    lines = [f"{info['source']} (L_train {info['train_len']}) trained {info['steps']} steps of {info['batch']} x "
+    lines = [PROTOCOL.describe(), deviation(
+        f"one pretrained model trained once per arm, so no seeds; lengths {info['lengths']}; perplexity on "
+        f"{info['windows']} val window(s) of {max(info['lengths']):,} tokens and their prefixes; passkey "
+        f"{info['trials']} document(s) per depth at {len(info['depths'])} depths, at {info['passkey_lengths']}",
+        "a 135M model trained and scored on 2 CPU cores; claims between arms take the windows (paired t, TOST) or the "
+        "passkey documents (exact McNemar, the discordance bound) as units"), "",
+             f"{info['source']} (L_train {info['train_len']}) trained {info['steps']} steps of {info['batch']} x "
              f"{info['window']} tokens per arm ({info['steps'] * info['batch'] * info['window']:,} tokens each, the same "
              f"batches: fingerprints {'alike' if doc['same_batches'] else 'NOT alike'}), lr {info['lr']:g} -> "
              f"{info['min_lr']:g}, {info['dtype']} on {info['machine']}. Median step: "
@@ -230,22 +239,36 @@ def report_lines(doc):
 
 
 def plot(path, doc):
+    """Training loss against tokens; perplexity at each length up to L_train against tokens (the recovery curves);
+    the length curve at the last step, every arm beside the rope control."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    lengths = [str(L) for L in doc["info"]["lengths"]]
-    fig, axes = plt.subplots(1, len(lengths) + 1, figsize=(4 * (len(lengths) + 1), 3.4))
+    import matplotlib.ticker
+    info = doc["info"]
+    short = [str(L) for L in info["lengths"] if L <= info["train_len"]]
+    fig, axes = plt.subplots(1, len(short) + 2, figsize=(4 * (len(short) + 2), 3.4))
     for arm, m in doc["arms"].items():
-        if m.get("loss"):
-            axes[0].plot(np.arange(1, len(m["loss"]) + 1) * doc["info"]["batch"] * doc["info"]["window"], m["loss"], label=arm)
-        for ax, L in zip(axes[1:], lengths):
+        line, = axes[0].plot(np.arange(1, len(m.get("loss", [])) + 1) * info["batch"] * info["window"], m.get("loss", []),
+                             label=arm, lw=1)
+        for ax, L in zip(axes[1:], short):
             points = [p for p in m["curve"] if L in p["lengths"]]
-            ax.plot([p["tokens"] for p in points], [p["lengths"][L]["mean"] for p in points], "o-", label=arm)
+            ax.plot([p["tokens"] for p in points], [p["lengths"][L]["mean"] for p in points], "o-", color=line.get_color())
             ax.set_title(f"perplexity at {L}")
-            ax.set_yscale("log")
-    axes[0].set_title("training loss")
-    for ax in axes:
-        ax.set_xlabel("tokens trained")
+            ax.set_xlabel("tokens trained")
+        end = m["curve"][-1]["lengths"]
+        axes[-1].plot([int(L) for L in end], [v["mean"] for v in end.values()], "o-", color=line.get_color(),
+                      lw=2.5 if arm == "rope" else 1.2)
+    axes[0].set(title="training loss", xlabel="tokens trained")
+    axes[-1].set(title=f"at the last step (past {info['train_len']}: beyond it)", xlabel="evaluation length", xscale="log")
+    axes[-1].axvline(info["train_len"], color="gray", ls=":", lw=1)
+    axes[-1].set_xticks(info["lengths"], [f"{L // 1024}k" if L % 1024 == 0 else str(L) for L in info["lengths"]])
+    axes[-1].minorticks_off()
+    for ax in axes[1:]:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 3, 5)))  # 20, 30, 50, 100, ...
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -322,7 +345,7 @@ def main(argv=None):
                         "lengths": lengths, "passkey_lengths": args.passkey_lengths, "quick": args.quick,
                         "machine": describe_machine(), "threads": torch.get_num_threads(),
                         "command": "python experiments/convert.py " + " ".join(argv or sys.argv[1:])},
-               "same_batches": same, "arms": measured, "claims": claims(measured, train_len)}
+               "same_batches": same, "arms": measured}
         os.makedirs(results, exist_ok=True)
         with open(f"{results}/convert.json", "w") as f:
             json.dump(doc, f, indent=1, default=str)
@@ -331,15 +354,26 @@ def main(argv=None):
     write(results, json.loads(json.dumps(doc, default=str)), stages.times)
 
 
+# the run experiments/readings/convert.md reads (its prose names these settings): the reading goes only in its report
+READ_RUN = {"source": "smollm2-135m", "steps": 48, "window": 1024, "batch": 2, "windows": 3, "longest": 2, "trials": 1,
+            "quick": False}
+READ_ARMS = {"rope", "yarn", "clamp", "fope", "nope"}
+
+
 def write(results, doc, times=None):
+    """The report from the measurements: the claims are decided here, so --report_only decides them anew."""
+    doc["claims"] = claims(doc["arms"], doc["info"]["train_len"])
     doc["claim"] = {f"{c['a']} vs {c['b']}, {c['metric']} at {c['length']}": {**c, "verdict_text": verdict_text(c, ".2f")}
                     for c in doc["claims"]}  # by name, for the reading
     with open(f"{results}/convert.json", "w") as f:
         json.dump(doc, f, indent=1)
     plot(f"{results}/convert.png", doc)
+    described = all(doc["info"].get(k) == v for k, v in READ_RUN.items()) and READ_ARMS <= set(doc["arms"])
+    lines = report_lines(doc) + ([] if described else ["", "No reading: experiments/readings/convert.md describes "
+                                                       "make convert's own run (its settings and its five arms)."])
     runner.write_report(f"{results}/convert", "A pretrained RoPE model turned into FoPE by continued training",
-                        report_lines(doc), times or doc["info"].get("stage_seconds", {}),
-                        None if doc["info"]["quick"] else "convert", {"convert": doc})
+                        lines, times or doc["info"].get("stage_seconds", {}), "convert" if described else None,
+                        {"convert": doc})
     print(f"wrote {results}/convert.md")
 
 

@@ -31,7 +31,7 @@ def run(source, out, *extra):
 
 @pytest.mark.slow  # seconds each: CI's make test-all runs them, make test leaves them
 def test_every_arm_trains_on_the_same_batches_and_is_compared_with_the_control(source, tmp_path):
-    doc = run(source, tmp_path, "--arms", "rope", "clamp", "fope", "nope", "yarn")
+    doc = run(source, tmp_path, "--arms", "rope", "clamp", "fope", "nope", "yarn", "cope")
     batches = [m["batches"] for m in doc["arms"].values()]
     assert doc["same_batches"] and len(batches[0]) == 4 and all(b == batches[0] for b in batches)
     assert [p["step"] for p in doc["arms"]["fope"]["curve"]] == [0, 2, 4]
@@ -40,7 +40,9 @@ def test_every_arm_trains_on_the_same_batches_and_is_compared_with_the_control(s
     losses = {a: m["loss"] for a, m in doc["arms"].items()}
     assert losses["rope"] != losses["nope"]  # the arms differ in what they are, not in what they saw
     pairs = {(c["a"], c["b"]) for c in doc["claims"]}
-    assert {("clamp", "rope"), ("fope", "rope"), ("nope", "rope"), ("yarn", "rope"), ("fope", "yarn")} == pairs
+    assert {("clamp", "rope"), ("fope", "rope"), ("nope", "rope"), ("yarn", "rope"), ("fope", "yarn"), ("cope", "rope")} == pairs
+    assert losses["cope"] != losses["clamp"]  # CoPE's taper slows the frequencies the clamp cuts: another model
+    assert "No reading" in (tmp_path / "results" / "convert.md").read_text()  # the reading reads make convert's run
     assert all(c["unit"] == "windows" and c["verdict"] in ("better", "worse", "equivalent", "undecided") for c in doc["claims"])
     assert (tmp_path / "results" / "convert.md").read_text().count("| fope | ") == 3
 

@@ -153,10 +153,10 @@ def test_the_committed_reports_are_what_report_only_writes_from_the_committed_js
     results = tmp_path / "results"
     results.mkdir()
     for name in ("demo.json", "demo_yarn.json", "demo_timing.json", "extend.json", "extend_timing.json",
-                 "ablate_geometry_timing.json", "ablate_geometry_lens.json",
+                 "ablate_geometry_timing.json", "ablate_geometry_lens.json", "convert.json", "convert_timing.json",
                  *[f"ablate_geometry_{g}.json" for g in ("theta150", "L512", "theta50")]):
         (results / name).write_bytes((ROOT / "results" / name).read_bytes())
-    for name, report in (("demo", "demo"), ("extend", "extend"), ("geometry", "ablate_geometry")):
+    for name, report in (("demo", "demo"), ("extend", "extend"), ("geometry", "ablate_geometry"), ("convert", "convert")):
         proc = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--report_only",
                                f"--results={results}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
