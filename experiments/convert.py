@@ -29,6 +29,10 @@ to Shakespeare.
     python experiments/convert.py --quick    # a smoke run: rope and fope, 4 steps, 1k windows (results/quick/)
     python experiments/convert.py --device=cuda --compile --window=4096 --steps=2000 --longest=4   # the GPU recipe
 
+The GPU recipe has not been timed on a GPU. An estimate from its FLOPs: a step of 2 x 4096 tokens is ~1e13 (6 x 135M
+x 8192, and attention), so 2000 steps take 3-13 minutes an arm at 25-100 TFLOP/s sustained in bf16; a forward of 32k
+is ~5e13 (attention dominates), so the evaluations add a minute or two: ~20-70 minutes for the five arms.
+
 Each arm keeps its state (weights, optimizer, batch generator, step, curve) in <out_root>/convert/<arm>/state.pt,
 written at each evaluation (1.6 GB for SmolLM2 in float32): an interrupted run resumes there. A finished arm keeps
 only its curve (done.json) and is never trained again (--fresh does).

@@ -244,8 +244,9 @@ def test_ctrl_c_during_a_save_waits_for_the_rename_then_interrupts(tmp_path, mon
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while torch.save writes
         real_save(obj, f)
 
-    # Python's own Ctrl-C handler, whatever an earlier test of the suite left in place (in the full suite some
-    # slow test leaves one that does not raise: seen in CI on 2026-12-06, not yet traced to its test)
+    # Python's own Ctrl-C handler, whatever the suite started with: a process started in the background by a
+    # non-interactive shell (`make test-all &`, a CI runner's script) inherits SIGINT ignored, and Python keeps it so
+    # (its handler is installed only where SIGINT is not ignored), so the deferred interrupt would never come
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     monkeypatch.setattr(torch, "save", interrupted_save)
