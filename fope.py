@@ -91,8 +91,9 @@ def clamped_inv_freq(inv_freq, train_len, taper="hard"):
     """The floor clamp applied to inv_freq (D,), highest frequency first. taper="hard": FoPE's cut, the n
     frequencies past the floor set to 0. taper="hann": CoPE's soft clip (Li et al. 2026, arXiv 2602.05258), the
     same n multiplied by a Hann half-window 0.5 (1 + cos(pi k / (n - 1))), k = 0 .. n-1 from the highest of them:
-    the first is kept whole, the lowest zeroed, those between slowed. CoPE's released code clips a fixed count
-    (20 of Llama-3-8B's 64); here the count is the clamp's, set by the training length."""
+    the first is kept whole (so n = 1 changes nothing, as in CoPE's code), the lowest zeroed, those between slowed.
+    CoPE's released code clips a fixed count (20 of Llama-3-8B's 64); here the count is the clamp's, set by the
+    training length. rope_scaling then rescales the slowed frequencies as it does every other one."""
     if taper not in TAPERS:
         raise ValueError(f"the clamp's taper must be one of {TAPERS}, got {taper!r}")
     cut = ~floor_clamp_mask(inv_freq, train_len)
@@ -100,7 +101,8 @@ def clamped_inv_freq(inv_freq, train_len, taper="hard"):
     if taper == "hard":
         out[cut] = 0.0
     else:
-        window = 0.5 * (1 + torch.cos(torch.linspace(0, math.pi, int(cut.sum()), dtype=torch.float64)))
+        steps = torch.linspace(0, math.pi, int(cut.sum()), dtype=torch.float64, device=inv_freq.device)
+        window = 0.5 * (1 + torch.cos(steps))
         out[cut] = (out[cut].double() * window).to(out.dtype)
     return out
 

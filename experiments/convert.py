@@ -359,7 +359,8 @@ def main(argv=None):
 
 
 # the run experiments/readings/convert.md reads (its prose names these settings): the reading goes only in its report
-READ_RUN = {"source": "smollm2-135m", "steps": 48, "window": 1024, "batch": 2, "windows": 3, "longest": 2, "trials": 1,
+READ_RUN = {"source": "smollm2-135m", "steps": 48, "window": 1024, "batch": 2, "lr": 3e-5, "min_lr": 3e-6, "warmup": 4,
+            "seed": 1, "evals": 2, "long_evals": "end", "windows": 3, "longest": 2, "trials": 1, "depths": [0.1, 0.5, 0.9],
             "quick": False}
 READ_ARMS = {"rope", "yarn", "clamp", "fope", "nope"}
 
@@ -372,9 +373,9 @@ def write(results, doc, times=None):
     with open(f"{results}/convert.json", "w") as f:
         json.dump(doc, f, indent=1)
     plot(f"{results}/convert.png", doc)
-    described = all(doc["info"].get(k) == v for k, v in READ_RUN.items()) and READ_ARMS <= set(doc["arms"])
+    described = all(doc["info"].get(k) == v for k, v in READ_RUN.items()) and READ_ARMS == set(doc["arms"])
     lines = report_lines(doc) + ([] if described else ["", "No reading: experiments/readings/convert.md describes "
-                                                       "make convert's own run (its settings and its five arms)."])
+                                                       "make convert's own run (its settings and its five arms, no other)."])
     runner.write_report(f"{results}/convert", "A pretrained RoPE model turned into FoPE by continued training",
                         lines, times or doc["info"].get("stage_seconds", {}), "convert" if described else None,
                         {"convert": doc})

@@ -71,11 +71,16 @@ def paired_binary_test(d, m):
     difference: McNemar's exact test (the signs of the discordant pairs, binomial at 1/2, two-sided);
     equivalence within m: |P(A > B) - P(A < B)| <= P(A != B), so an exact one-sided binomial test that the share
       of discordant documents is below m shows it (conservative where discordant pairs cancel out);
-    interval: Clopper-Pearson bounds of P(A > B) and P(A < B), 97.5% each (Bonferroni), combined."""
+    interval: Clopper-Pearson bounds of P(A > B) and P(A < B), 97.5% each (Bonferroni), combined: it covers the
+      difference at 95% or more, but does not invert McNemar's test (six documents all one way are decided, p = 0.031,
+      while the interval still reaches past 0)."""
     d = np.asarray(d, dtype=float)
     if not np.isin(d, (-1.0, 0.0, 1.0)).all():
         raise ValueError("a claim with documents as units needs per-document differences of 0/1 outcomes (-1, 0, 1)")
     n, up, down = len(d), int((d == 1).sum()), int((d == -1).sum())
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "sd": math.nan, "ci95": (math.nan, math.nan), "t": math.nan, "p": 1.0,
+                "p_equiv": 1.0, "test": ("exact McNemar", "exact discordance bound")}
     p = float(st.binomtest(up, up + down, 0.5).pvalue) if up + down else 1.0
     p_equiv = float(st.binom.cdf(up + down, n, m)) if n else 1.0
 
@@ -95,6 +100,8 @@ def documents_needed(d, m, alpha):
     neither can be decided by any count (up to 20,000)."""
     d = np.asarray(d, dtype=float)
     n0 = len(d)
+    if n0 == 0:
+        return None
     p_up, p_down = float((d == 1).sum()) / n0, float((d == -1).sum()) / n0
     disc = p_up + p_down
 
