@@ -279,7 +279,7 @@ def plot(path, doc):
     plt.close(fig)
 
 
-def main(argv=None):
+def parser():
     p = runner.parser("SmolLM2-135M turned into FoPE (and its clamp, NoPE, YaRN) by continued training",
                       "smoke run: rope and fope, 4 steps, 1k windows", seeds=(1,))
     p.add_argument("--source", default="smollm2-135m", help="a pretrained source (pretrained.py)")
@@ -302,7 +302,11 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (the GPU recipe)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     results = os.path.join(args.results, "quick") if args.quick else args.results
     if args.quick:
         args.arms, args.steps, args.window, args.evals, args.windows, args.trials = ["rope", "fope"], 4, 256, 1, 2, 1
@@ -351,18 +355,19 @@ def main(argv=None):
                         "command": "python experiments/convert.py " + " ".join(argv or sys.argv[1:])},
                "same_batches": same, "arms": measured}
         os.makedirs(results, exist_ok=True)
-        with open(f"{results}/convert.json", "w") as f:
-            json.dump(doc, f, indent=1, default=str)
     stages.done(f"{results}/convert.md")
     doc["info"]["stage_seconds"] = {k: round(v) for k, v in stages.times.items()}
     write(results, json.loads(json.dumps(doc, default=str)), stages.times)
 
 
-# the run experiments/readings/convert.md reads (its prose names these settings): the reading goes only in its report
-READ_RUN = {"source": "smollm2-135m", "steps": 48, "window": 1024, "batch": 2, "lr": 3e-5, "min_lr": 3e-6, "warmup": 4,
-            "seed": 1, "evals": 2, "long_evals": "end", "windows": 3, "longest": 2, "trials": 1, "depths": [0.1, 0.5, 0.9],
-            "quick": False}
-READ_ARMS = {"rope", "yarn", "clamp", "fope", "nope"}
+def is_make_convert(doc):
+    """Whether a run is make convert's own: every setting (but the dtype) and the arms at their defaults. Only its
+    report carries experiments/readings/convert.md, whose prose names those settings."""
+    default = parser().parse_args([])
+    default.seed = default.seeds[0]
+    same = {k: v for k, v in settings(default).items() if k != "dtype"}
+    return not doc["info"]["quick"] and all(doc["info"].get(k) == v for k, v in same.items()) \
+        and list(doc["arms"]) == default.arms
 
 
 def write(results, doc, times=None):
@@ -373,7 +378,7 @@ def write(results, doc, times=None):
     with open(f"{results}/convert.json", "w") as f:
         json.dump(doc, f, indent=1)
     plot(f"{results}/convert.png", doc)
-    described = all(doc["info"].get(k) == v for k, v in READ_RUN.items()) and READ_ARMS == set(doc["arms"])
+    described = is_make_convert(doc)
     lines = report_lines(doc) + ([] if described else ["", "No reading: experiments/readings/convert.md describes "
                                                        "make convert's own run (its settings and its five arms, no other)."])
     runner.write_report(f"{results}/convert", "A pretrained RoPE model turned into FoPE by continued training",
