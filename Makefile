@@ -84,7 +84,7 @@ convert: $(STAMP)
 	$(PY) experiments/convert.py $(if $(QUICK),--quick)
 
 # the prepared GPU check (experiments/gpu_check.py: its stages, each a line of results/gpu.jsonl as it ends, then
-# results/gpu.md). On a bare GPU machine: make gpu-check PY=python3 (the machine's own torch: no venv is built).
-# DEVICE=cpu: the dry run at tiny shapes -> results/quick/gpu.*
+# results/gpu.md; $OUT/gpu.* where OUT is set). On a bare GPU machine: make gpu-check PY=python3 (the machine's own
+# torch: no venv is built). DEVICE=cpu: the dry run at tiny shapes -> results/quick/gpu.*
 gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
-	$(PY) experiments/gpu_check.py --device=$(or $(DEVICE),cuda) $(if $(filter cpu,$(DEVICE)),--out=results/quick/gpu)
+	$(PY) experiments/gpu_check.py --device=$(or $(DEVICE),cuda)
