@@ -19,6 +19,7 @@ from configurator import autocast_context, configure, resolve_device, resolve_dt
 from data.tokenizer import get_tokenizer
 from model import is_rotary
 from pretrained import from_pretrained, is_pretrained, load_tokenizer
+from util.args import run_main
 
 _names_before_config = set(globals())
 # -----------------------------------------------------------------------------
@@ -69,6 +70,9 @@ def main(argv):
                 prompt = f.read()
         except OSError as e:
             raise SystemExit(f"--start={cfg.start}: {e.strerror}")
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"--start={cfg.start}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at {e.start}: "
+                             f"{e.reason}): give a text file")
     try:
         ids = tokenizer.encode(prompt)
     except ValueError as e:
@@ -95,9 +99,12 @@ def speed_line(prompt_tokens, stats):
     """One line: the prefill of the prompt and the tokens/s of the new tokens after the first."""
     rest = stats["new_tokens"] - 1
     decode = f"{rest} more in {stats['decode_s']:.2f} s, {rest / stats['decode_s']:.1f} tokens/s" if rest else "no more"
-    return (f"{prompt_tokens} prompt tokens and the first new one in {stats['prefill_s']:.2f} s; {decode} "
-            f"({'KV cache' if stats['cache'] else 'no cache'})")
+    cached, new = stats["cached_tokens"], stats["new_tokens"]
+    cache = "KV cache" if cached == new else "no cache" if cached == 0 else f"KV cache for {cached} of them"
+    if "no_cache" in stats:  # asked for, not (or not always) used: say why
+        cache += f": {stats['no_cache']}"
+    return f"{prompt_tokens} prompt tokens and the first new one in {stats['prefill_s']:.2f} s; {decode} ({cache})"
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])
