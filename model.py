@@ -417,35 +417,25 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None, use_cache=True, stats=None):
-        """Sample max_new_tokens after idx (B, T); temperature 0: greedy. The context is cropped to max_context
-        tokens (default block_size, the training length). use_cache: the prompt runs once (prefill), then each
-        new token alone against a KV cache, the same tokens as without it; where every position moves (past
-        max_context, or past a length-dependent rescaling's original length) each step runs the context whole.
-        stats (a dict): seconds of the prefill and of the rest, how many new tokens the cache made and, where
-        it was asked for and not always used, why."""
+        """Sample max_new_tokens after idx (B, T); temperature 0 (or one too small for a float): greedy. The
+        context is cropped to max_context tokens (default block_size, the training length). use_cache: the prompt
+        runs once (prefill), then each new token alone against a KV cache, the same tokens as without it; where every
+        position moves (past max_context, or past a length-dependent rescaling's original length) each step runs the
+        context whole. stats (a dict): seconds of the prefill and of the rest."""
         max_context, cache, clock = max_context or self.config.block_size, None, time.perf_counter()
-        cached = 0
         for step in range(max_new_tokens):
             if not use_cache or idx.size(1) > max_context or not self.cache_holds(idx.size(1)):
-                if use_cache and stats is not None and "no_cache" not in stats:
-                    stats["no_cache"] = (f"the context passed max_context {max_context}" if idx.size(1) > max_context
-                                         else "a length-dependent rescaling moves every position")
                 logits, _ = self(idx[:, -max_context:])
             elif cache is None:
                 cache = KVCache(self.config.n_layer, min(max_context, idx.size(1) + max_new_tokens))
                 logits, _ = self(idx, cache=cache)
             else:
                 logits, _ = self(idx[:, -1:], cache=cache)
-            cached += cache is not None and cache.pos == idx.size(1)  # this token's logits came from the cache
             logits = logits[:, -1, :].float()
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
-                # the largest logit made 0 and kept 0, so that a tiny temperature (one that overflows the
-                # quotient, or is 0 as a float32) gives -inf, probability 0, not inf - inf or 0 / 0 (nan): as
-                # the temperature goes to 0, sampling becomes greedy
-                logits = logits - logits.max(dim=-1, keepdim=True).values
-                logits = torch.where(logits == 0, logits, logits / temperature)
+                logits = (logits - logits.amax(-1, keepdim=True)).div(temperature).nan_to_num(0.0, neginf=-math.inf)
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")
@@ -456,6 +446,5 @@ class GPT(nn.Module):
                 now = time.perf_counter()
                 stats["prefill_s" if step == 0 else "decode_s"], clock = now - clock, now
         if stats is not None:
-            stats.update(new_tokens=max_new_tokens, decode_s=stats.get("decode_s", 0.0), cache=use_cache,
-                         cached_tokens=cached)
+            stats.update(new_tokens=max_new_tokens, decode_s=stats.get("decode_s", 0.0), cache=use_cache)
         return idx

@@ -230,9 +230,7 @@ def main(argv=None):
             data.check_vocab(tok.vocab_size)
         except ShardError as e:
             raise SystemExit(str(e))
-        model = from_pretrained(args.source)
-        train_len = model.config.block_size
-        del model
+        train_len = from_pretrained(args.source).config.block_size
         if args.quick:
             train_len = 1024  # the quick run pretends L_train is 1k, so that 4x fits in seconds
         lengths = [train_len // 4, train_len // 2, train_len, 2 * train_len, 4 * train_len]

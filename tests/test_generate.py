@@ -70,7 +70,7 @@ def test_sample_py_prints_its_speed_and_the_cache_changes_no_token(tmp_path, cap
     assert "tokens/s (no cache)" in err
     # 3 + 20 tokens outgrow block_size 16: the cache makes the first 14 new tokens, then the context slides
     sample.main([f"--out_dir={tmp_path / 'run'}", "--max_new_tokens=20", "--start=abc", "--num_samples=1"])
-    assert "(KV cache for 14 of them: the context passed max_context 16)" in capsys.readouterr().err
+    assert "(KV cache for 14 of them: the context passed block_size 16)" in capsys.readouterr().err
     # a temperature so small that logits / temperature overflow: greedy's tokens, not nan probabilities
     tiny = sample.main([f"--out_dir={tmp_path / 'run'}", "--max_new_tokens=12", "--start=abc", "--num_samples=1",
                         "--temperature=1e-300"])
