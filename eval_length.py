@@ -22,7 +22,7 @@ Protocol:
 
 Outputs <out>.csv (a row per checkpoint and length), <out>.json (rows, per-position losses, summary),
 <out>.png (ppl and passkey accuracy vs length) and <out>_positions.png (loss vs token position at the
-longest length).
+longest length; not written where no run was measured there). Ctrl-C ends it in one line (status 130).
 """
 
 import argparse
@@ -44,10 +44,11 @@ from checkpoint import check_data, load_model, writable_dir
 from configurator import autocast_context, describe_machine, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
-from model import POS_EMBS
+from model import POS_EMBS, is_rotary
 from passkey import PasskeyDocs, score
 from rope_scaling import check_scaling
 from runs import format_table, label_runs, parse_labels, plot_sweep, run_settings, summarize, unique_checkpoints
+from util.args import run_main
 
 # -----------------------------------------------------------------------------
 # the two measurements
@@ -158,6 +159,7 @@ def parse_args(argv):
                "applies to --rope_scaling yarn only"),
               ("--passkey_up_to", args.passkey_up_to, args.passkey_up_to is None or args.passkey_up_to > 0, "must be > 0"),
               ("--train_len", args.train_len, args.train_len is None or args.train_len >= 1, "must be >= 1"),
+              ("--seed", args.seed, args.seed >= 0, "must be >= 0"),
               ("--out", args.out, bool(os.path.basename(args.out)), "must name files (results/NAME), not a directory")]
     for flag, value, ok, requirement in checks:
         if not ok:
@@ -201,6 +203,9 @@ def main(argv=None):
     names = parse_labels(args.label, args.ckpt)
     scaling, suffix = eval_scaling(args)
     models = [load_model(path, scaling, device) for path in args.ckpt]
+    for _, ckpt in models:  # a dtype the model's rotation kernel cannot take (float16 on CPU): now, in one line
+        margs = ckpt["model_args"]
+        resolve_dtype(args.dtype, device, margs.get("rotary_backend") if is_rotary(margs["pos_emb"]) else None)
     train_lens = {ckpt["model_args"]["block_size"] for _, ckpt in models}
     if len(train_lens) > 1 and args.train_len is None:
         raise SystemExit(f"the checkpoints were trained at different lengths {sorted(train_lens)}: sweep them "
@@ -230,6 +235,13 @@ def main(argv=None):
     # each checkpoint's tokenizer for the passkey, now: a download (GPT-2's ranks) or a missing package fails
     # before the sweep's work, not in the middle of it
     tokenizers = {ckpt["path"]: get_tokenizer(ckpt["meta"]) for _, ckpt in models} if args.trials > 0 else {}
+    passkey_docs = {}  # and its passkey documents: a char vocabulary may lack their characters
+    for _, ckpt in models if args.trials > 0 else []:
+        try:
+            passkey_docs[ckpt["path"]] = PasskeyDocs(tokenizers[ckpt["path"]])
+        except ValueError as e:
+            raise SystemExit(f"{ckpt['path']}'s data cannot spell passkey documents ({e}): pass --trials 0 "
+                             "(perplexity only)")
 
     rows, per_position = [], defaultdict(list)
     tasks = [(m, L) for m in models for L in lengths]
@@ -255,8 +267,7 @@ def main(argv=None):
         if length == max(lengths):
             per_position[label].append(ppl["per_position"])
         if args.trials > 0 and (args.passkey_up_to is None or length <= args.passkey_up_to * train_len):
-            tok = tokenizers[ckpt["path"]]
-            docs = PasskeyDocs(tok)
+            tok, docs = tokenizers[ckpt["path"]], passkey_docs[ckpt["path"]]
             if length >= docs.min_length:
                 with ctx:
                     accuracy = passkey_accuracy(model, docs, tok, length, args.depths, args.trials, args.seed, device)
@@ -289,8 +300,12 @@ def main(argv=None):
                    "per_position": {"length": max(lengths), "loss": {k: np.mean(v, 0).tolist() for k, v in per_position.items()}}},
                   f, indent=1)
     plot_sweep(summary, {k: np.array(v) for k, v in per_position.items()}, train_len, args.out)
-    print(f"wrote {args.out}.csv, .json, .png, _positions.png ({info['seconds']} s, peak memory {peak_mb:.0f} MB)")
+    positions = ", _positions.png"
+    if not per_position:  # the longest length was skipped for every run: an empty figure would say nothing
+        os.remove(args.out + "_positions.png")
+        positions = f" (no _positions.png: no run was measured at the longest length, {max(lengths)})"
+    print(f"wrote {args.out}.csv, .json, .png{positions} ({info['seconds']} s, peak memory {peak_mb:.0f} MB)")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -417,11 +417,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None, use_cache=True, stats=None):
-        """Sample max_new_tokens after idx (B, T); temperature 0: greedy. The context is cropped to max_context
-        tokens (default block_size, the training length). use_cache: the prompt runs once (prefill), then each
-        new token alone against a KV cache, the same tokens as without it; where every position moves (past
-        max_context, or past a length-dependent rescaling's original length) each step runs the context whole.
-        stats (a dict): seconds of the prefill and of the rest."""
+        """Sample max_new_tokens after idx (B, T); temperature 0 (or one too small for a float): greedy. The
+        context is cropped to max_context tokens (default block_size, the training length). use_cache: the prompt
+        runs once (prefill), then each new token alone against a KV cache, the same tokens as without it; where every
+        position moves (past max_context, or past a length-dependent rescaling's original length) each step runs the
+        context whole. stats (a dict): seconds of the prefill and of the rest."""
         max_context, cache, clock = max_context or self.config.block_size, None, time.perf_counter()
         for step in range(max_new_tokens):
             if not use_cache or idx.size(1) > max_context or not self.cache_holds(idx.size(1)):
@@ -435,7 +435,7 @@ class GPT(nn.Module):
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
-                logits = logits / temperature
+                logits = (logits - logits.amax(-1, keepdim=True)).div(temperature).nan_to_num(0.0, neginf=-math.inf)
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")

@@ -313,7 +313,12 @@ def load_tokenizer(source):
     if kind == "hf":
         if not (path / "tokenizer.json").exists():
             raise SystemExit(f"{path} has no tokenizer.json")
-        return BPETokenizer.from_file(path / "tokenizer.json", source=str(source))
+        try:
+            return BPETokenizer.from_file(path / "tokenizer.json", source=str(source))
+        except Exception as e:  # tokenizers' own errors: "Model missing." for {}, serde's for the rest
+            reason = " ".join(str(e).split())[:120] or type(e).__name__
+            raise SystemExit(f"{path / 'tokenizer.json'} is not a readable HF tokenizer ({reason}): download it "
+                             "again") from None
     meta = gguf_fields(open_gguf(path))
     if meta.get("tokenizer.ggml.model") != "gpt2":
         raise SystemExit(f"{path}: tokenizer {meta.get('tokenizer.ggml.model')!r} is not a byte-level BPE (gpt2)")

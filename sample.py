@@ -19,6 +19,7 @@ from configurator import autocast_context, configure, resolve_device, resolve_dt
 from data.tokenizer import get_tokenizer
 from model import is_rotary
 from pretrained import from_pretrained, is_pretrained, load_tokenizer
+from util.args import run_main
 
 _names_before_config = set(globals())
 # -----------------------------------------------------------------------------
@@ -69,6 +70,9 @@ def main(argv):
                 prompt = f.read()
         except OSError as e:
             raise SystemExit(f"--start={cfg.start}: {e.strerror}")
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"--start={cfg.start}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at {e.start}: "
+                             f"{e.reason}): give a text file")
     try:
         ids = tokenizer.encode(prompt)
     except ValueError as e:
@@ -87,17 +91,32 @@ def main(argv):
         samples.append(tokenizer.decode(y[0].tolist()))
         print(samples[-1])
         print("---------------")
-        print(speed_line(x.shape[1], stats), file=sys.stderr)
+        print(speed_line(x.shape[1], stats, *cache_use(model, x.shape[1], cfg.max_new_tokens, cfg.use_cache)),
+              file=sys.stderr)
     return samples
 
 
-def speed_line(prompt_tokens, stats):
-    """One line: the prefill of the prompt and the tokens/s of the new tokens after the first."""
-    rest = stats["new_tokens"] - 1
+def cache_use(model, prompt_tokens, new_tokens, use_cache):
+    """How many of the new tokens model.generate makes with its KV cache, and why not the others (None: all)."""
+    context = [prompt_tokens + k for k in range(new_tokens)]  # the context at each step
+    cached = sum(use_cache and T <= model.config.block_size and model.cache_holds(T) for T in context)
+    if not use_cache or cached == new_tokens:
+        return cached, None
+    past = context[cached] > model.config.block_size  # the first step without it
+    return cached, f"the context passed block_size {model.config.block_size}" if past else \
+        "a length-dependent rescaling moves every position"
+
+
+def speed_line(prompt_tokens, stats, cached=None, why=None):
+    """One line: the prefill of the prompt and the tokens/s of the new tokens after the first, and whether the KV
+    cache made them (cached, why: cache_use's; cached None: stats' use_cache)."""
+    rest, new = stats["new_tokens"] - 1, stats["new_tokens"]
     decode = f"{rest} more in {stats['decode_s']:.2f} s, {rest / stats['decode_s']:.1f} tokens/s" if rest else "no more"
-    return (f"{prompt_tokens} prompt tokens and the first new one in {stats['prefill_s']:.2f} s; {decode} "
-            f"({'KV cache' if stats['cache'] else 'no cache'})")
+    cached = (new if stats["cache"] else 0) if cached is None else cached
+    cache = "KV cache" if cached == new else "no cache" if cached == 0 else f"KV cache for {cached} of them"
+    cache += f": {why}" if why else ""
+    return f"{prompt_tokens} prompt tokens and the first new one in {stats['prefill_s']:.2f} s; {decode} ({cache})"
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])

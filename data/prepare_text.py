@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make `data` importable from th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.shards import SHARD_TOKENS, ShardWriter, remove_stale_shards, shard_dtype, write_meta
 from data.tokenizer import CharTokenizer, GPT2Tokenizer
+from util.args import at_least, check_args, in_range
 
 _tokenizer = None  # the tokenizer of this (worker) process, set by _init_worker
 
@@ -89,20 +90,28 @@ def expand_patterns(patterns):
 def iter_documents(files, field="text"):
     """The documents of .txt files (one each) and .jsonl files (one per non-empty line)."""
     for path in files:
-        with open(path, encoding="utf-8", newline="") as f:  # newline="": the text exactly as it is on disk
-            if path.suffix != ".jsonl":
-                yield f.read()
+        try:
+            yield from _file_documents(path, field)
+        except UnicodeDecodeError as e:  # a ValueError that would not name the file
+            raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}: {e.reason}): "
+                             "save it as UTF-8") from None
+
+
+def _file_documents(path, field):
+    with open(path, encoding="utf-8", newline="") as f:  # newline="": the text exactly as it is on disk
+        if path.suffix != ".jsonl":
+            yield f.read()
+            return
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
                 continue
-            for line_number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ValueError(f"{path}:{line_number}: not a JSON object") from None
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise ValueError(f"{path}:{line_number}: no string field {field!r}: pass --field NAME")
-                yield record[field]
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}:{line_number}: not a JSON object") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise ValueError(f"{path}:{line_number}: no string field {field!r}: pass --field NAME")
+            yield record[field]
 
 
 def choose_val_docs(num_docs, val_fraction, seed):
@@ -120,8 +129,16 @@ def choose_val_docs(num_docs, val_fraction, seed):
 def prepare_text(patterns, out_dir, tokenizer="gpt2", field="text", val_fraction=0.05, seed=0,
                  num_proc=1, shard_tokens=SHARD_TOKENS):
     """Read the files matching patterns and write train/val shards of out_dir; returns write_dataset's summary."""
+    for name, value in (("shard_tokens", shard_tokens), ("num_proc", num_proc)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     files = expand_patterns(patterns)
-    num_docs = sum(1 for _ in iter_documents(files, field))  # a first pass, so huge files need not fit in memory
+    num_docs = with_text = 0  # a first pass, so huge files need not fit in memory
+    for doc in iter_documents(files, field):
+        num_docs, with_text = num_docs + 1, with_text + bool(doc.strip())
+    if not with_text:  # a char vocabulary of one blank: a model would learn it at loss 0
+        raise ValueError(f"{' '.join(patterns)}: no text in {len(files)} file(s), every document is empty or "
+                         "whitespace: give files that hold text")
     val_docs = choose_val_docs(num_docs, val_fraction, seed)
     if tokenizer == "char":
         tok = CharTokenizer.from_texts(iter_documents(files, field))
@@ -148,6 +165,8 @@ def main(argv=None):
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
     parser.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS, help="tokens per shard file")
     args = parser.parse_args(argv)
+    check_args([at_least("--num-proc", args.num_proc, 1), at_least("--shard-tokens", args.shard_tokens, 1),
+                at_least("--seed", args.seed, 0), in_range("--val-fraction", args.val_fraction, 0, 1, closed=False)])
     try:
         summary = prepare_text(args.patterns, args.out, args.tokenizer, args.field, args.val_fraction,
                                args.seed, args.num_proc, args.shard_tokens)

@@ -101,6 +101,8 @@ class ShardWriter:
     """Streams the token ids of one split into shards of shard_tokens tokens each."""
 
     def __init__(self, out_dir, split, vocab_size, shard_tokens=SHARD_TOKENS):
+        if shard_tokens < 1:  # add() would write empty shards forever
+            raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
         self.out_dir, self.split, self.vocab_size, self.shard_tokens = Path(out_dir), split, vocab_size, shard_tokens
         self.dtype = shard_dtype(vocab_size)
         self.pending, self.pending_tokens = [], 0
@@ -173,6 +175,10 @@ class TokenShards:
             raise ShardError(f"no data at {data_dir}: run {prepare_command(data_dir)}")
         self.files = split_files(self.data_dir, split)
         if not self.files:
+            splits = sorted({m["split"] for m in map(SHARD_NAME.match, os.listdir(self.data_dir)) if m})
+            if splits:  # say what there is: a prepare script need not write every split (a test split)
+                raise ShardError(f"{data_dir} has no {split} split, only {', '.join(splits)} (found no "
+                                 f"{split}_*.bin; {prepare_command(data_dir)} writes them)")
             raise ShardError(f"no data at {data_dir}: run {prepare_command(data_dir)} (found no {split}_*.bin)")
         meta_path = self.data_dir / "meta.json"
         if not meta_path.is_file():

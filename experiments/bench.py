@@ -346,7 +346,7 @@ def main(argv=None):
     if args.report_only:
         from experiments import runner
         out = runner.load_json(out_path)
-        with runner.saved_results(out_path):
+        with runner.saved_results(out_path, out_path):
             times = runner.load_json(f"{base}_timing.json") if os.path.isfile(f"{base}_timing.json") else \
                 {"total": out["seconds"]}
             write_report(out, base, times)

@@ -60,6 +60,7 @@ from experiments.protocol import PROTOCOL, deviation  # noqa: E402
 from experiments.stats import decide, verdict_text, wilson  # noqa: E402
 from passkey import PasskeyDocs  # noqa: E402
 from pretrained import from_pretrained, load_tokenizer  # noqa: E402
+from util.args import at_least, check_args, distinct, in_range  # noqa: E402
 from util.machine import describe_machine  # noqa: E402
 
 FOPE = {"pos_emb": "fope", "fope_sigma": 0.5, "fope_d_out": "kept", "fope_kv_heads": True, "fope_share_layers": True}
@@ -71,6 +72,9 @@ def arms(train_len, factor=4.0):
     return {"rope": same["rope"], "yarn": same["yarn"], "clamp": same["clamp"], "fope": FOPE,
             "nope": {"pos_emb": "nope"}, "fope+yarn": {**FOPE, "rope_scaling": same["yarn"]["rope_scaling"]},
             "cope": {**same["clamp"], "fope_taper": "hann"}}
+
+
+ARMS = ("rope", "yarn", "clamp", "fope", "nope", "fope+yarn", "cope")  # arms()'s names, for the checks
 
 
 # A forward of 32k tokens costs ~12 times one of 8k on a CPU (attention is quadratic: 260 s against 21 s for SmolLM2
@@ -151,7 +155,7 @@ def train_arm(name, overrides, data, windows, docs, tok, args, train_len, folder
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
                              "state": state, "overrides": overrides, "settings": settings(args)}, path)
             stages.say(f"  {name} step {step}: " + ", ".join(f"{L} {v['mean']:.1f}" for L, v in state["curve"][-1]["lengths"].items()))
-        if step == args.steps:
+        if step >= args.steps:  # >=, not ==: no count of steps makes the loop endless
             with open(done + ".tmp", "w") as f:
                 json.dump({"overrides": overrides, "settings": settings(args), "state": state}, f)
             os.replace(done + ".tmp", done)
@@ -202,6 +206,21 @@ def claims(measured, train_len):
     return decide([c for c in out if len(c["d"]) > 1])
 
 
+def row(cells):
+    """A markdown table row: as many cells as the header's separator counts, none empty."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def same_batches(measured):
+    """Whether every arm trained on the same batches (their fingerprints alike); None for fewer than two arms."""
+    return len({json.dumps(m["batches"]) for m in measured.values()}) == 1 if len(measured) > 1 else None
+
+
+def fingerprints(doc):
+    same = same_batches(doc["arms"])
+    return "one arm, no fingerprints to compare" if same is None else f"fingerprints {'alike' if same else 'NOT alike'}"
+
+
 def report_lines(doc):
     info, measured = doc["info"], doc["arms"]
     lengths = [str(L) for L in info["lengths"]]
@@ -214,15 +233,15 @@ def report_lines(doc):
         "passkey documents (exact McNemar, the discordance bound) as units"), "",
              f"{info['source']} (L_train {info['train_len']}) trained {info['steps']} steps of {info['batch']} x "
              f"{info['window']} tokens per arm ({info['steps'] * info['batch'] * info['window']:,} tokens each, the same "
-             f"batches: fingerprints {'alike' if doc['same_batches'] else 'NOT alike'}), lr {info['lr']:g} -> "
+             f"batches: {fingerprints(doc)}), lr {info['lr']:g} -> "
              f"{info['min_lr']:g}, {info['dtype']} on {info['machine']}. Median step: "
              + ", ".join(f"{a} {s:.2f} s" for a, s in cost.items()) + ".", "",
              f"Perplexity on {info['windows']} val window(s) of {max(info['lengths']):,} tokens (shorter lengths: their "
              f"prefixes; past {info['train_len']}: its positions beyond it), passkey on {len(info['depths']) * info['trials']} "
              f"documents per length, at each evaluation step (past {info['train_len']} and the passkey: "
              f"{LONG_EVALS[info['long_evals']]}; '-': not scored there):", "",
-             "| arm | step | tokens | " + " | ".join(f"ppl {L}" for L in lengths) + " | "
-             + " | ".join(f"passkey {L}" for L in info["passkey_lengths"]) + " |",
+             row(["arm", "step", "tokens", *(f"ppl {L}" for L in lengths),
+                  *(f"passkey {L}" for L in info["passkey_lengths"])]),
              "|---" * (3 + len(lengths) + len(info["passkey_lengths"])) + "|"]
     for arm, m in measured.items():
         for point in m["curve"]:
@@ -232,8 +251,7 @@ def report_lines(doc):
                 keys.append(f"{v['mean']:.2f} [{lo:.2f}, {hi:.2f}]")
             keys += ["-"] * (len(info["passkey_lengths"]) - len(keys))
             cells = [f"{point['lengths'][L]['mean']:.1f}" if L in point["lengths"] else "-" for L in lengths]
-            lines.append(f"| {arm} | {point['step']} | {point['tokens']:,} | " + " | ".join(cells) + " | "
-                         + " | ".join(keys) + " |")
+            lines.append(row([arm, point["step"], f"{point['tokens']:,}", *cells, *keys]))
     lines += ["", "Verdicts at the end (A - B; windows or documents as the paired units, so they speak of this one "
               "training run per arm, not of seeds; experiments/stats.py):", "", "| A vs B | metric at length | verdict |",
               "|---|---|---|"]
@@ -305,14 +323,29 @@ def parser():
     return p
 
 
+def check(args):
+    """Every count and choice, before the data stage and the model's load."""
+    check_args([at_least("--steps", args.steps, 1, " (a step-0-only run would report untrained arms)"),
+                at_least("--window", args.window, 1), at_least("--batch", args.batch, 1),
+                ("--lr", args.lr, 0 < args.lr < math.inf, "must be > 0"),
+                in_range("--min_lr", args.min_lr, 0, args.lr), at_least("--warmup", args.warmup, 0),
+                at_least("--evals", args.evals, 1), at_least("--windows", args.windows, 1),
+                at_least("--trials", args.trials, 0, " (0: no passkey)"), in_range("--depths", args.depths, 0, 1),
+                at_least("--train_len", args.train_len, 1), distinct("--arms", args.arms)])
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {sorted(unknown)}; pick from {', '.join(ARMS)}")
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    check(args)
     results = os.path.join(args.results, "quick") if args.quick else args.results
     if args.quick:
         args.arms, args.steps, args.window, args.evals, args.windows, args.trials = ["rope", "fope"], 4, 256, 1, 2, 1
         args.train_len, args.depths, args.warmup = args.train_len or 1024, [0.5], 1
     if args.report_only:
-        with runner.saved_results(results):
+        with runner.saved_results(results, f"{results}/convert.json"):
             return write(results, runner.load_json(f"{results}/convert.json"))
     args.device = resolve_device(args.device)
     if args.dtype == "auto":
@@ -336,9 +369,10 @@ def main(argv=None):
         lengths = [L for L in (train_len // 4, train_len, 2 * train_len, 4 * train_len) if L <= args.longest * train_len]
         args.passkey_lengths = [train_len, 2 * train_len] if args.trials else []
         windows, docs = eval_windows(val, lengths, args.windows), PasskeyDocs(tok)
-    unknown = set(args.arms) - set(arms(train_len))
-    if unknown:
-        raise SystemExit(f"--arms: unknown {sorted(unknown)}; pick from {', '.join(arms(train_len))}")
+        longest = max(h.num_tokens for h in train.headers)
+        if longest <= args.window:
+            raise SystemExit(f"no train shard of {data_dir} holds --window + 1 = {args.window + 1} tokens "
+                             f"(longest: {longest}): use a smaller --window")
     measured = {}
     out = os.path.join(args.out_root, "convert_quick" if args.quick else "convert")
     for name in args.arms:
@@ -348,7 +382,7 @@ def main(argv=None):
             measured[name] = train_arm(name, overrides, train, windows, docs, tok, args, train_len,
                                        os.path.join(out, name.replace("+", "_")), stages)
     with stages("report", "3/3 report"):
-        same = len({json.dumps(m["batches"]) for m in measured.values()}) == 1
+        same = same_batches(measured)
         doc = {"info": {**settings(args), "date": time.strftime("%Y-%m-%d %H:%M"), "train_len": train_len,
                         "lengths": lengths, "passkey_lengths": args.passkey_lengths, "quick": args.quick,
                         "machine": describe_machine(), "threads": torch.get_num_threads(),
@@ -372,6 +406,10 @@ def is_make_convert(doc):
 
 def write(results, doc, times=None):
     """The report from the measurements: the claims are decided here, so --report_only decides them anew."""
+    if not doc["arms"]:
+        raise SystemExit(f"{results}/convert.json holds no arms (damaged?): run experiments/convert.py again "
+                         "(without --report_only)")
+    doc["same_batches"] = same_batches(doc["arms"])
     doc["claims"] = claims(doc["arms"], doc["info"]["train_len"])
     doc["claim"] = {f"{c['a']} vs {c['b']}, {c['metric']} at {c['length']}": {**c, "verdict_text": verdict_text(c, ".2f")}
                     for c in doc["claims"]}  # by name, for the reading

@@ -400,7 +400,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.report_only:
         doc = runner.load_json(f"{args.out}/lens.json")
-        with runner.saved_results(args.out):
+        with runner.saved_results(args.out, os.path.join(args.out, "lens.json")):
             print(write_outputs(doc["checkpoints"], doc["info"], args))
         print(f"rewrote {args.out}/lens.md and the figures from {args.out}/lens.json")
         return

@@ -98,7 +98,7 @@ def main(argv=None):
     if args.quick:
         args.seeds = args.seeds[:2]
     if args.report_only:
-        with runner.saved_results(results):
+        with runner.saved_results(results, f"{results}/power_*.json"):
             return report(results, args.quick)
     os.makedirs(results, exist_ok=True)
     stages = runner.Stages("power")
@@ -131,6 +131,9 @@ def report(results, quick=False):
     protocol = QUICK_PROTOCOL if quick else PROTOCOL
     current = source_hashes()
     grids = {g: runner.load_json(f"{results}/power_{g}.json") for g in GRIDS if os.path.isfile(f"{results}/power_{g}.json")}
+    if not grids:  # no JSON, or no folder: an empty report would read as if every grid were still to run
+        raise SystemExit(f"no power_<grid>.json in {results}: run python experiments/power.py first "
+                         "(without --report_only), or pass the --results it wrote to")
     tested = {g: ablate.tested_claims(sweep["rows"], sweep["info"]["train_len"], CLAIMS) for g, sweep in grids.items()}
     decided = ablate.decided_claims([{**c, "grid": g} for g in tested for c in tested[g]])  # one family for Holm
     doc = {"protocol": protocol._asdict(), "grids": {}, "claims": decided}

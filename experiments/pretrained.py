@@ -50,6 +50,7 @@ from experiments.stats import decide, verdict_text, wilson  # noqa: E402
 from experiments.lens_measures import FarMass, QKProbe, cycles, pair_frequencies, pair_mean_norms  # noqa: E402
 from passkey import PasskeyDocs  # noqa: E402
 from pretrained import from_pretrained, load_tokenizer  # noqa: E402
+from util.args import at_least, check_args, in_range  # noqa: E402
 from util.machine import cpu_flags, describe_machine  # noqa: E402
 
 SOURCE = "smollm2-135m"
@@ -202,9 +203,12 @@ def main(argv=None):
     p.add_argument("--tail_queries", type=int, default=256, help="queries at the end of a window for the far mass")
     p.add_argument("--position_bin", type=int, default=256, help="tokens per point of the loss-by-position curve")
     args = p.parse_args(argv)
+    check_args([at_least("--windows", args.windows, 1, " (default: all of them)"),
+                at_least("--trials", args.trials, 1), in_range("--depths", args.depths, 0, 1),
+                at_least("--tail_queries", args.tail_queries, 1), at_least("--position_bin", args.position_bin, 1)])
     results = os.path.join(args.results, "quick") if args.quick else args.results
     if args.report_only:
-        with runner.saved_results(results):
+        with runner.saved_results(results, f"{results}/pretrained.json"):
             return write_report(results, runner.load_json(f"{results}/pretrained.json"), args.quick)
     args.device = resolve_device(args.device)
     if args.quick and args.windows is None:
@@ -226,9 +230,7 @@ def main(argv=None):
             data.check_vocab(tok.vocab_size)
         except ShardError as e:
             raise SystemExit(str(e))
-        model = from_pretrained(args.source)
-        train_len = model.config.block_size
-        del model
+        train_len = from_pretrained(args.source).config.block_size
         if args.quick:
             train_len = 1024  # the quick run pretends L_train is 1k, so that 4x fits in seconds
         lengths = [train_len // 4, train_len // 2, train_len, 2 * train_len, 4 * train_len]

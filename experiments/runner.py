@@ -28,6 +28,7 @@ import train  # noqa: E402  (experiments may import scripts; nothing below exper
 from checkpoint import CheckpointError, changed_sources, checkpoint_file, file_sha256, load_checkpoint, source_hashes  # noqa: E402
 from configurator import configure  # noqa: E402
 from pretrained import source_sha256  # noqa: E402
+from util.args import at_least, check_args, distinct  # noqa: E402
 
 READINGS = os.path.join(ROOT, "experiments", "readings")
 
@@ -39,9 +40,18 @@ def repo_path(path):
 
 
 
+class Parser(argparse.ArgumentParser):
+    """An experiment's flags; parse_args checks the common ones (--seeds) before the experiment does any work."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        check_args([at_least("--seeds", parsed.seeds, 0), distinct("--seeds", parsed.seeds)])
+        return parsed
+
+
 def parser(description, quick_help, seeds=(1, 2)):
     """The flags every experiment takes."""
-    p = argparse.ArgumentParser(description=description)
+    p = Parser(description=description)
     p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
@@ -102,7 +112,7 @@ def run_experiment(args, name, train_and_eval, report, stage_count, out_name=Non
     out = os.path.join(args.out_root, f"{name}_quick" if args.quick else out_name or name)
     report_name = report_name or name
     if args.report_only:
-        with saved_results(results):
+        with saved_results(results, f"{results}/{report_name}*.json"):
             return report(Experiment(args, out, results, seeds), load_json(f"{results}/{report_name}_timing.json"))
     os.makedirs(out, exist_ok=True)
     os.makedirs(results, exist_ok=True)
@@ -217,14 +227,19 @@ def load_json(path):
 
 
 @contextlib.contextmanager
-def saved_results(results):
-    """Around a report written from saved JSON: a file that lacks what the report reads (written by another
-    version of the experiment, or edited) is a one-line exit, not a KeyError."""
+def saved_results(results, files=None):
+    """Around a report written from saved JSON (files: which, for the message; default: the JSON in results): a
+    file that lacks what the report reads (written by another version of the experiment), or holds something
+    else where it should hold a list or a number (damaged, or edited), is a one-line exit, not a traceback."""
+    files = files or f"the JSON in {results}"
     try:
         yield
-    except (KeyError, IndexError, TypeError) as e:
-        raise SystemExit(f"the JSON in {results} lacks {e} (written by another version of the experiment?): "
+    except KeyError as e:
+        raise SystemExit(f"{files} lacks {e} (written by another version of the experiment?): "
                          "run the experiment again (without --report_only)") from None
+    except (IndexError, TypeError, ValueError, AttributeError) as e:
+        raise SystemExit(f"{files} is damaged ({type(e).__name__}: {e}): run the experiment again "
+                         "(without --report_only)") from None
 
 
 class ReadingError(SystemExit):

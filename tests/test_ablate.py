@@ -103,3 +103,30 @@ def test_a_claim_of_no_difference_is_read_by_its_expectation_not_its_wording(mon
     r = rows([10.0, 11.0, 12.0], [12.0, 13.1, 13.9])  # a clear difference
     assert [(c["verdict"], c["paper"]) for c in ablate.claim_rows(r, 64)] == \
         [("better", "as the paper says"), ("better", "against the paper")]
+
+
+def test_power_report_only_without_a_grid_json_is_one_line(tmp_path):
+    from experiments import power
+
+    for results in (tmp_path / "missing", tmp_path):  # no folder; a folder with no power_<grid>.json
+        with pytest.raises(SystemExit) as stop:
+            power.main(["--report_only", "--results", str(results)])
+        assert str(stop.value.code) == (f"no power_<grid>.json in {results}: run python experiments/power.py first "
+                                        "(without --report_only), or pass the --results it wrote to")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seeds, message", [(["1", "1"], "--seeds must not list a value twice, got [1, 1]"),
+                                            (["-1"], "--seeds must be >= 0, got [-1]")])
+def test_every_experiment_checks_its_seeds_before_any_work(tmp_path, seeds, message):
+    with pytest.raises(SystemExit) as stop:
+        ablate.main(["--seeds", *seeds, "--out_root", str(tmp_path), "--results", str(tmp_path)])
+    assert str(stop.value.code) == message and list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_report_json_is_one_line_naming_it(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        with runner.saved_results(str(tmp_path), f"{tmp_path}/x.json"):
+            json.loads("[1]")["rows"]  # a list where a dict was: it read "lacks list indices must be ..."
+    assert str(stop.value.code) == (f"{tmp_path}/x.json is damaged (TypeError: list indices must be integers or "
+                                    "slices, not str): run the experiment again (without --report_only)")

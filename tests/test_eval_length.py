@@ -287,6 +287,7 @@ def foreign_file(ckpts, tmp_path):
     ("lengths", ["--lengths", "0", "64"], "--lengths must be >= 1, got [0, 64]"),
     ("values", ["--tokens", "0"], "--tokens must be >= 1, got 0"),
     ("values", ["--trials", "-1"], "--trials must be >= 0 (0 skips passkey), got -1"),
+    ("values", ["--seed", "-1"], "--seed must be >= 0, got -1"),
     ("values", ["--depths", "1.5"], "--depths must be in [0, 1], got [1.5]"),
     ("values", ["--rope_scaling", "yarn", "--factor", "0.5"], "--factor must be >= 1, got 0.5"),
     ("values", ["--rope_scaling", "ntk", "--no_attn_temperature"],
@@ -329,3 +330,66 @@ def test_an_all_skipped_sweep_plots_without_warnings(tmp_path):
         warnings.simplefilter("error")
         runs.plot_sweep(summary, {}, 64, str(tmp_path / "sweep"))
     assert (tmp_path / "sweep.png").is_file() and (tmp_path / "sweep_positions.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def own_chars(tmp_path_factory):
+    """A run of a user's own char dataset, whose vocabulary lacks the passkey's characters, with the default
+    rotary backend (the C kernel's on CPU, which takes no float16)."""
+    root = tmp_path_factory.mktemp("own")
+    data_dir = write_random_chars(root / "data", "abcdefgh \n", 6000, 3000)
+    train.main([f"--dataset={data_dir}", f"--out_dir={root / 'run'}", "--n_layer=1", "--n_head=2", "--n_embd=32",
+                f"--block_size={L}", "--batch_size=4", "--max_iters=1", "--eval_interval=1", "--eval_iters=1",
+                "--passkey_frac=0", "--pos_emb=fope"])
+    return root / "run", data_dir
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "{run}'s data cannot spell passkey documents (character 'T' is not in this dataset's char vocabulary): "
+         "pass --trials 0 (perplexity only)"),
+    (["--trials", "0", "--dtype", "float16", "--device", "cpu"],
+     "dtype float16 on CPU: the C rotation kernel (rotary_backend=auto) takes float32 and bfloat16; use "
+     "--dtype=bfloat16 (CPU autocast's type) or float32"),
+])
+def test_what_would_fail_inside_the_sweep_is_one_line_before_it(own_chars, tmp_path, flags, message):
+    run, data_dir = own_chars
+    with pytest.raises(SystemExit) as stop:
+        eval_length.main(["--ckpt", str(run), "--data_dir", str(data_dir), "--out", str(tmp_path / "res"),
+                          "--tokens", "256", "--lengths", str(L), *flags])
+    assert str(stop.value.code) == message.format(run=run)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_split_the_data_lacks_names_the_splits_it_has(ckpts, tmp_path):
+    root, data_dir = ckpts
+    with pytest.raises(SystemExit) as stop:
+        eval_length.main(["--ckpt", str(root / "rope_s1"), "--data_dir", str(data_dir), "--split", "test",
+                          "--out", str(tmp_path / "res")])
+    assert str(stop.value.code).startswith(f"{data_dir} has no test split, only train, val (found no test_*.bin; ")
+
+
+def test_no_positions_figure_when_no_run_reached_the_longest_length(ckpts, tmp_path, capsys):
+    result = sweep(ckpts, ["learned_s1"], tmp_path / "res", "--lengths", str(L), str(2 * L))
+    assert result["per_position"]["loss"] == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.csv", "res.json", "res.png"]
+    assert f"(no _positions.png: no run was measured at the longest length, {2 * L})" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", ["eval_length.py", "sample.py"])
+def test_ctrl_c_ends_the_script_in_one_line_with_status_130(script, monkeypatch, capsys):
+    """Run as a script (its __main__ block), interrupted in its first call to configurator."""
+    import runpy
+
+    import configurator
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(configurator, "resolve_device", interrupted)
+    monkeypatch.setattr("sys.argv", [script, "--ckpt", "x"] if script == "eval_length.py" else [script])
+    try:
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(os.path.join(os.path.dirname(eval_length.__file__), script), run_name="__main__")
+    except KeyboardInterrupt:  # would end the test session, not fail this test
+        pytest.fail(f"{script} lets Ctrl-C out as a KeyboardInterrupt")
+    assert stop.value.code == 130 and capsys.readouterr().err == "interrupted (Ctrl-C)\n"

@@ -68,6 +68,26 @@ def test_sample_py_prints_its_speed_and_the_cache_changes_no_token(tmp_path, cap
     err = capsys.readouterr().err
     assert "3 prompt tokens and the first new one in" in err and "11 more in" in err and "tokens/s (KV cache)" in err
     assert "tokens/s (no cache)" in err
+    # 3 + 20 tokens outgrow block_size 16: the cache makes the first 14 new tokens, then the context slides
+    sample.main([f"--out_dir={tmp_path / 'run'}", "--max_new_tokens=20", "--start=abc", "--num_samples=1"])
+    assert "(KV cache for 14 of them: the context passed block_size 16)" in capsys.readouterr().err
+    # a temperature so small that logits / temperature overflow: greedy's tokens, not nan probabilities
+    tiny = sample.main([f"--out_dir={tmp_path / 'run'}", "--max_new_tokens=12", "--start=abc", "--num_samples=1",
+                        "--temperature=1e-300"])
+    assert tiny == runs[0]
+    (tmp_path / "prompt.bin").write_bytes(b"ab\xff\xfe")
+    with pytest.raises(SystemExit) as stop:
+        sample.main([f"--out_dir={tmp_path / 'run'}", f"--start=FILE:{tmp_path / 'prompt.bin'}"])
+    assert str(stop.value.code) == (f"--start=FILE:{tmp_path / 'prompt.bin'}: not UTF-8 text (byte 0xff at 2: "
+                                    "invalid start byte): give a text file")
+
+
+def test_a_tiny_temperature_samples_greedily_without_nan():
+    model = toy("fope").float()  # in float32 1e-300 is 0: logits / temperature were inf and nan
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    greedy = model.generate(prompt, 12, temperature=0)
+    for top_k in (None, 3):
+        assert torch.equal(model.generate(prompt, 12, temperature=1e-300, top_k=top_k), greedy)
 
 
 @pytest.mark.parametrize("scaling", [{"rope_type": "dynamic", "factor": 4.0}, {"rope_type": "yarn", "factor": 4.0}])

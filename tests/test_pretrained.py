@@ -301,3 +301,16 @@ def test_make_pretrained_claims_pair_the_val_windows_and_the_passkey_documents()
     assert key["unit"] == "documents" and key["d"] == [1, 0, 0, 1] and key["verdict"] == "undecided"
     assert "documents would decide it" in key["verdict_text"]
     assert not any("dynamic" in k for k in claimed)  # a claim whose arm did not run is left out
+
+
+@pytest.mark.parametrize("text", ["{}", "not json", '{"model": {"type": "BPE"}}'])
+def test_a_damaged_tokenizer_json_is_one_line_naming_it(tmp_path, text):
+    from test_runs_kept import write_hf_folder
+
+    folder = write_hf_folder(tmp_path / "tiny", None)
+    (folder / "tokenizer.json").write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        pretrained.load_tokenizer(str(folder))
+    message = str(stop.value.code)
+    assert message.startswith(f"{folder / 'tokenizer.json'} is not a readable HF tokenizer (")
+    assert message.endswith("): download it again") and "\n" not in message

