@@ -217,7 +217,8 @@ def test_sigterm_mid_save_ends_as_ctrl_c_does_and_a_second_signal_changes_nothin
     stderr = result.stderr.strip()
     assert result.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
-    assert stderr.splitlines()[-1].startswith(f"terminated (SIGTERM); last checkpoint: {out / 'ckpt.pt'} (iter 2"), stderr
+    last_line = stderr.splitlines()[-1]
+    assert last_line.startswith(f"terminated (SIGTERM); last checkpoint: {out / 'ckpt.pt'} (iter 2"), stderr
     assert {p.name for p in out.iterdir()} == {"ckpt.pt", BEST}, stderr  # no ckpt.pt.tmp<pid>
     assert {p.name for p in tmp_path.iterdir()} == {"run"}, stderr  # the replaced run went once the new one saved
     assert (load(out / "ckpt.pt")["iter_num"], load(out / "ckpt.pt")["config"]["seed"]) == (2, 7)
