@@ -15,16 +15,24 @@ A checkpoint is the dict train.py saves:
     iter_num, val_loss        the iteration and the val loss of the weights it holds
     best_val_loss             the lowest val loss the run has seen (best.pt holds the weights that had it)
     rng, meta                 the RNG states; the dataset's meta.json, i.e. its tokenizer
+    past_configs              the config of each earlier stretch of a resumed run: [{until_iter, config}]
+    sha256                    of every other entry (content_sha256), written by save_checkpoint and checked
+                              by load_checkpoint: a file changed on disk after its save is refused
 
 An out_dir holds one run: ckpt.pt, its last checkpoint (what init_from=resume continues), and best.pt, a
 hard link to the saved checkpoint with the lowest val loss (never replaced by a worse one). claim_out_dir
-makes sure of it: a second process, or a new run over an existing one, is refused in one line.
+makes sure of it: a second process, or a new run over an existing one, is refused in one line. A new run
+with overwrite moves the old one aside to <out_dir>.replaced and removes it only once its own first
+checkpoint is on disk; a run that ends before that puts the old one back.
 
-A save is never half-written: it goes to a temp file renamed over the old one, and Ctrl-C during it waits for
-the rename (interrupts_deferred). How a run ends on Ctrl-C is train.py's (watch_interrupts, end_now).
+A save is never half-written: it goes to a temp file renamed over the old one, and Ctrl-C or SIGTERM during
+it waits for the rename (interrupts_deferred). best.pt is renamed into place before ckpt.pt, so a kill
+between the two leaves best.pt ahead of ckpt.pt's record, never behind it (best_pair repairs or reports
+what a resume finds). How a run ends on Ctrl-C is train.py's (watch_interrupts, end_now).
 """
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -34,7 +42,6 @@ import shutil
 import signal
 import sys
 import threading
-import zipfile
 
 import torch
 
@@ -106,35 +113,75 @@ def checkpoint_file(path):
     return os.path.join(path, "ckpt.pt") if os.path.isdir(path) else str(path)
 
 
+def content_sha256(checkpoint):
+    """sha256 of a checkpoint's entries but "sha256": tensors as dtype, shape and bytes, everything else as its
+    repr, in order. It reads the same after a save and a load, so a load can tell a file changed on disk."""
+    digest = hashlib.sha256()
+
+    def feed(obj):
+        if isinstance(obj, torch.Tensor):
+            digest.update(f"tensor {obj.dtype} {tuple(obj.shape)};".encode())
+            digest.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(obj, dict):
+            digest.update(f"dict {len(obj)};".encode())
+            for key, value in obj.items():
+                feed(key)
+                feed(value)
+        elif isinstance(obj, (list, tuple)):
+            digest.update(f"{type(obj).__name__} {len(obj)};".encode())
+            for value in obj:
+                feed(value)
+        else:
+            digest.update(f"{type(obj).__name__} {obj!r};".encode())
+
+    feed({k: v for k, v in checkpoint.items() if k != "sha256"})
+    return digest.hexdigest()
+
+
 def save_checkpoint(checkpoint, path, best=False):
-    """Atomic: write a temp file in the same directory, fsync it, then rename over the old one; best: also
-    make best.pt beside it a link to the new file (a copy where links are not possible). An interruption at
-    any point leaves the previous checkpoint whole (Ctrl-C waits for the rename); a failed write (a full
-    disk) is a one-line CheckpointError that keeps it too."""
+    """Atomic: write a temp file in the same directory, fsync it, then rename over the old one; best: first make
+    best.pt beside it a link to the new file (a copy where links are not possible), renamed into place before
+    ckpt.pt is, so that no kill leaves ckpt.pt recording a best val loss best.pt does not hold. Records the
+    content's sha256. An interruption at any point leaves the previous checkpoint whole (Ctrl-C and SIGTERM wait
+    for the renames); a failed write (a full disk) is a one-line CheckpointError that keeps it too."""
     tmp = f"{path}.tmp{os.getpid()}"
     best_path = os.path.join(os.path.dirname(path), BEST)
     best_tmp = f"{best_path}.tmp{os.getpid()}"
     try:
         with interrupts_deferred():
             with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+                torch.save({**checkpoint, "sha256": content_sha256(checkpoint)}, f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
             if best:
                 try:
-                    os.link(path, best_tmp)
+                    os.link(tmp, best_tmp)
                 except OSError:  # a file system without hard links
-                    shutil.copyfile(path, best_tmp)
+                    shutil.copyfile(tmp, best_tmp)
                 os.replace(best_tmp, best_path)
+            os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        reason = os.strerror(e.errno) if getattr(e, "errno", None) else " ".join(str(e).split())[:160]
-        raise CheckpointError(f"could not write {path} ({reason}): the previous checkpoint is kept; free some space "
-                              "or pick another --out_dir") from None
+        kept = "the previous checkpoint is kept" if os.path.exists(path) else "no checkpoint was written"
+        raise CheckpointError(f"could not write {path} ({write_error(e)}): {kept}; free some space or pick another "
+                              "--out_dir") from None
     finally:
         for leftover in (tmp, best_tmp):
             if os.path.exists(leftover):
                 os.remove(leftover)
+
+
+def write_error(error):
+    """Why a write failed, plainly: the OS's reason (torch.save wraps it in a RuntimeError of its C++ writer,
+    the OSError being its context), else an OSError's own words."""
+    cause = error
+    while cause is not None and not getattr(cause, "errno", None):
+        cause = cause.__context__
+    if cause is not None:
+        full = cause.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        return os.strerror(cause.errno) + (": disk full?" if full else "")
+    if isinstance(error, OSError) and str(error):
+        return " ".join(str(error).split())[:160]
+    return "the write failed: disk full?"  # torch's own words name its C++ source, not the cause
 
 
 BEST = "best.pt"  # beside ckpt.pt: the saved checkpoint with the lowest val loss
@@ -164,14 +211,76 @@ def writable_dir(folder, name, flag):
         raise SystemExit(f"{name} is not writable: pick another {flag}")
 
 
+RUN_FILES = ("ckpt.pt", BEST)  # what --overwrite moves aside
+
+
+class Claim:
+    """out_dir, held by this process; aside: where the run it replaces waits (<out_dir>.replaced), or None."""
+
+    def __init__(self, out_dir, aside=None):
+        self.out_dir, self.aside = out_dir, aside
+
+    def saved(self):
+        """This run's first checkpoint is on disk: the run it replaces goes (said in one line)."""
+        if self.aside:
+            shutil.rmtree(self.aside)
+            print(f"removed {self.aside}: the run this one replaces", file=sys.stderr)
+            self.aside = None
+
+    def release(self):
+        """At the run's end: if it saved no checkpoint of its own, the run it was to replace goes back into out_dir
+        (whatever ended it: an error, a NaN, Ctrl-C, SIGTERM, a full disk); if it did, that run goes."""
+        if self.aside and os.path.isfile(os.path.join(self.out_dir, "ckpt.pt")):  # saved, then interrupted at once
+            self.saved()
+        elif self.aside:
+            move_run(self.aside, self.out_dir)
+            os.rmdir(self.aside)
+            print(f"{self.out_dir} keeps the run it held: this run saved no checkpoint", file=sys.stderr)
+            self.aside = None
+
+
+def move_run(src, dst):
+    """Move ckpt.pt and best.pt from folder src to folder dst (renames: nothing is copied)."""
+    for name in RUN_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            os.replace(os.path.join(src, name), os.path.join(dst, name))
+
+
+def aside_dir(out_dir):
+    """Where --overwrite keeps the run it replaces until the new run's first checkpoint: <out_dir>.replaced."""
+    return os.path.normpath(out_dir) + ".replaced"
+
+
+def settle_aside(out_dir, has_run):
+    """A <out_dir>.replaced that a killed run left: put back into an out_dir holding no run (the new run saved
+    nothing), removed beside one (the new run saved). A folder of that name holding anything else is the user's:
+    a one-line exit, nothing touched."""
+    aside = aside_dir(out_dir)
+    if not os.path.isdir(aside):
+        return
+    if set(os.listdir(aside)) - set(RUN_FILES):
+        raise SystemExit(f"{aside} holds other files than a run moved aside by --overwrite: move it out of the way")
+    if has_run:
+        shutil.rmtree(aside)
+        print(f"removed {aside}: the run replaced by the one in {out_dir}, which saved before it was killed",
+              file=sys.stderr)
+    else:
+        move_run(aside, out_dir)
+        os.rmdir(aside)
+        print(f"put back into {out_dir} the run in {aside} (a run meant to replace it was killed before its first "
+              "save)", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def claim_out_dir(out_dir, new_run, overwrite=False):
     """Hold out_dir for one training process (a lock the kernel drops when the process ends, even by kill -9)
     and check that a new run (not a resume) does not replace one already there unless overwrite. Removes
-    what killed saves left; with overwrite, the old run's checkpoints. Makes out_dir first, and checks it takes
-    files, so a mistake costs nothing, not a run's first eval_interval. One-line exits otherwise."""
+    what killed saves left; with overwrite, moves the old run's checkpoints aside (Claim: removed once this run
+    has saved, put back if it ends first). Makes out_dir first, and checks it takes files, so a mistake costs
+    nothing, not a run's first eval_interval. One-line exits otherwise. Yields the Claim."""
     writable_dir(out_dir, f"out_dir {out_dir}", "--out_dir")
     fd = os.open(out_dir, os.O_RDONLY)
+    claim = Claim(out_dir)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -180,48 +289,74 @@ def claim_out_dir(out_dir, new_run, overwrite=False):
                              "or pick another --out_dir") from None
         except OSError:  # a file system without locks (some network mounts): go on unguarded
             pass
+        settle_aside(out_dir, any(os.path.isfile(os.path.join(out_dir, n)) for n in RUN_FILES))
         run = existing_run(out_dir) if new_run else None
         if run and not overwrite:
+            if not os.path.isfile(os.path.join(out_dir, "ckpt.pt")):  # best.pt alone: resume would send them back
+                best = os.path.join(out_dir, BEST)
+                raise SystemExit(f"out_dir {out_dir} holds only {run}: to continue from it, "
+                                 f"cp {best} {os.path.join(out_dir, 'ckpt.pt')} then pass --init_from=resume; or pass "
+                                 "--overwrite=True to replace it, or pick another --out_dir")
             raise SystemExit(f"out_dir {out_dir} already holds a run ({run}): continue it with --init_from=resume, "
                              "pick another --out_dir, or pass --overwrite=True to replace it")
         leftovers = [p for pattern in LEFTOVERS for p in glob.glob(os.path.join(glob.escape(out_dir), pattern))]
-        if run:
-            leftovers += [os.path.join(out_dir, n) for n in ("ckpt.pt", BEST) if os.path.isfile(os.path.join(out_dir, n))]
         for path in leftovers:
             os.remove(path)
         if leftovers:
             print(f"removed from {out_dir}: {', '.join(os.path.basename(p) for p in leftovers)}", file=sys.stderr)
-        yield
+        if run:
+            aside = aside_dir(out_dir)
+            try:
+                os.mkdir(aside)
+                claim.aside = aside  # from here, put back if anything ends the run before its first save
+                move_run(out_dir, aside)
+            except OSError as e:
+                raise SystemExit(f"cannot move the run in {out_dir} aside to {aside} ({e.strerror}): move or "
+                                 "remove it yourself, or pick another --out_dir") from None
+            print(f"moved the run in {out_dir} ({run}) to {aside}: removed once this run saves its first "
+                  "checkpoint, put back if it ends before", file=sys.stderr)
+        yield claim
     finally:
-        os.close(fd)  # releases the lock
+        try:
+            claim.release()
+        finally:
+            os.close(fd)  # releases the lock
 
 
-def load_checkpoint(path, missing=None, require=(), mmap=False):
+def load_checkpoint(path, missing=None, require=(), mmap=False, verify=None):
     """The checkpoint at an out_dir or ckpt.pt, checked to be one train.py wrote (else CheckpointError).
 
     missing: what to tell the user when there is none (default: how to train one).
     require: keys needed beyond REQUIRED (train.py's resume needs optimizer and rng).
+    verify: check the recorded sha256 (checkpoints that have one); default: unless mmap (a look at its numbers).
     """
     file = checkpoint_file(path)
     if not os.path.isfile(file):
         raise CheckpointError(f"no checkpoint at {path}: {missing or f'train one with python train.py --out_dir={path}'}")
+    if not looks_saved(file):  # a text file, an image, an empty file...
+        raise CheckpointError(f"{file} is not a checkpoint (not a torch save file): pass the out_dir or ckpt.pt "
+                              "of a run")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:  # weights_only refused an object, or the file is no pickle at all
-        if not (zipfile.is_zipfile(file) or is_pickle(file)):  # a text file, an image, ...
-            raise CheckpointError(f"{file} is not a checkpoint (neither a torch.save archive nor a pickle): "
-                                  "pass the out_dir or ckpt.pt of a run") from None
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # a broken pickle, not one that weights_only refused
+            raise CheckpointError(f"{file} is not a readable checkpoint (a broken pickle): damaged or cut short; "
+                                  "pass another") from None
         raise CheckpointError(f"{file} holds Python objects besides tensors and plain data: not a checkpoint "
                               "written by train.py (it is not loaded, as that could run code)") from None
-    except Exception as e:  # whatever else torch.load says (a truncated zip, not a zip...): unreadable
+    except Exception as e:  # whatever else torch.load says (a truncated zip...): unreadable
         reason = " ".join(str(e).split()).split(". ")[0] or type(e).__name__  # its first sentence
-        raise CheckpointError(f"{file} is not a readable checkpoint ({reason[:160]}): "
-                              "delete it and train again, or pass another") from None
+        raise CheckpointError(f"{file} is not a readable checkpoint ({reason[:160]}): damaged or cut short; "
+                              "pass another") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{file} holds a {type(checkpoint).__name__}, not a checkpoint written by train.py")
     absent = [k for k in (*REQUIRED, *require) if k not in checkpoint]
     if absent:
         raise CheckpointError(f"{file} has no {', '.join(absent)}: not a checkpoint written by train.py")
+    if (not mmap if verify is None else verify) and "sha256" in checkpoint:
+        if content_sha256(checkpoint) != checkpoint["sha256"]:
+            raise CheckpointError(f"{file} does not match the sha256 recorded at its save: it changed on disk "
+                                  "since (a disk or copy error?); pass another checkpoint")
     return checkpoint
 
 
@@ -251,10 +386,12 @@ def check_data(checkpoint, data_meta, data_dir):
                               f"(data/{checkpoint['config'].get('dataset')})")
 
 
-def is_pickle(file):
-    """Whether a file starts as a pickle of protocol 2 or later does (torch.save's legacy format)."""
+def looks_saved(file):
+    """Whether a file starts as torch.save's files do: a zip archive (even one cut short), or a pickle of protocol
+    2 or later (its legacy format)."""
     with open(file, "rb") as f:
-        return f.read(1) == b"\x80"
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def build_model(checkpoint, path, model_args=None):
@@ -305,31 +442,70 @@ def checkpoint_status(path):
     return status
 
 
+def best_pair(checkpoint, path, repair=True):
+    """What a resume finds of ckpt.pt's record and best.pt, made one again: -> (best_val_loss, the val loss of
+    best.pt's weights, a line to say or None). A kill between best.pt's rename and ckpt.pt's leaves best.pt
+    ahead: kept, and its loss is the run's best. ckpt.pt recording a best that best.pt does not hold (a kill by
+    an older train.py, which renamed ckpt.pt first): best.pt is linked to ckpt.pt if ckpt.pt holds those
+    weights (repair), else the run's best becomes best.pt's. best.pt is read, not checked against its sha256."""
+    best_path = os.path.join(os.path.dirname(path), BEST)
+    recorded, held = checkpoint["best_val_loss"], saved_val_loss(best_path)
+    if held == recorded:
+        return recorded, held, None
+    if held < recorded:
+        return held, held, (f"{best_path} (val loss {held:.4f}) is ahead of {path} (iter {checkpoint['iter_num']}, "
+                            f"best val loss {recorded:.4f}): a run was killed between their saves; resuming from "
+                            f"{path}, best.pt kept")
+    if checkpoint.get("val_loss") == recorded:  # ckpt.pt's own weights scored the best
+        if repair:
+            tmp = f"{best_path}.tmp{os.getpid()}"
+            try:
+                os.link(path, tmp)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, best_path)
+        return recorded, recorded, (f"{best_path} did not hold the best weights ({path} records val loss "
+                                    f"{recorded:.4f}, best.pt {held:.4f}): best.pt is now {path}, which holds them")
+    lost = "no best.pt" if held == float("inf") else f"best.pt {held:.4f}"
+    return held, held, (f"{path} records a best val loss {recorded:.4f} that no file holds ({lost}): those weights "
+                        "were lost (a kill mid-save by an older train.py?); the run's best is now best.pt's")
+
+
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Ctrl-C inside waits until the block ends (a checkpoint's rename), then raises as usual. A torch.save
-    interrupted inside its C++ writer would fail with a RuntimeError instead of a KeyboardInterrupt. The SIGINT
-    handler in place still runs at once (train.py's arms its watchdog, so a save that hangs still ends the
-    process within the grace); only what it raises waits for the end of the block."""
+    """Ctrl-C or SIGTERM inside waits until the block ends (a checkpoint's rename), then raises as usual. A
+    torch.save interrupted inside its C++ writer would fail with a RuntimeError instead of a KeyboardInterrupt,
+    and SIGTERM's default ends the process at once, leaving the temp file. The handler in place still runs at
+    once (train.py's arms its watchdog, so a save that hangs still ends the process within the grace); only
+    what it raises waits for the end of the block. A SIGTERM with no handler is sent again after it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous, raised = signal.getsignal(signal.SIGINT), []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s, h in previous.items() if h is not None}  # None: set outside Python, left alone
+    raised, resent = [], []
 
     def defer(signum, frame):
+        handler = previous[signum]
         try:
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL and signum == signal.SIGINT:
                 raise KeyboardInterrupt
+            elif handler == signal.SIG_DFL:
+                resent.append(signum)
         except BaseException as e:  # the handler's KeyboardInterrupt, as a rule
             raised.append(e)
 
-    signal.signal(signal.SIGINT, defer)
+    for signum in previous:
+        signal.signal(signum, defer)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in resent[:1]:
+            signal.raise_signal(signum)
         if raised:
             raise raised[0]
 

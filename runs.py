@@ -26,7 +26,7 @@ from model import POS_EMBS, GPTConfig, is_rotary, knob_fields
 # train.py settings that do not change the trained model: checkpoints differing only in these are seeds
 NOT_THE_MODEL = ("seed", "out_dir", "wandb_log", "wandb_project", "wandb_run_name", "init_from", "device",
                  "rotary_backend", "compile", "log_interval", "eval_interval", "eval_iters", "always_save_checkpoint",
-                 "overwrite")
+                 "overwrite", "new_val_batches")
 MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
 
 

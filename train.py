@@ -9,7 +9,8 @@ Train a small GPT with a chosen position embedding (FoPE by default), the nanoGP
 
 The config is the globals below; config files and --key=value override them (configurator.py).
 Data are token shards in data/<dataset>/ (data/shards.py). The checkpoint out_dir/ckpt.pt is
-written atomically and holds everything needed to resume exactly and to decode samples.
+written atomically and holds everything needed to resume exactly and to decode samples; Ctrl-C or
+SIGTERM ends a run with a status line, its last checkpoint whole (exit 130, 143 for SIGTERM).
 After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
 """
 
@@ -19,6 +20,7 @@ import signal
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # Ctrl-C while torch loads: nothing has started: end quietly
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))  # SIGTERM (a scheduler, timeout) likewise
     end_status = None  # set at the bottom where the process ends without finalizing the interpreter (end_now)
     atexit.register(lambda: end_status is None or end_now(end_status))  # registered first, so it runs last
 
@@ -37,8 +39,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (BEST, check_model_args, checkpoint_status, claim_out_dir, load_checkpoint, load_parent,
-                        load_parent_weights, resumed_sources, save_checkpoint, saved_val_loss, source_hashes)
+from checkpoint import (BEST, best_pair, check_model_args, checkpoint_file, checkpoint_status, claim_out_dir,
+                        aside_dir, existing_run, load_checkpoint, load_parent, load_parent_weights, resumed_sources,
+                        save_checkpoint, source_hashes)
 from configurator import accelerator_peak_flops, autocast_context, configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
@@ -54,7 +57,10 @@ eval_interval = 100  # iterations between val evaluations (a checkpoint may foll
 eval_iters = 10  # val batches per evaluation: the same batches every time (fixed seed)
 log_interval = 10
 always_save_checkpoint = True  # save ckpt.pt at every evaluation, not only when val loss improves (best.pt keeps the best)
-overwrite = False  # True: a new run (not a resume) may replace the run already in out_dir
+overwrite = False  # True: a new run (not a resume) may replace the run already in out_dir (moved aside to
+# <out_dir>.replaced, removed once the new run has saved its first checkpoint, put back if it ends before)
+new_val_batches = False  # True: a resume may change seed, batch_size or eval_iters, i.e. the val batches: its val
+# losses (and best.pt's choice) are then measured on other batches than before; False: such a resume is refused
 init_from = "scratch"  # "scratch", "resume" (from out_dir/ckpt.pt, exactly), or another run's out_dir or ckpt.pt:
 # its weights start the model this config describes (new block_size, pos_emb, rope_scaling), with a fresh
 # optimizer and schedule (context extension by continued training: make extend); or a pretrained source
@@ -101,7 +107,8 @@ OPTIONAL_TYPES = {"lr_decay_iters": int, "peak_flops": float, **{f.name: f.type 
 LIMITS = {
     **dict.fromkeys(["eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps", "batch_size"],
                     (">= 1", lambda v: v >= 1)),
-    **dict.fromkeys(["seed", "passkey_warmup", "max_iters", "weight_decay", "warmup_iters", "min_lr"],
+    "max_iters": (">= 1 (0 trains nothing and saves no checkpoint)", lambda v: v >= 1),
+    **dict.fromkeys(["seed", "passkey_warmup", "weight_decay", "warmup_iters", "min_lr"],
                     (">= 0", lambda v: v >= 0)),
     **dict.fromkeys(["beta1", "beta2"], ("in [0, 1)", lambda v: 0 <= v < 1)),
     "passkey_frac": ("in [0, 1]", lambda v: 0 <= v <= 1),
@@ -139,10 +146,22 @@ def check_config(cfg):
         raise SystemExit(f"fourier_expand must be 'fresh' or 'zero', got {cfg.fourier_expand!r}")
     if not cfg.out_dir:
         raise SystemExit("out_dir is empty: name the directory for the checkpoint")
+    if starts_from_its_out_dir(cfg):
+        raise SystemExit(f"init_from={cfg.init_from} is in out_dir {cfg.out_dir}: a run cannot start from the run it "
+                         "would replace; pick another --out_dir (or --init_from=resume to continue it)")
     if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
         raise SystemExit(f"min_lr {cfg.min_lr} is above learning_rate {cfg.learning_rate}: the schedule decays from "
                          "learning_rate to min_lr, so lower --min_lr (or pass --decay_lr=False)")
     return cfg
+
+
+def starts_from_its_out_dir(cfg):
+    """Whether init_from is a run (its out_dir or a checkpoint file) in out_dir itself: the new run would start
+    from the one it replaces (resume is how to continue a run)."""
+    if cfg.init_from in ("scratch", "resume") or is_pretrained(cfg.init_from) or not os.path.isdir(cfg.out_dir):
+        return False
+    folder = os.path.dirname(checkpoint_file(cfg.init_from)) or "."
+    return os.path.isdir(folder) and os.path.samefile(folder, cfg.out_dir)
 
 
 def get_lr(it, cfg):
@@ -207,6 +226,7 @@ def init_source(cfg, ckpt_path, meta, vocab_size, master):
     """What init_from starts from: gptconf, model_args, the pretrained model, the parent's or the resumed checkpoint
     (or None), lineage (the weights it started from), sources (the code versions that trained it, earliest first)."""
     pretrained_model = parent = checkpoint = lineage = None
+    past_configs = []  # a resume's: the config of each earlier stretch of the run
     if is_pretrained(cfg.init_from):  # the file's model with the config's pretrained.overridable() keys
         pretrained_model, lineage = training_start(cfg.init_from, meta, pretrained_overrides(cfg), cfg.seed)
     gptconf = pretrained_model.config if pretrained_model is not None else model_config(cfg, vocab_size)
@@ -214,8 +234,11 @@ def init_source(cfg, ckpt_path, meta, vocab_size, master):
     if cfg.init_from not in ("scratch", "resume") and pretrained_model is None:
         parent, lineage = load_parent(cfg.init_from, meta)
     if cfg.init_from == "resume":
-        checkpoint = load_checkpoint(ckpt_path, missing="drop --init_from=resume or pick its --out_dir",
-                                     require=("optimizer", "rng"))
+        checkpoint = load_checkpoint(ckpt_path, missing=missing_resume(cfg.out_dir), require=("optimizer", "rng"))
+        check_val_settings(checkpoint, ckpt_path, cfg, master)
+        past_configs = checkpoint.get("past_configs", [])
+        if checkpoint["config"] != vars(cfg):  # the resume changed a setting: the earlier one is kept
+            past_configs = [*past_configs, {"until_iter": checkpoint["iter_num"], "config": checkpoint["config"]}]
         if (checkpoint.get("parent") or {}).get("pretrained"):  # its shape is the pretrained file's, not the config's
             model_args = {**checkpoint["model_args"], **pretrained_overrides(SimpleNamespace(**model_args))}
         check_model_args(checkpoint, ckpt_path, model_args, may_differ=("dropout", "rotary_backend"))  # not the weights
@@ -226,7 +249,43 @@ def init_source(cfg, ckpt_path, meta, vocab_size, master):
                              "to continue it")
         sources = resumed_sources(checkpoint, sources[0], say=master)
     return SimpleNamespace(gptconf=gptconf, model_args=model_args, pretrained_model=pretrained_model, parent=parent,
-                           checkpoint=checkpoint, lineage=lineage, sources=sources)
+                           checkpoint=checkpoint, lineage=lineage, sources=sources, past_configs=past_configs)
+
+
+def missing_resume(out_dir):
+    """What a resume that finds no ckpt.pt in out_dir should do: with best.pt alone there, how to resume from it
+    (a new run would be refused over it); with a run that --overwrite moved aside, how to get it back."""
+    best, aside = os.path.join(out_dir, BEST), aside_dir(out_dir)
+    if os.path.isfile(best):
+        return (f"{out_dir} holds only {existing_run(out_dir)}: to resume from it, cp {best} "
+                f"{os.path.join(out_dir, 'ckpt.pt')} and run this again; or drop --init_from=resume and pass "
+                "--overwrite=True to replace it with a new run")
+    if os.path.isdir(aside):
+        return (f"{aside} holds the run that --overwrite moved aside (the run meant to replace it was killed before "
+                f"its first save): move its files back into {out_dir} to resume it")
+    return "drop --init_from=resume or pick its --out_dir"
+
+
+VAL_SETTINGS = ("seed", "batch_size", "eval_iters")  # what the val batches are (estimate_val_loss)
+
+
+def check_val_settings(checkpoint, path, cfg, say=True):
+    """A resume keeps the settings its val loss is measured with (VAL_SETTINGS), so that its later val losses and
+    best.pt's choice compare the same batches: a one-line exit otherwise, unless new_val_batches, which it then
+    says on stderr (if say)."""
+    saved = checkpoint["config"]
+    diff = [k for k in VAL_SETTINGS if k in saved and saved[k] != getattr(cfg, k)]
+    if not diff:
+        return
+    then, now = (", ".join(f"{k}={v[k]}" for k in diff) for v in (saved, vars(cfg)))
+    if not cfg.new_val_batches:
+        raise SystemExit(f"{path} measured its val loss with {then}, this resume asks {now}: its val losses and "
+                         f"best.pt's choice would compare other val batches; pass "
+                         f"{' '.join(f'--{k}={saved[k]}' for k in diff)} to keep them, or --new_val_batches=True "
+                         "if you mean it")
+    if say:
+        print(f"resuming with {now} (was {then}; new_val_batches=True): val losses from iter {checkpoint['iter_num']} "
+              "on are measured on other val batches than before, best.pt's included", file=sys.stderr)
 
 
 def build_model(cfg, start, device):
@@ -245,7 +304,8 @@ def build_model(cfg, start, device):
 
 def resume_state(start, cfg, model, optimizer, scaler, data_rng, device, rank, world_size):
     """Load the resumed checkpoint's weights, optimizer, loss scale (float16's: an exact resume) and RNG states, and
-    free it; -> (iter_num, best_val_loss, the val loss of the weights in best.pt): 0, inf, inf for a new run."""
+    free it; -> (iter_num, best_val_loss, the val loss of the weights in best.pt): 0, inf, inf for a new run. Where
+    a kill left ckpt.pt's record and best.pt apart, rank 0 makes them one again and says so (best_pair)."""
     checkpoint, start.checkpoint = start.checkpoint, None
     if checkpoint is None:
         return 0, float("inf"), float("inf")
@@ -262,7 +322,10 @@ def resume_state(start, cfg, model, optimizer, scaler, data_rng, device, rank, w
             torch.cuda.set_rng_state(rng["cuda"])
     else:  # only rank 0's state was saved: give every process a fresh dropout stream
         torch.manual_seed(cfg.seed + rank + world_size * checkpoint["iter_num"])
-    return checkpoint["iter_num"], checkpoint["best_val_loss"], saved_val_loss(os.path.join(cfg.out_dir, BEST))
+    best_val_loss, best_saved, note = best_pair(checkpoint, os.path.join(cfg.out_dir, "ckpt.pt"), repair=rank == 0)
+    if note and rank == 0:
+        print(note, file=sys.stderr)
+    return checkpoint["iter_num"], best_val_loss, best_saved
 
 
 def wrap_model(model, cfg, device, world_size):
@@ -294,10 +357,12 @@ def main(argv):
     try:
         with contextlib.ExitStack() as held:  # out_dir, held from its first check to the end of the run
             return train(cfg, rank, world_size, device, ckpt_path, held)
-    except KeyboardInterrupt:  # Ctrl-C (watch_interrupts): say what the run leaves, then end with 130
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (watch_interrupts): say what the run leaves, end with 130 or 143
+        term = STOPPED_BY[:1] == [signal.SIGTERM]
         if rank == 0:
-            print(f"\ninterrupted; {checkpoint_status(ckpt_path)}", file=sys.stderr)
-        raise SystemExit(130)
+            print(f"\n{'terminated (SIGTERM)' if term else 'interrupted'}; {checkpoint_status(ckpt_path)}",
+                  file=sys.stderr)
+        raise SystemExit(143 if term else 130)
     finally:
         if ddp:
             dist.destroy_process_group()
@@ -318,8 +383,10 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
     train_data, val_data, passkey_docs = load_data(cfg)
     start = init_source(cfg, ckpt_path, train_data.meta, train_data.vocab_size, master)
     raw_model = build_model(cfg, start, device)
+    claim = None  # rank 0's hold on out_dir
     if master:  # after every check that may refuse the config: a refused run leaves nothing behind
-        held.enter_context(claim_out_dir(cfg.out_dir, new_run=cfg.init_from != "resume", overwrite=cfg.overwrite))
+        claim = held.enter_context(claim_out_dir(cfg.out_dir, new_run=cfg.init_from != "resume",
+                                                 overwrite=cfg.overwrite))
     if world_size > 1:
         torch.manual_seed(cfg.seed + 1 + rank)  # every process built the same model; now its own dropout masks
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
@@ -344,11 +411,11 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
             val_loss = estimate_val_loss(eval_model, val_data, cfg, ctx, device, rank, world_size)
             improved = val_loss < best_val_loss
-            best_val_loss = min(best_val_loss, val_loss)
             saving = (iter_num > start_iter and math.isfinite(val_loss)
                       and (improved or cfg.always_save_checkpoint or iter_num == cfg.max_iters))
             best = saving and val_loss < best_saved
             best_saved = val_loss if best else best_saved
+            best_val_loss = min(best_val_loss, val_loss) if saving else best_val_loss  # of saved weights only
             if master:
                 if saving:  # said after the rename, never of a checkpoint that could not be written
                     rng = {"numpy": data_rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state(),
@@ -357,7 +424,8 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
                                      "scaler": scaler.state_dict(), "model_args": start.model_args, "config": vars(cfg),
                                      "sources": start.sources, "parent": start.lineage, "iter_num": iter_num,
                                      "val_loss": val_loss, "best_val_loss": best_val_loss, "rng": rng,
-                                     "meta": train_data.meta}, ckpt_path, best=best)
+                                     "meta": train_data.meta, "past_configs": start.past_configs}, ckpt_path, best=best)
+                    claim.saved()  # with --overwrite: the run this one replaces goes now, not before
                 print(f"iter {iter_num}: val loss {val_loss:.4f}, {time.time() - t_start:.1f} s"
                       f"{', saved ' + ckpt_path if saving else ''}{' and ' + BEST if best else ''}")
                 if cfg.wandb_log:
@@ -412,18 +480,26 @@ def train(cfg, rank, world_size, device, ckpt_path, held):
 
 
 # -----------------------------------------------------------------------------
-# Ctrl-C: main() says what the run leaves (its last checkpoint, whole: checkpoint.interrupts_deferred); 130 in seconds
+# Ctrl-C and SIGTERM: main() says what the run leaves (its last checkpoint, whole: checkpoint.interrupts_deferred);
+# 130 (143 for SIGTERM) in seconds
+
+STOPPED_BY = []  # the signal that stopped the run (watch_interrupts), once one has
 
 
 def watch_interrupts(grace=10):
-    """Ctrl-C raises KeyboardInterrupt as usual and arms faulthandler's watchdog, a C thread that needs no GIL: if
-    anything after it hangs (a C call, a lock, a blocked write), the process still ends within `grace` seconds,
-    printing every thread's stack to stderr (exit status 1)."""
+    """Ctrl-C, or SIGTERM (what `timeout` and schedulers send), raises KeyboardInterrupt as Ctrl-C does and arms
+    faulthandler's watchdog, a C thread that needs no GIL: if anything after it hangs (a C call, a lock, a blocked
+    write), the process still ends within `grace` seconds, printing every thread's stack to stderr (exit status
+    1). A second signal while the first is handled does nothing (no chained traceback): the watchdog is armed."""
     def on_interrupt(signum, frame):
+        if STOPPED_BY:
+            return
+        STOPPED_BY.append(signum)
         faulthandler.dump_traceback_later(grace, exit=True)
-        signal.default_int_handler(signum, frame)
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
 
 
 def end_now(status):
@@ -440,7 +516,7 @@ if __name__ == "__main__":
     watch_interrupts()
     try:
         main(sys.argv[1:])
-    except SystemExit as stop:  # 130: interrupted (main() said so): end within seconds, not after finalizing
-        end_status = 130 if stop.code == 130 else None
+    except SystemExit as stop:  # 130, 143: interrupted (main() said so): end within seconds, not after finalizing
+        end_status = stop.code if stop.code in (130, 143) else None
         raise
     end_status = 0 if "RANK" in os.environ else None  # torchrun: finalizing can abort (end_now)

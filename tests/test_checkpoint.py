@@ -42,7 +42,7 @@ def truncated(tiny_run, tmp_path):
     raw = (tiny_run[1] / "ckpt.pt").read_bytes()
     (out_dir / "ckpt.pt").write_bytes(raw[:len(raw) // 2])
     return out_dir, (f"{out_dir / 'ckpt.pt'} is not a readable checkpoint (PytorchStreamReader failed reading zip "
-                     "archive: failed finding central directory): delete it and train again, or pass another")
+                     "archive: failed finding central directory): damaged or cut short; pass another")
 
 
 def foreign(tiny_run, tmp_path):

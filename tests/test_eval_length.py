@@ -296,8 +296,8 @@ def foreign_file(ckpts, tmp_path):
     ("values", ["--label", "x=out/elsewhere"], "--label x=out/elsewhere: out/elsewhere is not one of the --ckpt checkpoints"),
     ("files", ["--ckpt", "{rope}", "{rope}"], "--ckpt lists {rope} twice: it would count as two seeds"),
     ("files", ["--ckpt", "{truncated}"], "{truncated} is not a readable checkpoint (PytorchStreamReader failed reading "
-                                         "zip archive: failed finding central directory): delete it and train again, "
-                                         "or pass another"),
+                                         "zip archive: failed finding central directory): damaged or cut short; "
+                                         "pass another"),
     ("files", ["--ckpt", "{foreign}"], "{foreign} has no model, model_args, config, iter_num, meta: not a checkpoint "
                                        "written by train.py"),
     ("files", ["--out", "{tmp}/a_file/res"], "cannot make {tmp}/a_file for --out {tmp}/a_file/res (File exists): "

@@ -148,12 +148,16 @@ def test_a_new_run_into_an_out_dir_holding_one_is_refused_unless_overwrite(chars
     out = tmp_path / "run"
     train.main(tiny_args(chars, out))
     before = (out / "ckpt.pt").read_bytes()
-    for init_from in ("scratch", str(out)):  # from scratch, or from a run (its own out_dir included)
-        message = refused(tiny_args(chars, out, init_from=init_from), "already holds a run (ckpt.pt at iter 4)")
-        assert "--init_from=resume" in message and "--overwrite=True" in message
+    message = refused(tiny_args(chars, out), "already holds a run (ckpt.pt at iter 4)")
+    assert "--init_from=resume" in message and "--overwrite=True" in message
+    for init_from in (out, out / "ckpt.pt", out / BEST):  # a parent is never its child's out_dir (issue 37, 2)
+        for overwrite in (False, True):
+            refused(tiny_args(chars, out, init_from=init_from, overwrite=overwrite), "a run cannot start from the run "
+                    "it would replace; pick another --out_dir (or --init_from=resume to continue it)")
     assert (out / "ckpt.pt").read_bytes() == before
     train.main(tiny_args(chars, out, seed=7, overwrite=True))
     assert load(out / "ckpt.pt")["config"]["seed"] == 7
+    assert {p.name for p in tmp_path.iterdir()} == {"run"}  # the old run, moved aside, is gone once the new saved
 
 
 def test_a_second_process_on_the_same_out_dir_is_refused_and_a_killed_one_leaves_no_lock(chars, tmp_path):
