@@ -424,9 +424,9 @@ STAGES = {"env": stage_env, "train": stage_train, "flex": stage_flex, "sweep": s
 
 @contextlib.contextmanager
 def time_budget(seconds, expired):
-    """Raise StageTimeout in the main thread once `seconds` have passed, and again every second after until the
-    block ends, so a library that swallows one cannot keep the stage running (checked between Python steps: a
-    hang inside one C call is the watchdog's). expired: a list that records the first expiry."""
+    """Raise StageTimeout in the main thread once `seconds` have passed, and again every second (or sooner for a
+    shorter budget) until the block ends, so a library that swallows one cannot keep the stage running (checked
+    between Python steps: a hang inside one C call is the watchdog's). expired: records the first expiry."""
     active = [True]
 
     def expire(signum, frame):
@@ -434,7 +434,7 @@ def time_budget(seconds, expired):
             expired.append(time.time())
             raise StageTimeout(f"over its budget of {seconds:g} s")
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    signal.setitimer(signal.ITIMER_REAL, seconds, min(1.0, seconds))
     try:
         yield
     finally:

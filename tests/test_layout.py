@@ -1,4 +1,5 @@
-"""The layout a reader relies on: the FoPE path on top, scripts above libraries, every file short."""
+"""The layout a reader relies on: the FoPE path on top, scripts above libraries. Sizes are judged by reading,
+not capped here: a cap on lines per file pushes code sideways into wide lines and side files."""
 
 import ast
 from pathlib import Path
@@ -24,16 +25,10 @@ def imported_modules(path):
     return names
 
 
-def test_the_top_level_holds_at_most_twelve_python_files():
+def test_the_top_level_holds_the_core_files():
     top = sorted(p.name for p in ROOT.glob("*.py"))
-    assert len(top) <= 12, top
     assert {"fope.py", "rope_scaling.py", "baselines.py", "model.py", "train.py", "sample.py", "eval_length.py",
             "passkey.py", "configurator.py", "checkpoint.py"} <= set(top)
-
-
-def test_no_python_file_outside_tests_is_longer_than_450_lines():
-    long = {str(p.relative_to(ROOT)): n for p in python_files() if (n := len(p.read_text().splitlines())) > 450}
-    assert not long
 
 
 def test_libraries_never_import_scripts_and_only_experiments_import_experiments():
@@ -48,7 +43,6 @@ def test_libraries_never_import_scripts_and_only_experiments_import_experiments(
 
 def test_the_readme_stays_a_front_page():
     readme = (ROOT / "README.md").read_text()
-    assert len(readme.splitlines()) <= 250
     assert "../shared" not in readme  # nothing outside the repository
     for link in ("results/demo.md", "results/extend.md", "results/ablate.md", "results/lens/lens.md", "results/bench.md"):
         assert link in readme and (ROOT / link).is_file(), link
