@@ -7,7 +7,7 @@ A checkpoint is the dict train.py saves:
     model, optimizer, scaler  state dicts (scaler: float16's GradScaler, so a float16 resume is exact)
     model_args                the GPTConfig fields
     config                    the resolved train.py config: defaults, then config files, then flags
-    sources                   what the code was: {file: sha256} of every file in SOURCES (and the torch
+    sources                   provenance: what the code was: {file: sha256} of every file in SOURCES (and the torch
                               version), one dict per code version that trained the run (two or more
                               only if it was resumed after an edit)
     parent                    None, or the run this one started from (train.py init_from=<run>): its
@@ -16,32 +16,28 @@ A checkpoint is the dict train.py saves:
     best_val_loss             the lowest val loss the run has seen (best.pt holds the weights that had it)
     rng, meta                 the RNG states; the dataset's meta.json, i.e. its tokenizer
     past_configs              the config of each earlier stretch of a resumed run: [{until_iter, config}]
+    fingerprint               what the run computes: its first iterations' losses, its iter-0 val loss, the hash
+                              of its lr schedule (train.run_fingerprint; experiments/runner.py stale_reason)
     sha256                    of every other entry (content_sha256), written by save_checkpoint and checked
                               by load_checkpoint: a file changed on disk after its save is refused
 
 An out_dir holds one run: ckpt.pt, its last checkpoint (what init_from=resume continues), and best.pt, a
-hard link to the saved checkpoint with the lowest val loss (never replaced by a worse one). claim_out_dir
-makes sure of it: a second process, or a new run over an existing one, is refused in one line. A new run
-with overwrite moves the old one aside to <out_dir>.replaced and removes it only once its own first
-checkpoint is on disk; a run that ends before that puts the old one back.
+hard link to the saved checkpoint with the lowest val loss (never replaced by a worse one). Who may write
+there (one process; a new run over an old one only with --overwrite) is guard.claim_out_dir's.
 
 A save is never half-written: it goes to a temp file renamed over the old one, and Ctrl-C or SIGTERM during
-it waits for the rename (interrupts_deferred). best.pt is renamed into place before ckpt.pt, so a kill
+it waits for the rename (guard.interrupts_deferred). best.pt is renamed into place before ckpt.pt, so a kill
 between the two leaves best.pt ahead of ckpt.pt's record, never behind it (best_pair repairs or reports
-what a resume finds). How a run ends on Ctrl-C is train.py's (watch_interrupts, end_now).
+what a resume finds).
 """
 
-import contextlib
 import errno
-import fcntl
 import glob
 import hashlib
 import os
 import pickle
 import shutil
-import signal
 import sys
-import threading
 
 import torch
 
@@ -79,10 +75,14 @@ def changed_sources(saved, current):
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
-def resumed_sources(checkpoint, current, say=True):
-    """The sources of a run resumed with the code `current` (a source_hashes() dict): the checkpoint's, then
-    `current` if the code changed since its last version, which it then says on stderr (if say)."""
-    saved = checkpoint.get("sources") or [{}]
+def run_sources(resumed=None, say=True):
+    """The sources a run's checkpoint records (provenance: what made it; experiments/runner.py decides whether a run is
+    current by what it computes): this code's source_hashes(), after those of the resumed checkpoint `resumed`; a
+    resume with changed code records both, and says so on stderr (if say)."""
+    current = source_hashes()
+    if resumed is None:
+        return [current]
+    saved = resumed.get("sources") or [{}]
     if saved[-1] == current:
         return saved
     if say:
@@ -144,6 +144,8 @@ def save_checkpoint(checkpoint, path, best=False):
     ckpt.pt is, so that no kill leaves ckpt.pt recording a best val loss best.pt does not hold. Records the
     content's sha256. An interruption at any point leaves the previous checkpoint whole (Ctrl-C and SIGTERM wait
     for the renames); a failed write (a full disk) is a one-line CheckpointError that keeps it too."""
+    from guard import interrupts_deferred  # here: a reader of checkpoints needs no signals
+
     tmp = f"{path}.tmp{os.getpid()}"
     best_path = os.path.join(os.path.dirname(path), BEST)
     best_tmp = f"{best_path}.tmp{os.getpid()}"
@@ -185,7 +187,6 @@ def write_error(error):
 
 
 BEST = "best.pt"  # beside ckpt.pt: the saved checkpoint with the lowest val loss
-LEFTOVERS = ("ckpt.pt.tmp*", "best.pt.tmp*")  # what a save killed before its rename leaves
 
 
 def existing_run(out_dir):
@@ -210,117 +211,6 @@ def writable_dir(folder, name, flag):
     if not os.access(folder, os.W_OK | os.X_OK):
         raise SystemExit(f"{name} is not writable: pick another {flag}")
 
-
-RUN_FILES = ("ckpt.pt", BEST)  # what --overwrite moves aside
-
-
-class Claim:
-    """out_dir, held by this process; aside: where the run it replaces waits (<out_dir>.replaced), or None."""
-
-    def __init__(self, out_dir, aside=None):
-        self.out_dir, self.aside = out_dir, aside
-
-    def saved(self):
-        """This run's first checkpoint is on disk: the run it replaces goes (said in one line)."""
-        if self.aside:
-            shutil.rmtree(self.aside)
-            print(f"removed {self.aside}: the run this one replaces", file=sys.stderr)
-            self.aside = None
-
-    def release(self):
-        """At the run's end: if it saved no checkpoint of its own, the run it was to replace goes back into out_dir
-        (whatever ended it: an error, a NaN, Ctrl-C, SIGTERM, a full disk); if it did, that run goes."""
-        if self.aside and os.path.isfile(os.path.join(self.out_dir, "ckpt.pt")):  # saved, then interrupted at once
-            self.saved()
-        elif self.aside:
-            move_run(self.aside, self.out_dir)
-            os.rmdir(self.aside)
-            print(f"{self.out_dir} keeps the run it held: this run saved no checkpoint", file=sys.stderr)
-            self.aside = None
-
-
-def move_run(src, dst):
-    """Move ckpt.pt and best.pt from folder src to folder dst (renames: nothing is copied)."""
-    for name in RUN_FILES:
-        if os.path.isfile(os.path.join(src, name)):
-            os.replace(os.path.join(src, name), os.path.join(dst, name))
-
-
-def aside_dir(out_dir):
-    """Where --overwrite keeps the run it replaces until the new run's first checkpoint: <out_dir>.replaced."""
-    return os.path.normpath(out_dir) + ".replaced"
-
-
-def settle_aside(out_dir, has_run):
-    """A <out_dir>.replaced that a killed run left: put back into an out_dir holding no run (the new run saved
-    nothing), removed beside one (the new run saved). A folder of that name holding anything else is the user's:
-    a one-line exit, nothing touched."""
-    aside = aside_dir(out_dir)
-    if not os.path.isdir(aside):
-        return
-    if set(os.listdir(aside)) - set(RUN_FILES):
-        raise SystemExit(f"{aside} holds other files than a run moved aside by --overwrite: move it out of the way")
-    if has_run:
-        shutil.rmtree(aside)
-        print(f"removed {aside}: the run replaced by the one in {out_dir}, which saved before it was killed",
-              file=sys.stderr)
-    else:
-        move_run(aside, out_dir)
-        os.rmdir(aside)
-        print(f"put back into {out_dir} the run in {aside} (a run meant to replace it was killed before its first "
-              "save)", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def claim_out_dir(out_dir, new_run, overwrite=False):
-    """Hold out_dir for one training process (a lock the kernel drops when the process ends, even by kill -9)
-    and check that a new run (not a resume) does not replace one already there unless overwrite. Removes
-    what killed saves left; with overwrite, moves the old run's checkpoints aside (Claim: removed once this run
-    has saved, put back if it ends first). Makes out_dir first, and checks it takes files, so a mistake costs
-    nothing, not a run's first eval_interval. One-line exits otherwise. Yields the Claim."""
-    writable_dir(out_dir, f"out_dir {out_dir}", "--out_dir")
-    fd = os.open(out_dir, os.O_RDONLY)
-    claim = Claim(out_dir)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SystemExit(f"out_dir {out_dir} is in use by another training run: wait for it to end, "
-                             "or pick another --out_dir") from None
-        except OSError:  # a file system without locks (some network mounts): go on unguarded
-            pass
-        settle_aside(out_dir, any(os.path.isfile(os.path.join(out_dir, n)) for n in RUN_FILES))
-        run = existing_run(out_dir) if new_run else None
-        if run and not overwrite:
-            if not os.path.isfile(os.path.join(out_dir, "ckpt.pt")):  # best.pt alone: resume would send them back
-                best = os.path.join(out_dir, BEST)
-                raise SystemExit(f"out_dir {out_dir} holds only {run}: to continue from it, "
-                                 f"cp {best} {os.path.join(out_dir, 'ckpt.pt')} then pass --init_from=resume; or pass "
-                                 "--overwrite=True to replace it, or pick another --out_dir")
-            raise SystemExit(f"out_dir {out_dir} already holds a run ({run}): continue it with --init_from=resume, "
-                             "pick another --out_dir, or pass --overwrite=True to replace it")
-        leftovers = [p for pattern in LEFTOVERS for p in glob.glob(os.path.join(glob.escape(out_dir), pattern))]
-        for path in leftovers:
-            os.remove(path)
-        if leftovers:
-            print(f"removed from {out_dir}: {', '.join(os.path.basename(p) for p in leftovers)}", file=sys.stderr)
-        if run:
-            aside = aside_dir(out_dir)
-            try:
-                os.mkdir(aside)
-                claim.aside = aside  # from here, put back if anything ends the run before its first save
-                move_run(out_dir, aside)
-            except OSError as e:
-                raise SystemExit(f"cannot move the run in {out_dir} aside to {aside} ({e.strerror}): move or "
-                                 "remove it yourself, or pick another --out_dir") from None
-            print(f"moved the run in {out_dir} ({run}) to {aside}: removed once this run saves its first "
-                  "checkpoint, put back if it ends before", file=sys.stderr)
-        yield claim
-    finally:
-        try:
-            claim.release()
-        finally:
-            os.close(fd)  # releases the lock
 
 
 def load_checkpoint(path, missing=None, require=(), mmap=False, verify=None):
@@ -471,44 +361,6 @@ def best_pair(checkpoint, path, repair=True):
                         "were lost (a kill mid-save by an older train.py?); the run's best is now best.pt's")
 
 
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Ctrl-C or SIGTERM inside waits until the block ends (a checkpoint's rename), then raises as usual. A
-    torch.save interrupted inside its C++ writer would fail with a RuntimeError instead of a KeyboardInterrupt,
-    and SIGTERM's default ends the process at once, leaving the temp file. The handler in place still runs at
-    once (train.py's arms its watchdog, so a save that hangs still ends the process within the grace); only
-    what it raises waits for the end of the block. A SIGTERM with no handler is sent again after it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    previous = {s: h for s, h in previous.items() if h is not None}  # None: set outside Python, left alone
-    raised, resent = [], []
-
-    def defer(signum, frame):
-        handler = previous[signum]
-        try:
-            if callable(handler):
-                handler(signum, frame)
-            elif handler == signal.SIG_DFL and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            elif handler == signal.SIG_DFL:
-                resent.append(signum)
-        except BaseException as e:  # the handler's KeyboardInterrupt, as a rule
-            raised.append(e)
-
-    for signum in previous:
-        signal.signal(signum, defer)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in resent[:1]:
-            signal.raise_signal(signum)
-        if raised:
-            raise raised[0]
-
 
 # -----------------------------------------------------------------------------
 # a run started from another run's weights (train.py init_from=<run>: context extension)
@@ -581,3 +433,4 @@ def parent_taker(model, key):
         if hasattr(module, "from_parent"):
             return module, ".".join(parts[i:])
     return None, key
+

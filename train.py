@@ -7,28 +7,21 @@ Train a small GPT with a chosen position embedding (FoPE by default), the nanoGP
     python train.py config/laptop_fope.py --init_from=out/laptop_fope --block_size=256 --out_dir=out/fope_256
     torchrun --standalone --nproc_per_node=8 train.py config/owt_fope.py
 
-The config is the globals below; config files and --key=value override them (configurator.py).
-Data are token shards in data/<dataset>/ (data/shards.py). The checkpoint out_dir/ckpt.pt is
-written atomically and holds everything needed to resume exactly and to decode samples; Ctrl-C or
-SIGTERM ends a run with a status line, its last checkpoint whole (exit 130, 143 for SIGTERM).
-After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
+The config is the globals below, the model's included; config files and --key=value override them
+(configurator.py). Data are token shards in data/<dataset>/ (data/shards.py). The checkpoint
+out_dir/ckpt.pt is written atomically and holds everything needed to resume exactly and to decode
+samples; Ctrl-C or SIGTERM ends a run with a status line, its last checkpoint whole (exit 130, 143 for
+SIGTERM: guard.py). After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
 """
 
-import atexit
-import os
-import signal
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # Ctrl-C while torch loads: nothing has started: end quietly
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))  # SIGTERM (a scheduler, timeout) likewise
-    end_status = None  # set at the bottom where the process ends without finalizing the interpreter (end_now)
-    atexit.register(lambda: end_status is None or end_now(end_status))  # registered first, so it runs last
+import guard  # noqa: I001  first, before torch loads: a Ctrl-C meanwhile ends `python train.py` quietly
 
 import contextlib
 import dataclasses
-import faulthandler
+import hashlib
 import inspect
 import math
+import os
 import random
 import sys
 import time
@@ -39,18 +32,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (BEST, best_pair, check_model_args, checkpoint_file, checkpoint_status, claim_out_dir,
-                        aside_dir, existing_run, load_checkpoint, load_parent, load_parent_weights, resumed_sources,
-                        save_checkpoint, source_hashes)
+from checkpoint import (BEST, best_pair, check_model_args, checkpoint_file, checkpoint_status, existing_run,
+                        load_checkpoint, load_parent, load_parent_weights, run_sources, save_checkpoint)
 from configurator import accelerator_peak_flops, autocast_context, configure, resolve_device, resolve_dtype
 from data.shards import ShardError, TokenShards
-from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, is_rotary
-from passkey import PasskeyDocs
-from pretrained import is_pretrained, pretrained_overrides, training_start
 
-_names_before_config = set(globals())
 # -----------------------------------------------------------------------------
+# default config values: a small FoPE model on char-level Shakespeare, minutes on a laptop CPU
+
 # I/O
 out_dir = "out/laptop_fope"
 eval_interval = 100  # iterations between val evaluations (a checkpoint may follow each)
@@ -77,8 +67,36 @@ batch_size = 32  # sequences per micro-batch
 seed = 1337
 passkey_frac = 0.0  # fraction of training rows that start with a passkey document (passkey.py)
 passkey_warmup = 0  # first iterations on passkey documents only: the copy circuit forms there, not in a mix
-# model: every GPTConfig field (model.py) but vocab_size (the dataset's) is a key: --block_size=256, --pos_emb=rope,
-# --n_layer=6, --fope_sigma=0.1, --rope_scaling="{'rope_type': 'yarn', 'factor': 8.0}" (train.py --help lists them)
+# model (model.py's GPTConfig, whose defaults these are; a test keeps them equal). A position embedding's
+# own knobs are keys too, declared with it (FoPE's here: the project's centre): --key=value takes them all
+n_layer = 4
+n_head = 4
+n_embd = 128
+n_kv_head = None  # key/value heads (GQA); None: n_head
+block_size = 128  # the training length L_train
+dropout = 0.0
+bias = False
+pos_emb = "fope"  # nope learned sinusoidal rope rope-a fope alibi kerple fire t5 (model.POS_EMBS)
+qk_norm = False  # q and k to zero mean, unit variance per head, before the rotation
+norm = "layernorm"  # layernorm | rmsnorm
+mlp = "gelu"  # gelu | swiglu
+mlp_hidden = None  # None: 4 n_embd (gelu), 8/3 n_embd rounded up to 64 (swiglu)
+norm_eps = 1e-5
+tie_embeddings = True
+vocab_multiple = 1  # embedding rows padded to a multiple (64: nanoGPT's 50304)
+rope_theta = 10000.0
+rope_scaling = None  # e.g. --rope_scaling="{'rope_type': 'yarn', 'factor': 8.0}" (rope_scaling.py)
+rotary_backend = "auto"  # auto | eager | c | compile
+fope_sigma = 0.3  # FoPE (fope.py): the coefficients' xavier gain; 0: the step identity alone
+fope_dim = None  # Fourier terms per dimension; None: head_dim
+fope_clamp = True  # zero the frequencies whose period exceeds block_size
+fope_fourier = True  # False: no Fourier series (with fope_clamp: the clamp-only arm)
+fope_learnable = False
+fope_zero_pad = "official"  # official | identity
+fope_d_out = "quarter"  # quarter (the paper's code) | kept (production)
+fope_kv_heads = False  # coefficients per key/value head (production)
+fope_share_layers = False  # one FoPE module for all layers (production)
+fope_taper = "hard"  # the clamp-only arm's cut: hard | hann
 # AdamW, with a linear warmup then a cosine decay of the learning rate to min_lr at lr_decay_iters
 learning_rate = 1e-3
 max_iters = 800
@@ -97,10 +115,16 @@ compile = False  # torch.compile the model
 require_gpu = False  # True (the owt configs): refuse to start without a CUDA GPU; --require_gpu=False forces the CPU
 peak_flops = None  # the accelerator's peak FLOP/s for the MFU in the log; None: configurator.GPU_PEAK_FLOPS by name
 # -----------------------------------------------------------------------------
-TRAIN_DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_config and not k.startswith("_")}
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, dict,
+                                                                                          type(None)))]
 MODEL_FIELDS = [f for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]
-DEFAULTS = {**TRAIN_DEFAULTS, **{f.name: f.default for f in MODEL_FIELDS}}  # every config key and its default
-OPTIONAL_TYPES = {"lr_decay_iters": int, "peak_flops": float, **{f.name: f.type for f in MODEL_FIELDS if f.default is None}}  # None defaults
+# every config key and its default: the globals above, then the knobs other embeddings declare (GPTConfig's)
+DEFAULTS = {**{k: globals()[k] for k in config_keys}, **{f.name: f.default for f in MODEL_FIELDS if f.name not in
+                                                        config_keys}}
+OPTIONAL_TYPES = {"lr_decay_iters": int, "peak_flops": float,  # the type of each key whose default is None
+                  **{f.name: f.type for f in MODEL_FIELDS if f.default is None}}
+FINGERPRINT_ITERS = 3  # the checkpoint's fingerprint: the first iterations' losses (experiments/runner.py)
+# -----------------------------------------------------------------------------
 
 # What each training setting must be, checked before anything runs: a bad value is one line, not a
 # ZeroDivisionError or a silently odd run later. The model's fields are checked by GPTConfig.
@@ -123,6 +147,144 @@ DDP_OPTIONS = ({"forward_sync_buffers": False} if "forward_sync_buffers" in insp
                else {"broadcast_buffers": False})
 
 
+def main(argv):
+    """Train; returns the training loss of every iteration run (tests compare them)."""
+    cfg = check_config(SimpleNamespace(**configure(DEFAULTS, argv, OPTIONAL_TYPES)))
+    if cfg.wandb_log:
+        try:
+            import wandb  # noqa: F401  (here, not after the first eval_interval)
+        except ImportError:
+            raise SystemExit("wandb_log=True needs wandb: pip install wandb, or drop --wandb_log")
+    ddp = "RANK" in os.environ  # launched by torchrun
+    rank, local_rank, world_size = [int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")] if ddp else (0, 0, 1)
+    device = resolve_device(cfg.device, local_rank if ddp else None)
+    if cfg.require_gpu and not device.startswith("cuda"):
+        raise SystemExit(f"this config needs a CUDA GPU and found none (device {device}, torch {torch.__version__}); "
+                         "--require_gpu=False trains on the CPU anyway")
+    if ddp:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    try:  # Ctrl-C or SIGTERM: a line on what the run leaves, exit 130 or 143
+        with guard.on_interrupt(ckpt_path, say=rank == 0), contextlib.ExitStack() as held:
+            return train(cfg, rank, world_size, device, ckpt_path, held)  # held: out_dir, to the run's end
+    finally:
+        if ddp:
+            dist.destroy_process_group()
+
+
+def train(cfg, rank, world_size, device, ckpt_path, held):
+    """The set-up above, step by step, then nanoGPT's loop: evaluate and checkpoint every eval_interval, then one
+    optimizer step over gradient_accumulation_steps micro-batches, split over the processes."""
+    master, device_type = rank == 0, device.split(":")[0]
+    if cfg.gradient_accumulation_steps % world_size:
+        raise SystemExit(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple "
+                         f"of the {world_size} processes")
+    accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-batches of this process per step
+    dtype = resolve_dtype(cfg.dtype, device, cfg.rotary_backend if is_rotary(cfg.pos_emb) else None)
+    ctx, scaler = autocast_context(device, dtype), torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    train_data, val_data, passkey_docs = load_data(cfg)
+    start = init_source(cfg, ckpt_path, train_data.meta, train_data.vocab_size, master)
+    raw_model = build_model(cfg, start, device)
+    claim = None  # rank 0's hold on out_dir, after every check that may refuse the config: a refused run leaves nothing
+    if master:
+        claim = held.enter_context(guard.claim_out_dir(cfg.out_dir, cfg.init_from != "resume", cfg.overwrite))
+    if world_size > 1:
+        torch.manual_seed(cfg.seed + 1 + rank)  # every process built the same model; now its own dropout masks
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    data_rng = np.random.default_rng(cfg.seed)  # the same on every process: the global batch stream
+    iter_num, best_val_loss, best_saved = resume_state(start, cfg, raw_model, optimizer, scaler, data_rng, device, rank,
+                                                       world_size)  # best_saved: the val loss of best.pt's weights
+    model, eval_model = wrap_model(raw_model, cfg, device, world_size)
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    peak = (accelerator_peak_flops(device, cfg.peak_flops) or 0) * world_size  # tokens_per_iter: every process's
+    flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
+    if master:
+        print(f"{cfg.pos_emb}: {raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter "
+              f"({world_size} processes x {accum_steps} micro-batches x {cfg.batch_size} x {cfg.block_size}), "
+              f"{device} {dtype}, {train_data.num_tokens:,} train tokens")
+        if cfg.wandb_log:
+            import wandb
+            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
+
+    losses, start_iter, t_start, running_mfu, val_loss0 = [], iter_num, time.time(), None, None
+    while True:
+        # evaluate, and checkpoint the state after iter_num iterations
+        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
+            val_loss = estimate_val_loss(eval_model, val_data, cfg, ctx, device, rank, world_size)
+            val_loss0 = val_loss if iter_num == 0 else val_loss0
+            improved = val_loss < best_val_loss
+            saving = (iter_num > start_iter and math.isfinite(val_loss)
+                      and (improved or cfg.always_save_checkpoint or iter_num == cfg.max_iters))
+            best = saving and val_loss < best_saved
+            best_saved = val_loss if best else best_saved
+            best_val_loss = min(best_val_loss, val_loss) if saving else best_val_loss  # of saved weights only
+            if master:
+                if saving:  # said after the rename, never of a checkpoint that could not be written
+                    save_checkpoint({
+                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(), "model_args": start.model_args, "config": vars(cfg),
+                        "sources": start.sources, "parent": start.lineage, "iter_num": iter_num, "val_loss": val_loss,
+                        "best_val_loss": best_val_loss, "rng": rng_states(data_rng, device_type),
+                        "meta": train_data.meta, "past_configs": start.past_configs,
+                        "fingerprint": start.fingerprint or run_fingerprint(cfg, losses, val_loss0)}, ckpt_path, best=best)
+                    claim.saved()  # with --overwrite: the run this one replaces goes now, not before
+                print(f"iter {iter_num}: val loss {val_loss:.4f}, {time.time() - t_start:.1f} s"
+                      f"{', saved ' + ckpt_path if saving else ''}{' and ' + BEST if best else ''}")
+                if cfg.wandb_log:
+                    wandb.log({"iter": iter_num, "val/loss": val_loss})
+        if iter_num >= cfg.max_iters:
+            break
+
+        # one optimizer step over gradient_accumulation_steps micro-batches, split over the processes
+        t0 = time.time()
+        lr = get_lr(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        seeds = micro_batch_seeds(data_rng, cfg.gradient_accumulation_steps)
+        loss_sum = torch.zeros((), device=device)
+        for micro, s in enumerate(seeds[rank * accum_steps:(rank + 1) * accum_steps]):
+            batch_rng = np.random.default_rng(s)
+            x, y = train_data.get_batch(cfg.batch_size, cfg.block_size, batch_rng)
+            if passkey_docs is not None:
+                passkey_docs.mix_into(x, y, 1.0 if iter_num < cfg.passkey_warmup else cfg.passkey_frac, batch_rng)
+            x, y = [(t.pin_memory() if device_type == "cuda" else t).to(device, non_blocking=True) for t in (x, y)]
+            sync = world_size == 1 or micro == accum_steps - 1  # DDP averages gradients on the last one only
+            with contextlib.nullcontext() if sync else model.no_sync():
+                with ctx:
+                    _, loss = model(x, y)
+                    loss = loss / accum_steps
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if cfg.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if world_size > 1:
+            dist.all_reduce(loss_sum)
+        lossf = loss_sum.item() / world_size
+        dt = time.time() - t0
+        if not math.isfinite(lossf):
+            raise SystemExit(f"iter {iter_num}: loss is {lossf}, training stopped (try a lower --learning_rate); "
+                             f"{checkpoint_status(ckpt_path)}")
+        losses.append(lossf)
+        if master and iter_num % cfg.log_interval == 0:
+            if peak and iter_num - start_iter >= 5:  # the first iterations compile; then smoothed, as nanoGPT
+                mfu_now = flops_per_iter / dt / peak
+                running_mfu = mfu_now if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu_now
+            mfu = f", mfu {running_mfu:.1%}" if running_mfu is not None else ""
+            print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.0f} ms, {tokens_per_iter / dt / 1000:.0f}k tok/s{mfu}")
+            if cfg.wandb_log:
+                wandb.log({"iter": iter_num, "train/loss": lossf, "lr": lr})
+        iter_num += 1
+    return losses
+
+
 def model_config(cfg, vocab_size=1):
     """The GPTConfig the config asks for (a one-line exit for a bad field); vocab_size: the dataset's."""
     try:
@@ -138,7 +300,7 @@ def check_config(cfg):
             raise SystemExit(f"{key} must be a finite number, got {value}")
         if key in LIMITS and not LIMITS[key][1](value):
             raise SystemExit(f"{key} must be {LIMITS[key][0]}, got {value!r}")
-    if not is_pretrained(cfg.init_from):  # a pretrained model's fields are checked with its own shape
+    if not pretrained_source(cfg.init_from):  # a pretrained model's fields are checked with its own shape
         model_config(cfg)  # the model's fields, checked by GPTConfig
     if not cfg.init_from:
         raise SystemExit("init_from is empty: use scratch, resume, or another run's out_dir")
@@ -158,7 +320,7 @@ def check_config(cfg):
 def starts_from_its_out_dir(cfg):
     """Whether init_from is a run (its out_dir or a checkpoint file) in out_dir itself: the new run would start
     from the one it replaces (resume is how to continue a run)."""
-    if cfg.init_from in ("scratch", "resume") or is_pretrained(cfg.init_from) or not os.path.isdir(cfg.out_dir):
+    if cfg.init_from in ("scratch", "resume") or pretrained_source(cfg.init_from) or not os.path.isdir(cfg.out_dir):
         return False
     folder = os.path.dirname(checkpoint_file(cfg.init_from)) or "."
     return os.path.isdir(folder) and os.path.samefile(folder, cfg.out_dir)
@@ -174,6 +336,33 @@ def get_lr(it, cfg):
         return cfg.min_lr
     progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def schedule_sha256(cfg):
+    """sha256 of the learning rate at every iteration of the run (get_lr is pure: cheap)."""
+    return hashlib.sha256(",".join(float(get_lr(it, cfg)).hex() for it in range(cfg.max_iters)).encode()).hexdigest()
+
+
+def run_fingerprint(cfg, losses, val_loss0):
+    """What a new run computes, for experiments/runner.py to tell whether today's code computes the same: the training
+    losses of its first FINGERPRINT_ITERS iterations and its iter-0 val loss, as the run computed them, and the
+    hash of its whole lr schedule. A resumed run keeps the fingerprint of its start."""
+    return {"iters": FINGERPRINT_ITERS, "losses": losses[:FINGERPRINT_ITERS], "val_loss0": val_loss0,
+            "lr_sha256": schedule_sha256(cfg)}
+
+
+def pretrained_source(init_from):
+    """Whether init_from names a pretrained model rather than a run (pretrained.py is loaded only to tell)."""
+    if init_from in ("scratch", "resume") or os.path.isfile(checkpoint_file(init_from)):
+        return False
+    from pretrained import is_pretrained
+    return is_pretrained(init_from)
+
+
+def rng_states(data_rng, device_type):
+    """Every random state a resume restores: the batch stream's, Python's and torch's."""
+    return {"numpy": data_rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
 
 
 def micro_batch_seeds(rng, n):
@@ -213,6 +402,8 @@ def load_data(cfg):
                              f"(longest: {longest}): use a smaller block_size")
     if not (cfg.passkey_frac or cfg.passkey_warmup):
         return train_data, val_data, None
+    from data.tokenizer import get_tokenizer  # here: only runs with passkey documents spell them
+    from passkey import PasskeyDocs
     try:
         passkey_docs = PasskeyDocs(get_tokenizer(train_data.meta))
     except ValueError as e:  # a char vocabulary without the passkey's characters
@@ -224,13 +415,15 @@ def load_data(cfg):
 
 def init_source(cfg, ckpt_path, meta, vocab_size, master):
     """What init_from starts from: gptconf, model_args, the pretrained model, the parent's or the resumed checkpoint
-    (or None), lineage (the weights it started from), sources (the code versions that trained it, earliest first)."""
+    (or None), lineage (the weights it started from), sources (the code versions that trained it, earliest first),
+    fingerprint (a resumed run's: kept; None for a new run, whose first iterations make it)."""
     pretrained_model = parent = checkpoint = lineage = None
     past_configs = []  # a resume's: the config of each earlier stretch of the run
-    if is_pretrained(cfg.init_from):  # the file's model with the config's pretrained.overridable() keys
+    if pretrained_source(cfg.init_from):  # the file's model with the config's pretrained.overridable() keys
+        from pretrained import pretrained_overrides, training_start
         pretrained_model, lineage = training_start(cfg.init_from, meta, pretrained_overrides(cfg), cfg.seed)
     gptconf = pretrained_model.config if pretrained_model is not None else model_config(cfg, vocab_size)
-    model_args, sources = dataclasses.asdict(gptconf), [source_hashes()]
+    model_args, sources, fingerprint = dataclasses.asdict(gptconf), run_sources(), None
     if cfg.init_from not in ("scratch", "resume") and pretrained_model is None:
         parent, lineage = load_parent(cfg.init_from, meta)
     if cfg.init_from == "resume":
@@ -240,6 +433,7 @@ def init_source(cfg, ckpt_path, meta, vocab_size, master):
         if checkpoint["config"] != vars(cfg):  # the resume changed a setting: the earlier one is kept
             past_configs = [*past_configs, {"until_iter": checkpoint["iter_num"], "config": checkpoint["config"]}]
         if (checkpoint.get("parent") or {}).get("pretrained"):  # its shape is the pretrained file's, not the config's
+            from pretrained import pretrained_overrides
             model_args = {**checkpoint["model_args"], **pretrained_overrides(SimpleNamespace(**model_args))}
         check_model_args(checkpoint, ckpt_path, model_args, may_differ=("dropout", "rotary_backend"))  # not the weights
         gptconf, lineage = GPTConfig.from_dict(model_args), checkpoint.get("parent")
@@ -247,15 +441,16 @@ def init_source(cfg, ckpt_path, meta, vocab_size, master):
             raise SystemExit(f"{ckpt_path} is already at iter {checkpoint['iter_num']} >= max_iters={cfg.max_iters}: "
                              "nothing to train; raise --max_iters (and --lr_decay_iters, to stretch the schedule) "
                              "to continue it")
-        sources = resumed_sources(checkpoint, sources[0], say=master)
+        sources, fingerprint = run_sources(checkpoint, say=master), checkpoint.get("fingerprint")
     return SimpleNamespace(gptconf=gptconf, model_args=model_args, pretrained_model=pretrained_model, parent=parent,
-                           checkpoint=checkpoint, lineage=lineage, sources=sources, past_configs=past_configs)
+                           checkpoint=checkpoint, lineage=lineage, sources=sources, past_configs=past_configs,
+                           fingerprint=fingerprint)
 
 
 def missing_resume(out_dir):
     """What a resume that finds no ckpt.pt in out_dir should do: with best.pt alone there, how to resume from it
     (a new run would be refused over it); with a run that --overwrite moved aside, how to get it back."""
-    best, aside = os.path.join(out_dir, BEST), aside_dir(out_dir)
+    best, aside = os.path.join(out_dir, BEST), guard.aside_dir(out_dir)
     if os.path.isfile(best):
         return (f"{out_dir} holds only {existing_run(out_dir)}: to resume from it, cp {best} "
                 f"{os.path.join(out_dir, 'ckpt.pt')} and run this again; or drop --init_from=resume and pass "
@@ -335,188 +530,7 @@ def wrap_model(model, cfg, device, world_size):
     return (DDP(model, device_ids=device_ids, **DDP_OPTIONS) if world_size > 1 else model), model
 
 
-def main(argv):
-    """Train; returns the training loss of every iteration run (tests compare them)."""
-    cfg = check_config(SimpleNamespace(**configure(DEFAULTS, argv, OPTIONAL_TYPES)))
-    if cfg.wandb_log:
-        try:
-            import wandb  # noqa: F401  (here, not after the first eval_interval)
-        except ImportError:
-            raise SystemExit("wandb_log=True needs wandb: pip install wandb, or drop --wandb_log")
-    ddp = "RANK" in os.environ  # launched by torchrun
-    rank, local_rank, world_size = [int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")] if ddp else (0, 0, 1)
-    device = resolve_device(cfg.device, local_rank if ddp else None)
-    if cfg.require_gpu and not device.startswith("cuda"):
-        raise SystemExit(f"this config needs a CUDA GPU and found none (device {device}, torch {torch.__version__}); "
-                         "--require_gpu=False trains on the CPU anyway")
-    if ddp:
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    try:
-        with contextlib.ExitStack() as held:  # out_dir, held from its first check to the end of the run
-            return train(cfg, rank, world_size, device, ckpt_path, held)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (watch_interrupts): say what the run leaves, end with 130 or 143
-        term = STOPPED_BY[:1] == [signal.SIGTERM]
-        if rank == 0:
-            print(f"\n{'terminated (SIGTERM)' if term else 'interrupted'}; {checkpoint_status(ckpt_path)}",
-                  file=sys.stderr)
-        raise SystemExit(143 if term else 130)
-    finally:
-        if ddp:
-            dist.destroy_process_group()
-
-
-def train(cfg, rank, world_size, device, ckpt_path, held):
-    """The set-up above, step by step, then nanoGPT's loop: evaluate and checkpoint every eval_interval, then one
-    optimizer step over gradient_accumulation_steps micro-batches, split over the processes."""
-    master, device_type = rank == 0, device.split(":")[0]
-    if cfg.gradient_accumulation_steps % world_size:
-        raise SystemExit(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple "
-                         f"of the {world_size} processes")
-    accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-batches of this process per step
-    dtype = resolve_dtype(cfg.dtype, device, cfg.rotary_backend if is_rotary(cfg.pos_emb) else None)
-    ctx, scaler = autocast_context(device, dtype), torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    train_data, val_data, passkey_docs = load_data(cfg)
-    start = init_source(cfg, ckpt_path, train_data.meta, train_data.vocab_size, master)
-    raw_model = build_model(cfg, start, device)
-    claim = None  # rank 0's hold on out_dir
-    if master:  # after every check that may refuse the config: a refused run leaves nothing behind
-        claim = held.enter_context(claim_out_dir(cfg.out_dir, new_run=cfg.init_from != "resume",
-                                                 overwrite=cfg.overwrite))
-    if world_size > 1:
-        torch.manual_seed(cfg.seed + 1 + rank)  # every process built the same model; now its own dropout masks
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    data_rng = np.random.default_rng(cfg.seed)  # the same on every process: the global batch stream
-    iter_num, best_val_loss, best_saved = resume_state(start, cfg, raw_model, optimizer, scaler, data_rng, device, rank,
-                                                       world_size)  # best_saved: the val loss of best.pt's weights
-    model, eval_model = wrap_model(raw_model, cfg, device, world_size)
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    peak = (accelerator_peak_flops(device, cfg.peak_flops) or 0) * world_size  # tokens_per_iter: every process's
-    flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
-    if master:
-        print(f"{cfg.pos_emb}: {raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter "
-              f"({world_size} processes x {accum_steps} micro-batches x {cfg.batch_size} x {cfg.block_size}), "
-              f"{device} {dtype}, {train_data.num_tokens:,} train tokens")
-        if cfg.wandb_log:
-            import wandb
-            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
-
-    losses, start_iter, t_start, running_mfu = [], iter_num, time.time(), None
-    while True:
-        # evaluate, and checkpoint the state after iter_num iterations
-        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
-            val_loss = estimate_val_loss(eval_model, val_data, cfg, ctx, device, rank, world_size)
-            improved = val_loss < best_val_loss
-            saving = (iter_num > start_iter and math.isfinite(val_loss)
-                      and (improved or cfg.always_save_checkpoint or iter_num == cfg.max_iters))
-            best = saving and val_loss < best_saved
-            best_saved = val_loss if best else best_saved
-            best_val_loss = min(best_val_loss, val_loss) if saving else best_val_loss  # of saved weights only
-            if master:
-                if saving:  # said after the rename, never of a checkpoint that could not be written
-                    rng = {"numpy": data_rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state(),
-                           "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
-                    save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scaler": scaler.state_dict(), "model_args": start.model_args, "config": vars(cfg),
-                                     "sources": start.sources, "parent": start.lineage, "iter_num": iter_num,
-                                     "val_loss": val_loss, "best_val_loss": best_val_loss, "rng": rng,
-                                     "meta": train_data.meta, "past_configs": start.past_configs}, ckpt_path, best=best)
-                    claim.saved()  # with --overwrite: the run this one replaces goes now, not before
-                print(f"iter {iter_num}: val loss {val_loss:.4f}, {time.time() - t_start:.1f} s"
-                      f"{', saved ' + ckpt_path if saving else ''}{' and ' + BEST if best else ''}")
-                if cfg.wandb_log:
-                    wandb.log({"iter": iter_num, "val/loss": val_loss})
-        if iter_num >= cfg.max_iters:
-            break
-
-        # one optimizer step over gradient_accumulation_steps micro-batches, split over the processes
-        t0 = time.time()
-        lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        seeds = micro_batch_seeds(data_rng, cfg.gradient_accumulation_steps)
-        loss_sum = torch.zeros((), device=device)
-        for micro, s in enumerate(seeds[rank * accum_steps:(rank + 1) * accum_steps]):
-            batch_rng = np.random.default_rng(s)
-            x, y = train_data.get_batch(cfg.batch_size, cfg.block_size, batch_rng)
-            if passkey_docs is not None:
-                passkey_docs.mix_into(x, y, 1.0 if iter_num < cfg.passkey_warmup else cfg.passkey_frac, batch_rng)
-            x, y = [(t.pin_memory() if device_type == "cuda" else t).to(device, non_blocking=True) for t in (x, y)]
-            sync = world_size == 1 or micro == accum_steps - 1  # DDP averages gradients on the last one only
-            with contextlib.nullcontext() if sync else model.no_sync():
-                with ctx:
-                    _, loss = model(x, y)
-                    loss = loss / accum_steps
-                scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        if cfg.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if world_size > 1:
-            dist.all_reduce(loss_sum)
-        lossf = loss_sum.item() / world_size
-        dt = time.time() - t0
-        if not math.isfinite(lossf):
-            raise SystemExit(f"iter {iter_num}: loss is {lossf}, training stopped (try a lower --learning_rate); "
-                             f"{checkpoint_status(ckpt_path)}")
-        losses.append(lossf)
-        if master and iter_num % cfg.log_interval == 0:
-            if peak and iter_num - start_iter >= 5:  # the first iterations compile; then smoothed, as nanoGPT
-                mfu_now = flops_per_iter / dt / peak
-                running_mfu = mfu_now if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu_now
-            mfu = f", mfu {running_mfu:.1%}" if running_mfu is not None else ""
-            print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.0f} ms, {tokens_per_iter / dt / 1000:.0f}k tok/s{mfu}")
-            if cfg.wandb_log:
-                wandb.log({"iter": iter_num, "train/loss": lossf, "lr": lr})
-        iter_num += 1
-    return losses
-
-
-# -----------------------------------------------------------------------------
-# Ctrl-C and SIGTERM: main() says what the run leaves (its last checkpoint, whole: checkpoint.interrupts_deferred);
-# 130 (143 for SIGTERM) in seconds
-
-STOPPED_BY = []  # the signal that stopped the run (watch_interrupts), once one has
-
-
-def watch_interrupts(grace=10):
-    """Ctrl-C, or SIGTERM (what `timeout` and schedulers send), raises KeyboardInterrupt as Ctrl-C does and arms
-    faulthandler's watchdog, a C thread that needs no GIL: if anything after it hangs (a C call, a lock, a blocked
-    write), the process still ends within `grace` seconds, printing every thread's stack to stderr (exit status
-    1). A second signal while the first is handled does nothing (no chained traceback): the watchdog is armed."""
-    def on_interrupt(signum, frame):
-        if STOPPED_BY:
-            return
-        STOPPED_BY.append(signum)
-        faulthandler.dump_traceback_later(grace, exit=True)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_interrupt)
-    signal.signal(signal.SIGTERM, on_interrupt)
-
-
-def end_now(status):
-    """Flush and end the process without finalizing the interpreter; __main__ calls it from atexit's last handler,
-    after the others (wandb's, logging's, torch's compile workers'). Finalizing took over 10 s after a Ctrl-C on a
-    loaded machine (garbage collection), and under torchrun it can abort (SIGABRT: a gloo worker that DDP keeps past
-    destroy_process_group, needing the GIL to free the last tensors, is ended by std::terminate)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
 
 
 if __name__ == "__main__":
-    watch_interrupts()
-    try:
-        main(sys.argv[1:])
-    except SystemExit as stop:  # 130, 143: interrupted (main() said so): end within seconds, not after finalizing
-        end_status = stop.code if stop.code in (130, 143) else None
-        raise
-    end_status = 0 if "RANK" in os.environ else None  # torchrun: finalizing can abort (end_now)
+    guard.run_script(main)

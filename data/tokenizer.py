@@ -17,7 +17,6 @@ import os
 
 import numpy as np
 
-from data.download import DOWNLOAD_TIMEOUT, cache_dir, fetch_within, package_file
 
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT = 50256  # <|endoftext|>
@@ -30,6 +29,8 @@ WHISPER_SDIST = "openai-whisper==20250625"
 
 def gpt2_ranks_file():
     """GPT-2's BPE ranks in tiktoken's format, extracted once from the openai-whisper sdist."""
+    from data.download import cache_dir, package_file  # here: a char run loads no download code
+
     return package_file(WHISPER_SDIST, "whisper/assets/gpt2.tiktoken", cache_dir() / "gpt2.tiktoken")
 
 
@@ -57,11 +58,13 @@ def offline_gpt2_encoding():
 
 
 @functools.cache
-def downloaded_gpt2_encoding(timeout=DOWNLOAD_TIMEOUT):
-    """tiktoken's own GPT-2 encoding, or None if it cannot be had within timeout seconds (tiktoken's download
-    has no timeout of its own, and hangs on a network that drops packets)."""
+def downloaded_gpt2_encoding(timeout=None):
+    """tiktoken's own GPT-2 encoding, or None if it cannot be had within timeout seconds (None: data/download.py's
+    DOWNLOAD_TIMEOUT; tiktoken's download has no timeout of its own, and hangs on a network that drops packets)."""
+    from data.download import DOWNLOAD_TIMEOUT, fetch_within
+
     tiktoken = import_tiktoken()
-    return fetch_within(lambda: tiktoken.get_encoding("gpt2"), timeout)
+    return fetch_within(lambda: tiktoken.get_encoding("gpt2"), DOWNLOAD_TIMEOUT if timeout is None else timeout)
 
 
 def gpt2_encoding(offline=None):

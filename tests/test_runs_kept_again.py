@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import train
-from checkpoint import BEST, best_pair, claim_out_dir, save_checkpoint
+from checkpoint import BEST, best_pair, save_checkpoint
+from guard import claim_out_dir
 from test_runs_kept import ROOT, chars, load, refused, subprocess_env, tiny_args  # noqa: F401 (chars: a fixture)
 
 

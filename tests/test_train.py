@@ -93,6 +93,7 @@ DDP_PROBE = """
 import sys
 import torch
 import torch.distributed as dist
+import guard
 import train
 
 real_ddp = train.DDP
@@ -105,7 +106,7 @@ def ddp_saving_the_model_as_built(module, **kwargs):
 
 train.DDP = ddp_saving_the_model_as_built
 train.main(sys.argv[2:])
-train.end_now(0)  # as train.py's __main__ ends under torchrun: without finalizing the interpreter
+guard.end_now(0)  # as train.py's __main__ ends under torchrun: without finalizing the interpreter
 """
 
 
@@ -276,10 +277,10 @@ def test_ctrl_c_exits_cleanly_and_leaves_a_loadable_checkpoint(tiny_data, tmp_pa
 
 HANG_AFTER_INTERRUPT = """
 import sys, time
-import train
-train.watch_interrupts(grace=2)
-print("ready", flush=True)
+import guard
+guard.watch_interrupts(grace=2)
 try:
+    print("ready", flush=True)  # inside the try: the signal may come before the next line starts
     time.sleep(60)
 except KeyboardInterrupt:
     while True:  # whatever hangs after the interrupt, holding the GIL: the watchdog must still end the process
