@@ -13,8 +13,8 @@ The laptop reproduction of FoPE's length curves, end to end (what `make demo` ru
     python experiments/demo.py --quick    # a smoke run of the same pipeline in a few minutes (results/quick/)
 
 A finished training run is kept and not trained again only if it is current (runner.stale_reason): its
-checkpoint is at max_iters, records the same resolved config as train.py would resolve now and was made by
-the same sources (checkpoint.SOURCES). Otherwise it is trained again and the demo says why; --fresh
+checkpoint is at max_iters, records the same resolved config as train.py would resolve now, and today's code
+computes its first iterations the same (its fingerprint: runner.py's docstring). Otherwise it is trained again and the demo says why; --fresh
 retrains everything.
 """
 

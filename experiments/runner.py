@@ -6,6 +6,21 @@ train.py (kept while current), sweeping them with eval_length.py, and writing re
 its reading (experiments/readings/<experiment>.md, whose {{DOC/key/...:FMT}} placeholders are filled from
 the experiment's JSON).
 
+A trained run is kept while it is current (stale_reason): same resolved config, finished, its parent (or
+pretrained source) unchanged, and today's code computes what it computed. The last is decided by what
+the run computes, not by which files changed (checkpoint sources are provenance only): train.py records in
+the checkpoint a fingerprint, the training losses of its first FINGERPRINT_ITERS (3) iterations and its
+iter-0 val loss as the run computed them, and the sha256 of its lr at every iteration. stale_reason runs
+the same config again for those iterations (probe: in-process train.main, a temporary out_dir, max_iters=3
+and lr_decay_iters pinned so that the lr is the run's) and compares the losses and the val loss bit for
+bit, and the schedule's hash. So adding an embedding, or editing a comment, keeps every cached run, and
+any change to the model, data, optimizer or initialisation that alters the first steps retrains it.
+Blind spots: a change that acts only after iteration 3 and is not in the lr schedule (e.g. a bug at
+iter 500, a passkey_warmup edge past the first steps, a change to the checkpoint's other contents or to
+eval_length.py's reading) keeps a stale run; delete the run or pass --fresh. A run trained under torchrun
+is probed in one process, and a CUDA run whose kernels are not deterministic may probe differently: both
+are retrained needlessly (the safe side). A checkpoint without a fingerprint (before it existed) is stale.
+
 Code (train.py, eval_length.py, config/) is found from the repo root; data, out/ and results/ are relative
 to the working directory (make runs from the repo root), or wherever --dataset, --out_root and --results say.
 """
@@ -17,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from typing import NamedTuple
 
@@ -25,7 +41,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import train  # noqa: E402  (experiments may import scripts; nothing below experiments/ does)
-from checkpoint import CheckpointError, changed_sources, checkpoint_file, file_sha256, load_checkpoint, source_hashes  # noqa: E402
+from checkpoint import CheckpointError, checkpoint_file, file_sha256, load_checkpoint  # noqa: E402
 from configurator import configure  # noqa: E402
 from pretrained import source_sha256  # noqa: E402
 from util.args import at_least, check_args, distinct  # noqa: E402
@@ -145,8 +161,9 @@ def prepare_data(args, out):
 
 
 def stale_reason(out_dir, train_args):
-    """None if out_dir holds a finished run of `python train.py *train_args` made by today's code, else why
-    it must be trained (again): results/ never mixes in a run made with other settings or sources."""
+    """None if out_dir holds a finished run of `python train.py *train_args` that today's code would compute the
+    same (its fingerprint: the module docstring), else why it must be trained (again): results/ never mixes in a
+    run made with other settings, or that today's code would train otherwise."""
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.isfile(path):
         return "not trained yet"
@@ -161,11 +178,6 @@ def stale_reason(out_dir, train_args):
         return f"config changed ({', '.join(changed)})"
     if ckpt["iter_num"] < expected["max_iters"]:
         return f"unfinished (iter {ckpt['iter_num']} of {expected['max_iters']})"
-    sources, current = ckpt.get("sources") or [], source_hashes()
-    if len(sources) > 1:
-        return "resumed across a code change"
-    if sources != [current]:
-        return f"code changed ({', '.join(changed_sources(sources[0] if sources else {}, current))})"
     parent = ckpt.get("parent")
     if parent and "pretrained" in parent:  # a pretrained source: its weights' file (or folder)
         if not os.path.exists(parent["pretrained"]) or source_sha256(parent["pretrained"]) != parent["sha256"]:
@@ -173,7 +185,44 @@ def stale_reason(out_dir, train_args):
     elif parent and (not os.path.isfile(checkpoint_file(parent["init_from"]))
                      or file_sha256(parent["init_from"]) != parent["sha256"]):
         return f"its parent {parent['init_from']} was trained again"
+    return computes_otherwise(ckpt)
+
+
+def computes_otherwise(ckpt):
+    """None if today's code computes the run's fingerprint again, else what differs (the module docstring)."""
+    recorded = ckpt.get("fingerprint")
+    if not recorded:
+        return "no fingerprint of what it computes (trained before train.py recorded one)"
+    start = ckpt.get("past_configs") or [{"config": ckpt["config"]}]  # a resumed run: the config it started with
+    config = start[0]["config"]
+    if train.schedule_sha256(argparse.Namespace(**config)) != recorded["lr_sha256"]:
+        return "what it computes changed (its lr schedule)"
+    iters = len(recorded["losses"])
+    if iters == 0:
+        return "no fingerprint of what it computes (saved before its first iteration)"
+    try:
+        probed = probe(config, iters)
+    except SystemExit as e:  # a key today's train.py no longer takes, data gone...: one line
+        return f"its probe failed ({e})"
+    pairs = [("loss at iter", i, a, b) for i, (a, b) in enumerate(zip(recorded["losses"], probed["losses"]))]
+    pairs.append(("val loss at iter", 0, recorded["val_loss0"], probed["val_loss0"]))
+    for what, i, then, now in pairs:
+        if then != now:
+            return f"what it computes changed ({what} {i}: {then!r} vs {now!r})"
     return None
+
+
+def probe(config, iters):
+    """Run `config` (a checkpoint's resolved train.py config) again for its first `iters` iterations, in process
+    and in a temporary out_dir, with the lr of those iterations the run's; -> the probe's fingerprint."""
+    decay_iters = config.get("lr_decay_iters") or config["max_iters"]  # what get_lr reads of max_iters
+    with tempfile.TemporaryDirectory(prefix="probe") as tmp:
+        overrides = {**config, "out_dir": tmp, "max_iters": iters,
+                     "lr_decay_iters": decay_iters, "eval_interval": iters, "wandb_log": False, "overwrite": False}
+        argv = [f"--{k}={v}" if isinstance(v, str) else f"--{k}={v!r}" for k, v in overrides.items()]
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            train.main(argv)
+        return load_checkpoint(tmp)["fingerprint"]
 
 
 def run_args(config, out, name, flags, seed, extra=(), dataset=None):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
 import train
 from experiments import runner
 from passkey import FILLER, KEY_PREFIX
@@ -89,7 +90,7 @@ def finished_run(tmp_path):
     return str(tmp_path / "run"), argv
 
 
-def test_a_finished_run_is_kept_only_while_its_resolved_config_and_sources_are_unchanged(finished_run, monkeypatch):
+def test_a_finished_run_is_kept_only_while_its_resolved_config_is_unchanged(finished_run, monkeypatch):
     out_dir, argv = finished_run
     assert runner.stale_reason(out_dir, argv) is None  # kept
     assert runner.stale_reason(out_dir, [*argv, "--seed=2"]) == "config changed (seed)"  # another run
@@ -97,22 +98,62 @@ def test_a_finished_run_is_kept_only_while_its_resolved_config_and_sources_are_u
     with monkeypatch.context() as patch:  # train.py's defaults edited: no flag and no config file says so
         patch.setitem(train.DEFAULTS, "beta2", 0.95)
         assert runner.stale_reason(out_dir, argv) == "config changed (beta2)"
-    with monkeypatch.context() as patch:  # model.py edited
-        edited = {**runner.source_hashes(), "model.py": "0" * 64}
-        patch.setattr(runner, "source_hashes", lambda: edited)
-        assert runner.stale_reason(out_dir, argv) == "code changed (model.py)"
     assert runner.stale_reason(out_dir + "_never_trained", argv) == "not trained yet"
 
 
-def test_a_run_resumed_across_a_code_change_records_both_and_is_retrained(finished_run, monkeypatch):
+def test_a_run_made_by_other_sources_is_kept_while_it_computes_the_same(tmp_path, monkeypatch):
+    data_dir = write_random_chars(tmp_path / "data", "abcdefgh", 3000, 1000)
+    argv = [f"--dataset={data_dir}", f"--out_dir={tmp_path / 'run'}", "--n_layer=1", "--n_head=2", "--n_embd=16",
+            "--block_size=8", "--batch_size=2", "--max_iters=5", "--eval_interval=5", "--eval_iters=1",
+            "--rotary_backend=eager"]
+    with monkeypatch.context() as patch:  # trained by other files (a new embedding in model.py, say)
+        patch.setattr(checkpoint, "source_hashes", lambda *a: {"model.py": "0" * 64, "torch": "0"})
+        train.main(argv)
+    saved = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert saved["sources"] == [{"model.py": "0" * 64, "torch": "0"}] != [checkpoint.source_hashes()]
+    assert len(saved["fingerprint"]["losses"]) == train.FINGERPRINT_ITERS == 3
+    probes = []
+    real_main = train.main
+    monkeypatch.setattr(train, "main", lambda a: probes.append(real_main(a)) or probes[-1])
+    assert runner.stale_reason(str(tmp_path / "run"), argv) is None  # current: it computes the same
+    assert [len(losses) for losses in probes] == [3]  # the probe: 3 iterations, not the run's 5
+
+
+def test_a_run_goes_stale_when_what_it_computes_changes(finished_run, monkeypatch):
     out_dir, argv = finished_run
-    edited = {**train.source_hashes(), "fope.py": "0" * 64}
-    monkeypatch.setattr(train, "source_hashes", lambda: edited)
-    train.main([*argv, "--init_from=resume", "--max_iters=4"])
-    sources = torch.load(Path(out_dir) / "ckpt.pt", weights_only=True)["sources"]
-    assert sources == [runner.source_hashes(), edited]
-    monkeypatch.setattr(runner, "source_hashes", lambda: edited)
-    assert runner.stale_reason(out_dir, [*argv, "--init_from=resume", "--max_iters=4"]) == "resumed across a code change"
+    real_forward = train.GPT.forward
+
+    def nudged(self, idx, targets=None, **kw):  # an edit to the model's arithmetic
+        logits, loss = real_forward(self, idx, targets, **kw)
+        return logits, None if loss is None else loss * (1 + 1e-6)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.GPT, "forward", nudged)
+        reason = runner.stale_reason(out_dir, argv)
+    assert reason.startswith("what it computes changed (loss at iter 0: "), reason
+    with monkeypatch.context() as patch:  # the schedule's arithmetic edited: the hash of every iteration's lr
+        patch.setattr(train, "get_lr", lambda it, cfg: 1e-3 if it < 1 else 2e-3)
+        assert runner.stale_reason(out_dir, argv) == "what it computes changed (its lr schedule)"
+    assert runner.stale_reason(out_dir, argv) is None
+
+
+def test_a_run_without_a_fingerprint_is_stale_and_a_failed_probe_says_why(finished_run, monkeypatch):
+    out_dir, argv = finished_run
+    saved = torch.load(Path(out_dir) / "ckpt.pt", weights_only=True)
+    assert runner.computes_otherwise({k: v for k, v in saved.items() if k != "fingerprint"}).startswith(
+        "no fingerprint of what it computes")
+    monkeypatch.delitem(train.DEFAULTS, "beta2")  # a key today's train.py no longer takes
+    assert runner.computes_otherwise(saved).startswith("its probe failed (")
+
+
+def test_a_resumed_run_keeps_its_start_s_fingerprint_and_is_probed_from_its_start(finished_run, monkeypatch):
+    out_dir, argv = finished_run
+    first = torch.load(Path(out_dir) / "ckpt.pt", weights_only=True)["fingerprint"]
+    monkeypatch.setattr(checkpoint, "source_hashes", lambda *a: {"fope.py": "0" * 64})  # resumed with other code
+    train.main([*argv, "--init_from=resume", "--max_iters=4", "--lr_decay_iters=2"])
+    resumed = torch.load(Path(out_dir) / "ckpt.pt", weights_only=True)
+    assert resumed["fingerprint"] == first and len(resumed["sources"]) == 2  # provenance: both
+    assert runner.stale_reason(out_dir, [*argv, "--init_from=resume", "--max_iters=4", "--lr_decay_iters=2"]) is None
 
 
 # -----------------------------------------------------------------------------

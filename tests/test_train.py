@@ -678,3 +678,17 @@ def test_a_parent_that_cannot_be_carried_over_is_one_line(tiny_data, tmp_path):
                              "the position embedding and rope_scaling may change when starting from it")]:
         assert_refused(tiny_args(tiny_data, tmp_path / "out", max_iters=2, init_from=str(parent), **change),
                        f"init_from={parent}: {message}", tmp_path / "out")
+
+
+def test_train_py_s_model_globals_are_gptconfig_s_defaults_and_every_field_is_a_key():
+    fields = {f.name: f.default for f in dataclasses.fields(train.GPTConfig) if f.name != "vocab_size"}
+    declared = {k: v for k, v in vars(train).items() if k in fields}
+    assert "fope_sigma" in declared and "n_layer" in declared and "rope_scaling" in declared
+    assert declared == {k: fields[k] for k in declared}  # an edit to one default is an edit to both
+    assert {k: train.DEFAULTS[k] for k in fields} == fields  # knobs not declared here are keys too
+
+
+def test_importing_train_leaves_the_importer_s_signals_alone():
+    probe = "import signal, train; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]
