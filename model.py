@@ -83,13 +83,18 @@ class GPTConfig(*knob_classes(POS_EMBS), ModelFields):
 
     @classmethod
     def from_dict(cls, args):
-        """Build from a checkpoint's model_args, with a one-line error for a foreign checkpoint."""
+        """Build from a checkpoint's model_args, with a one-line error for a foreign checkpoint. Knobs of
+        another embedding than the checkpoint's (which older runs took silently and never read) are reset
+        to their defaults, so such a checkpoint still loads."""
         names = {f.name for f in fields(cls)}
         unknown = set(args) - names
         if unknown:
             raise ValueError(f"checkpoint model_args has unknown fields {sorted(unknown)}: "
                              "it was written by another model.py")
-        return cls(**args)
+        spec = POS_EMBS.get(args.get("pos_emb", cls.pos_emb))
+        unread = {k: v for s in POS_EMBS.values() if s is not spec for k, v in s.own_knobs().items()
+                  if spec is None or k not in spec.own_knobs()}
+        return cls(**{k: unread.get(k, v) for k, v in args.items()})
 
 
 def padded_vocab(c):
