@@ -31,6 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from positions import PositionModule
+
 # -----------------------------------------------------------------------------
 # absolute positions: (T, n_embd) added to the token embeddings
 
@@ -44,7 +46,7 @@ def sinusoidal_table(positions, n_embd, base=10000.0):
     return torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(1)  # (T, d): sin, cos, sin, cos ...
 
 
-class SinusoidalPositions(nn.Module):
+class SinusoidalPositions(PositionModule):
     """Fixed sinusoids, defined at every position: runs past block_size. As in Vaswani et al. (Sec. 3.4)
     the token embeddings are multiplied by sqrt(n_embd) before the sinusoids are added (embed_scale; the
     tied output layer is unchanged), else GPT's N(0, 0.02) embeddings would drown in unit-size sinusoids."""
@@ -57,17 +59,25 @@ class SinusoidalPositions(nn.Module):
         # so it follows the model to its device and a compiled step only slices it
         self.register_buffer("table", sinusoidal_table(torch.arange(length), n_embd).float(), persistent=False)
 
+    @classmethod
+    def from_config(cls, c):
+        return cls(c.n_embd)
+
     def forward(self, T, device, dtype=torch.float32):
         if T > self.table.shape[0]:
             self.table = sinusoidal_table(torch.arange(2 * T), self.n_embd).float().to(self.table.device)
         return self.table[:T].to(device, dtype)
 
 
-class LearnedPositions(nn.Embedding):
+class LearnedPositions(nn.Embedding, PositionModule):
     """GPT-2's table of block_size learned vectors (an nn.Embedding, so checkpoints keep GPT-2's layout)."""
 
     def __init__(self, block_size, n_embd):
         super().__init__(block_size, n_embd)
+
+    @classmethod
+    def from_config(cls, c):
+        return cls(c.block_size, c.n_embd)
 
     def forward(self, T, device, dtype=None):
         if T > self.num_embeddings:
@@ -80,13 +90,18 @@ class LearnedPositions(nn.Embedding):
 # additive attention biases
 
 
-class AttentionBias(nn.Module):
+class AttentionBias(PositionModule):
     """Base class: subclasses give `values(distance, query_pos)` for distance = i - j >= 0 (long,
     (Tq, Tk)) and query positions i (long, (Tq,)), returning (H, Tq, Tk); the base adds the causal mask.
     distance_only: the bias is a function of (head, i - j) alone (ALiBi, KERPLE, T5; not FIRE), so one
     (H, T) row of it serves FlexAttention's score_mod on a GPU (flex_biased_attention)."""
 
     distance_only = True
+
+    @classmethod
+    def from_config(cls, c):
+        """The module of a GPTConfig: one bias per head (FIRE also reads the training length)."""
+        return cls(c.n_head)
 
     def distance_values(self, T, device, dtype=torch.float32):
         """(H, T): the bias at distances 0 .. T-1 (distance_only biases)."""
@@ -171,6 +186,10 @@ class FireBias(AttentionBias):
     Every layer owns one (its own MLP, c and L), as every layer owns its KERPLE bias."""
 
     distance_only = False  # the query's position enters too
+
+    @classmethod
+    def from_config(cls, c):
+        return cls(c.n_head, c.block_size)
 
     def __init__(self, n_head, train_len, hidden=32, init_c=0.1, eps=1e-6):
         super().__init__()

@@ -1,5 +1,5 @@
 """
-Position embeddings for length generalization: the frequency math and the rotary position modules.
+Rotary position embeddings for length generalization: RoPE, and FoPE as its paper writes it.
 
 - RoPE: Su et al. 2021, "RoFormer" (arXiv 2104.09864), rotate-half (GPT-NeoX) layout.
 - FoPE: Hua et al. 2025, "Fourier Position Embedding: Enhancing Attention's Periodic Extension
@@ -7,16 +7,26 @@ Position embeddings for length generalization: the frequency math and the rotary
   (TsinghuaC3I/Fourier-Position-Embedding, olmo/model.py, FourierEmbedding).
 - Context extension (rope_scaling: PI, NTK, dynamic, YaRN, Llama 3, LongRoPE) is rope_scaling.py.
 
-Every rotary variant is the same computation on tables C and S of shape (H or 1, T, head_dim//2):
+The equations, and where each is computed:
 
-    y = x * cat(C, C) + rotate_half(x) * cat(S, S)                                  (1)
+  (1) the rotation, every rotary variant, RotaryEmbedding.forward: x (B, H, T, hd), tables C, S of
+      shape (H or 1, T, hd//2),
+          y = x * cat(C, C) + rotate_half(x) * cat(S, S)
+  (2) RoPE's tables, RotaryEmbedding._compute:
+          C[t, m] = cos(t w_m),  S[t, m] = sin(t w_m),  w_m = theta^(-2m/d)       (rope_inv_freq)
+  (3) FoPE's clamp (paper Sec. 4.2, "clamp the floor"), FourierPositionEmbedding.__init__: keep
+      only the frequencies that complete a cycle within the training length,
+          w_m >= 2 pi / L_train                                                   (floor_clamp_mask)
+  (4) FoPE's Fourier series (paper Eq. 10-11), FourierPositionEmbedding.mix: every output pair is
+      a series over the D kept frequencies, per head h, separate coefficients for sin and cos,
+          S[h, t, :] = sin(t w) @ sin_coef[h],   C[h, t, :] = cos(t w) @ cos_coef[h]
+      with sin_coef, cos_coef (H, D, d_out) = xavier_normal(sigma) + step identity
+      (fope_coefficients), padded to hd//2 with position-free pairs.
 
-RoPE:  C[t, m] = cos(t w_m),  S[t, m] = sin(t w_m),  w_m = theta^(-2m/d).
-FoPE:  the kept frequencies are w_m >= 2 pi / L_train (paper Sec. 4.2, "clamp the floor"), and
-       every output dimension is a Fourier series over them, per head h (paper Eq. 10-11):
-           S[h, t, :] = sin(t w) @ sin_coef[h],   C[h, t, :] = cos(t w) @ cos_coef[h],
-       padded to head_dim//2 with position-free dimensions. RoPE and FoPE share one table machinery
-       (RotaryEmbedding); FoPE only changes the frequencies (clamp) and the mixing (coefficients): data.
+RoPE and FoPE share the table machinery (RotaryEmbedding): FoPE changes only the frequencies (3)
+and the mixing (4). Forward computes (1) in plain PyTorch; rotary_backend picks a faster path for
+the same line (rotate below: the C kernel of fope_ext on CPU, or torch.compile), tested against it
+in tests/test_fope_ext.py. QK norm is attention's (model.py), not a rotary module's.
 
 The paper's ablation arms (its Fig. 6a) are four settings of the two parts:
     RoPE                  RotaryPositionEmbedding(...)
@@ -25,6 +35,7 @@ The paper's ablation arms (its Fig. 6a) are four settings of the two parts:
     FoPE                  FourierPositionEmbedding(...)
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -32,14 +43,75 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fope_ext.rotation import (BACKENDS, QK_NORM_EPS, apply_rotary, check_backend, compiled_apply_rotary,  # noqa: F401
-                               qk_norm, resolve_backend, rotate, rotate_half, rotation_path)
-from rope_scaling import LENGTH_DEPENDENT, rescale_inv_freq, scaling_for_module
+from positions import PositionModule
 
 ROPE_THETA = 10000.0  # RoPE's base (Su et al.), the default of every rotary module and of GPTConfig
 FOPE_SIGMA = 0.3  # xavier gain of FoPE's coefficients: the official 60M config (0.4 for 180M, 0.6 for 1.2B)
 ZERO_PADS = ("official", "identity")  # how FoPE fills its position-free dimensions
 D_OUTS = ("quarter", "kept")  # how many pairs FoPE's series fill: the paper's code | production (XTuner, vLLM)
+
+# -----------------------------------------------------------------------------
+# the rotation (1), and the switch to its faster paths
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x, cos, sin):
+    """(1) in plain PyTorch, the reference. x: (B, H, T, hd); cos, sin: (H or 1, T, hd//2)."""
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+    return x * cos + rotate_half(x) * sin
+
+
+BACKENDS = ("auto", "eager", "c", "compile")  # GPTConfig.rotary_backend
+
+
+def check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"rotary_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def resolve_backend(backend):
+    """'auto' -> 'c' when the C extension is built (it is compiled on first use), else 'eager'."""
+    check_backend(backend)
+    if backend != "auto":
+        return backend
+    import fope_ext
+    return "c" if fope_ext.available() else "eager"
+
+
+def rotation_path(backend, device):
+    """The path a tensor on `device` takes. The C kernel runs on CPU only, and "auto" looks for it (builds
+    it on first use) only there. Off the CPU, "auto" and "c" take the eager rotation, which runs wherever
+    torch does: on a GPU the model is compiled whole (train.py compile=True) and the compiler fuses it,
+    with no C build and no nested compile; "compile" asks for a compiled rotation in an eager model."""
+    if torch.device(device).type != "cpu":
+        return "eager" if backend in ("auto", "c") else backend
+    return resolve_backend(backend)
+
+
+def rotate(x, cos, sin, backend="eager"):
+    """(1) by the path `backend` takes on x's device: the C kernel (fope_ext, one pass; the reference
+    when no C compiler is found), apply_rotary compiled, or apply_rotary itself."""
+    path = rotation_path(backend, x.device)
+    if path == "c":
+        from fope_ext.rotation import c_rotate
+        y = c_rotate(x, cos, sin)
+        if y is not None:
+            return y
+    elif path == "compile":
+        return compiled_apply_rotary()(x, cos, sin)
+    return apply_rotary(x, cos, sin)
+
+
+@functools.cache
+def compiled_apply_rotary():
+    """apply_rotary compiled once per process (rotary_backend="compile"); dynamic shapes, so an eager model
+    fed new lengths (sampling, an evaluation sweep) does not recompile for each."""
+    return torch.compile(apply_rotary, dynamic=True)
+
 
 # -----------------------------------------------------------------------------
 # frequency math
@@ -108,17 +180,12 @@ def clamped_inv_freq(inv_freq, train_len, taper="hard"):
 
 
 # -----------------------------------------------------------------------------
-# the rotation (1): its eager reference and the dispatch to the C kernel live in fope_ext/rotation.py
-
-# -----------------------------------------------------------------------------
 # rotary position modules
 
 
-class RotaryEmbedding(nn.Module):
-    """What every rotary module is to the rest of nanoFoPE. model.py calls only forward(x, offset, norm);
-    the lens (experiments/lens.py) reads head_dim, inv_freq and pair_frequencies(). A new rotary module
-    implements these four (tests/test_model.py registers one that does), or subclasses this class, which
-    implements them with tables built once per length: a subclass sets head_dim, theta, train_len and
+class RotaryEmbedding(PositionModule):
+    """A rotary module (the contract: positions.PositionModule) with tables built once per length, and
+    forward the rotation (1). A subclass sets head_dim, theta, train_len and
     rot_dim, registers inv_freq (D,) and freq_index (D,) (each frequency's m in theta^(-2m/rot_dim), what
     rope_scaling reads) and whatever its mix() reads, then calls reset_tables().
 
@@ -130,10 +197,18 @@ class RotaryEmbedding(nn.Module):
     learnable = False  # True: the tables depend on parameters and are recomputed every call
 
     def configure(self, scaling, backend):
-        """rope_scaling (HF's spelling, rope_scaling.check_scaling) and the rotation backend."""
+        """rope_scaling (HF's spelling, rope_scaling.check_scaling) and the rotation backend. A rescaling
+        assumes RoPE's ladder: a module that does not declare it (rope_ladder) refuses one."""
         check_backend(backend)
         self.backend = backend  # resolved per call by the tensor's device (rotation_path)
-        self.scaling = scaling_for_module(scaling, self.train_len, self.rot_dim)
+        self.scaling = None
+        if scaling is not None:  # rope_scaling.py is imported only for a rescaled run
+            from rope_scaling import scaling_for_module
+            self.scaling = scaling_for_module(scaling, self.train_len, self.rot_dim)
+        if self.scaling is not None and not self.rope_ladder:
+            raise ValueError(f"rope_scaling {self.scaling['rope_type']!r} rescales RoPE's frequencies theta^(-2m/d) "
+                             f"by their index m; {type(self).__name__} does not declare that ladder "
+                             "(rope_ladder = True): drop rope_scaling, or declare it if its frequencies are RoPE's")
 
     def reset_tables(self):
         """(Re)build the tables: at construction, and after the frequencies or frozen coefficients changed
@@ -162,9 +237,13 @@ class RotaryEmbedding(nn.Module):
         return freqs
 
     def _compute(self, start, end, seq_len):
-        """(cos, sin) in float64 for positions start .. end-1; seq_len drives dynamic NTK / longrope."""
-        inv_freq, attn_factor = rescale_inv_freq(self.inv_freq.double(), self.freq_index, self.rot_dim,
-                                                 self.theta, self.scaling, seq_len)
+        """(2): (cos, sin) in float64 for positions start .. end-1, through mix (FoPE: (4)); seq_len drives
+        dynamic NTK / longrope."""
+        inv_freq, attn_factor = self.inv_freq.double(), 1.0
+        if self.scaling is not None:
+            from rope_scaling import rescale_inv_freq
+            inv_freq, attn_factor = rescale_inv_freq(inv_freq, self.freq_index, self.rot_dim, self.theta,
+                                                     self.scaling, seq_len)
         pos = torch.arange(start, end, device=inv_freq.device, dtype=torch.float64)
         angle = pos[:, None] * inv_freq[None, :]  # (T, D)
         cos, sin = self.mix(angle.cos(), angle.sin())
@@ -173,7 +252,10 @@ class RotaryEmbedding(nn.Module):
     def length_dependent(self, end):
         """True when a sequence ending at `end` needs tables of its own length (dynamic NTK, LongRoPE)."""
         s = self.scaling
-        return s is not None and s["rope_type"] in LENGTH_DEPENDENT and end > s["original_max_position_embeddings"]
+        if s is None:
+            return False
+        from rope_scaling import LENGTH_DEPENDENT
+        return s["rope_type"] in LENGTH_DEPENDENT and end > s["original_max_position_embeddings"]
 
     @torch.no_grad()
     def _build(self, length):
@@ -204,10 +286,12 @@ class RotaryEmbedding(nn.Module):
             cos, sin = self.cos_cached[:, offset:end], self.sin_cached[:, offset:end]
         return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
 
-    def forward(self, x, offset=0, norm=False):
-        """x: (B, H, T, hd) -> rotated x, for positions offset .. offset+T-1; norm=True: QK norm first."""
-        cos, sin = self.tables(offset, x.shape[2], x.device, x.dtype)
-        return rotate(x, cos, sin, self.backend, norm)
+    def forward(self, x, offset=0):
+        """(1): x (B, H, T, hd) at positions offset .. offset+T-1, rotated by the tables."""
+        C, S = self.tables(offset, x.shape[2], x.device, x.dtype)  # (H or 1, T, hd//2)
+        if self.backend != "eager":  # the same line by the C kernel or compiled (rotate, above)
+            return rotate(x, C, S, self.backend)
+        return x * torch.cat((C, C), dim=-1) + rotate_half(x) * torch.cat((S, S), dim=-1)  # (1)
 
 
 class RotaryPositionEmbedding(RotaryEmbedding):
@@ -217,6 +301,8 @@ class RotaryPositionEmbedding(RotaryEmbedding):
     RoPE-A (the paper's Table 2): every frequency snapped to whole cycles in train_len. taper="hann": the
     clamp as CoPE softens it (clamped_inv_freq)."""
 
+    rope_ladder = True  # rope_scaling applies (clamped frequencies are 0 and stay 0; rope-a: see below)
+
     def __init__(self, head_dim, *, theta=ROPE_THETA, scaling=None, train_len=None, backend="eager", clamp_floor=False,
                  whole_cycles=False, taper="hard"):
         super().__init__()
@@ -225,8 +311,9 @@ class RotaryPositionEmbedding(RotaryEmbedding):
         inv_freq = rope_inv_freq(head_dim, theta)
         if clamp_floor:
             inv_freq = clamped_inv_freq(inv_freq, train_len, taper)
-        if whole_cycles:  # RoPE-A
+        if whole_cycles:  # RoPE-A: snapped off the ladder, so no rescaling of it is RoPE's
             inv_freq = whole_cycle_inv_freq(inv_freq, train_len)
+            self.rope_ladder = False
         self.head_dim, self.theta, self.train_len, self.rot_dim = head_dim, theta, train_len, head_dim
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("freq_index", torch.arange(head_dim // 2), persistent=False)
@@ -263,6 +350,8 @@ class FourierPositionEmbedding(RotaryEmbedding):
       query heads j*g .. j*g+g-1 (g = n_head / coef_heads) sharing set j, as they share key/value head j.
     """
 
+    rope_ladder = True  # the kept frequencies are RoPE's at their index m (freq_index)
+
     def __init__(self, head_dim, n_head, train_len, *, theta=ROPE_THETA, sigma=FOPE_SIGMA, fourier_dim=None,
                  clamp_floor=True, learnable=False, zero_pad="official", scaling=None, backend="eager",
                  d_out_mode="quarter", coef_heads=None):
@@ -274,7 +363,7 @@ class FourierPositionEmbedding(RotaryEmbedding):
             raise ValueError(f"FoPE's coefficient sets ({coef_heads}) must divide n_head ({n_head})")
         rot_dim = fourier_dim or head_dim
         inv_freq, freq_index = rope_inv_freq(rot_dim, theta), torch.arange(rot_dim // 2)
-        if clamp_floor:
+        if clamp_floor:  # (3): drop the frequencies with a period longer than train_len
             keep = floor_clamp_mask(inv_freq, train_len)
             inv_freq, freq_index = inv_freq[keep], freq_index[keep]
         if inv_freq.numel() == 0:
@@ -301,7 +390,8 @@ class FourierPositionEmbedding(RotaryEmbedding):
         self.reset_tables()
 
     def mix(self, cos_basis, sin_basis):
-        # paper Eq. 10-11: every output dim is a Fourier series over the kept frequencies, per head
+        """(4), paper Eq. 10-11: cos/sin (T, D) of the kept frequencies -> tables (H, T, hd//2): every
+        output pair a Fourier series over them, per head, separate coefficients for cos and sin."""
         cos = torch.einsum("td,hde->hte", cos_basis, self.cos_coef.double())
         sin = torch.einsum("td,hde->hte", sin_basis, self.sin_coef.double())
         group = self.n_head // self.sin_coef.shape[0]  # query heads per coefficient set (per-key/value-head sets)
@@ -399,6 +489,11 @@ def check_fope_config(c):
     if c.fope_taper != "hard" and (c.fope_fourier or not c.fope_clamp):
         raise ValueError(f"fope_taper={c.fope_taper!r} softens the clamp-only arm: set fope_fourier=False, "
                          "fope_clamp=True")
+
+
+def rope_a_from_config(c):
+    """RoPE-A (the paper's Table 2): RoPE with whole cycles in block_size."""
+    return rope_from_config(c, whole_cycles=True)
 
 
 def rope_from_config(c, **kw):

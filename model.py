@@ -1,19 +1,13 @@
 """
-A GPT whose position module is chosen by name, for studying length generalization.
+A GPT whose position embedding is chosen by name, for studying length generalization.
 
-nanoGPT's model (Karpathy, github.com/karpathy/nanoGPT) with the position embedding as a knob. POS_EMBS
-maps each name to how it is built, where it acts and its own knobs; adding a position embedding means writing
-its module (fope.py for rotary ones, baselines.py for the others) and one entry there:
-- absolute, added to the token embeddings: "learned" (GPT-2; cannot run past block_size),
-  "sinusoidal" (Vaswani et al. 2017);
-- rotary, applied to q and k in every layer: "rope" (Su et al. 2021), "rope-a" (RoPE with every
-  frequency snapped to whole cycles in L_train, the FoPE paper's Table 2), "fope" (Hua et al. 2025,
-  arXiv 2412.17739; its fope_* knobs give the paper's ablation arms);
-- additive attention biases: "alibi" (Press et al. 2022; one module for all layers), "kerple" (Chi et
-  al. 2022) and "fire" (Li et al. 2023), each layer its own, "t5" (Raffel et al. 2020; shared, as in T5);
-- "nope": no position information at all (causal masking alone; Kazemnejad et al. 2023).
-qk_norm=True normalises q and k per head before any rotation (the paper's Table 2 "QK norm"). RMSNorm and SwiGLU
-(the paper's OLMo), n_kv_head (GQA), mlp_hidden, norm_eps and tie_embeddings make the one GPT a Llama too:
+nanoGPT's model (Karpathy, github.com/karpathy/nanoGPT) with the position embedding as a knob: the
+config, then the modules (norm, attention, MLP, block, GPT). Which embeddings exist, and what a
+position module promises, is positions.py (POS_EMBS, PositionModule); this file builds the one
+named by pos_emb and calls it where its kind acts: added to the token embeddings (absolute),
+applied to q and k (rotary), added to the scores (bias). qk_norm=True normalises q and k per head
+before any rotation (the FoPE paper's Table 2 "QK norm"). RMSNorm and SwiGLU (the paper's OLMo),
+n_kv_head (GQA), mlp_hidden, norm_eps and tie_embeddings make the one GPT a Llama too:
 GPT.from_pretrained (pretrained.py) loads SmolLM2-135M into it. GPT.generate decodes with a KV cache.
 """
 
@@ -21,73 +15,13 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, fields
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines import AlibiBias, FireBias, KerpleLogBias, LearnedPositions, SinusoidalPositions, T5Bias, attend_with_bias
-from fope import (ROPE_THETA, FoPEKnobs, check_backend, check_even, check_fope_config, fope_from_config, qk_norm,
-                  rope_from_config)
-from rope_scaling import check_scaling
-
-
-@dataclass(frozen=True)
-class PositionEmbedding:
-    """How one position embedding enters the model, and all the rest of nanoFoPE needs to know of it. A module
-    that takes a parent run's weights its own way defines from_parent(name, parent, own, expand)
-    (checkpoint.load_parent_weights)."""
-    kind: str  # "absolute" (added to the token embeddings), "rotary" (applied to q and k), "bias" (added to scores), "none"
-    build: Callable = None  # GPTConfig -> module
-    shared: bool = True  # a bias module serves all layers (False: every layer owns one)
-    past_block_size: bool = True  # it can take sequences longer than it was trained on
-    knobs: type = None  # a dataclass of its own GPTConfig fields: GPTConfig inherits them, a pretrained model may
-    # override them, runs.py leaves them out of other embeddings' run settings
-    check: Callable = None  # GPTConfig -> None: a one-line ValueError for a bad knob
-    share_layers: str = None  # the bool knob that hands layer 0's module to every layer
-    scales_tokens: bool = False  # it multiplies the token embeddings: no run switches into or out of it
-
-    def reads(self):
-        """The position knobs (GPTConfig fields) this embedding reads."""
-        own = tuple(f.name for f in fields(self.knobs)) if self.knobs else ()
-        return own + (ROTARY_FIELDS if self.kind == "rotary" else ())
-
-
-ROTARY_FIELDS = ("rope_theta", "rope_scaling")  # what every rotary embedding reads
-
-
-def padded_vocab(c):
-    return -(-c.vocab_size // c.vocab_multiple) * c.vocab_multiple
-
-
-POS_EMBS = {  # name -> how it is built; make ablate and eval_length.py take every name here
-    "nope": PositionEmbedding("none"),
-    "learned": PositionEmbedding("absolute", lambda c: LearnedPositions(c.block_size, c.n_embd), past_block_size=False),
-    "sinusoidal": PositionEmbedding("absolute", lambda c: SinusoidalPositions(c.n_embd), scales_tokens=True),
-    "rope": PositionEmbedding("rotary", rope_from_config),
-    "rope-a": PositionEmbedding("rotary", lambda c: rope_from_config(c, whole_cycles=True)),
-    "fope": PositionEmbedding("rotary", fope_from_config, knobs=FoPEKnobs, check=check_fope_config,
-                              share_layers="fope_share_layers"),  # fope_* knobs: the paper's ablation arms
-    "alibi": PositionEmbedding("bias", lambda c: AlibiBias(c.n_head)),
-    "kerple": PositionEmbedding("bias", lambda c: KerpleLogBias(c.n_head), shared=False),
-    "fire": PositionEmbedding("bias", lambda c: FireBias(c.n_head, c.block_size), shared=False),
-    "t5": PositionEmbedding("bias", lambda c: T5Bias(c.n_head)),
-}
-
-
-def knob_classes(registry):
-    """The knobs dataclasses of the registry's entries, once each: GPTConfig's bases."""
-    return tuple(dict.fromkeys(s.knobs for s in registry.values() if s.knobs))
-
-
-def knob_fields(registry=POS_EMBS):
-    """Every position knob field: those of the entries' knobs, and the rotary ones."""
-    return tuple(dict.fromkeys(f for s in registry.values() for f in s.reads()))
-
-
-def is_rotary(pos_emb):
-    return POS_EMBS[pos_emb].kind == "rotary"
+from positions import (POS_EMBS, ROTARY_FIELDS, PositionEmbedding, PositionModule, check_knobs,  # noqa: F401
+                       is_rotary, knob_classes, knob_fields)  # (re-exported: runs.py, tests and experiments)
 
 
 @dataclass
@@ -103,16 +37,16 @@ class ModelFields:
     n_kv_head: int = None  # key/value heads (GQA, Ainslie et al. 2023); None: n_head (multi-head attention)
     dropout: float = 0.0
     bias: bool = False
-    pos_emb: str = "fope"  # a name in POS_EMBS
+    pos_emb: str = "fope"  # a name in positions.POS_EMBS
     qk_norm: bool = False  # q and k to zero mean, unit variance per head, before the rotation
     norm: str = "layernorm"  # layernorm | rmsnorm
     mlp: str = "gelu"  # gelu | swiglu
     mlp_hidden: int = None  # the MLP's hidden size; None: 4 n_embd (gelu), 8/3 n_embd rounded up to 64 (swiglu)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2, SmolLM2)
-    rope_theta: float = ROPE_THETA
+    rope_theta: float = 10000.0  # RoPE's base (Su et al.; fope.ROPE_THETA)
     rope_scaling: dict = None  # HF's spelling, e.g. {"rope_type": "yarn", "factor": 8.0}; see rope_scaling.py
-    rotary_backend: str = "auto"  # auto | eager | c | compile
+    rotary_backend: str = "auto"  # auto | eager | c | compile (fope.rotate)
 
 
 @dataclass
@@ -121,7 +55,8 @@ class GPTConfig(*knob_classes(POS_EMBS), ModelFields):
     the position embeddings' knobs from their entries. __post_init__ is the one check, one line per mistake."""
 
     def __post_init__(self):
-        choices = {"pos_emb": tuple(POS_EMBS), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+        choices = {"pos_emb": tuple(POS_EMBS), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
+                   "rotary_backend": ("auto", "eager", "c", "compile")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -129,7 +64,8 @@ class GPTConfig(*knob_classes(POS_EMBS), ModelFields):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         limits = {"dropout": (0 <= self.dropout < 1, "in [0, 1)"), "rope_theta": (self.rope_theta > 0, "> 0"),
-                  "mlp_hidden": (self.mlp_hidden is None or self.mlp_hidden >= 1, ">= 1"), "norm_eps": (self.norm_eps > 0, "> 0")}
+                  "mlp_hidden": (self.mlp_hidden is None or self.mlp_hidden >= 1, ">= 1"),
+                  "norm_eps": (self.norm_eps > 0, "> 0")}
         for name, (ok, what) in limits.items():
             if not ok:
                 raise ValueError(f"{name} must be {what}, got {getattr(self, name)}")
@@ -137,32 +73,55 @@ class GPTConfig(*knob_classes(POS_EMBS), ModelFields):
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head is not None and not (0 < self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0):
             raise ValueError(f"n_kv_head must divide n_head ({self.n_head}), got {self.n_kv_head}")
-        if is_rotary(self.pos_emb):
-            check_even(self.n_embd // self.n_head)
-        for name, spec in POS_EMBS.items():
-            if spec.check and spec.knobs and isinstance(self, spec.knobs):
-                spec.check(self)
-            if spec.share_layers and getattr(self, spec.share_layers, False) and name != self.pos_emb:
-                raise ValueError(f"{spec.share_layers} shares {name}'s module across layers: it needs pos_emb={name}, "
-                                 f"got {self.pos_emb!r}")
-        check_backend(self.rotary_backend)
-        self.rope_scaling = check_scaling(self.rope_scaling)  # stored in HF's spelling
+        if is_rotary(self.pos_emb) and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"a rotary embedding rotates pairs of dimensions: head_dim (n_embd / n_head) must be "
+                             f"even, got {self.n_embd // self.n_head}")
+        check_knobs(self)  # the embedding's own check; another embedding's knob refused
+        if self.rope_scaling is not None:  # stored in HF's spelling
+            from rope_scaling import check_scaling
+            self.rope_scaling = check_scaling(self.rope_scaling)
 
     @classmethod
     def from_dict(cls, args):
-        """Build from a checkpoint's model_args, with a one-line error for a foreign checkpoint."""
+        """Build from a checkpoint's model_args, with a one-line error for a foreign checkpoint. Knobs of
+        another embedding than the checkpoint's (which older runs took silently and never read) are reset
+        to their defaults, so such a checkpoint still loads."""
         names = {f.name for f in fields(cls)}
         unknown = set(args) - names
         if unknown:
             raise ValueError(f"checkpoint model_args has unknown fields {sorted(unknown)}: "
                              "it was written by another model.py")
-        return cls(**args)
+        spec = POS_EMBS.get(args.get("pos_emb", cls.pos_emb))
+        unread = {k: v for s in POS_EMBS.values() if s is not spec for k, v in s.own_knobs().items()
+                  if spec is None or k not in spec.own_knobs()}
+        return cls(**{k: unread.get(k, v) for k, v in args.items()})
+
+
+def padded_vocab(c):
+    return -(-c.vocab_size // c.vocab_multiple) * c.vocab_multiple
 
 
 def make_norm(config):
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+QK_NORM_EPS = 1e-5  # F.layer_norm's default
+
+
+def qk_norm(x, backend="eager"):
+    """QK norm: each head's row of x (B, H, T, hd) to zero mean and unit variance, no affine (F.layer_norm
+    over hd). On CPU, where rotary_backend takes the C kernel (fope.rotation_path), the kernel's one-pass
+    norm does the same sums (fope_ext/rotation.py); without a C compiler, F.layer_norm."""
+    if backend in ("auto", "c") and x.device.type == "cpu":
+        from fope import rotation_path
+        if rotation_path(backend, x.device) == "c":
+            from fope_ext.rotation import c_layer_norm
+            y = c_layer_norm(x, QK_NORM_EPS)
+            if y is not None:
+                return y
+    return F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
 
 
 class CausalSelfAttention(nn.Module):
@@ -179,17 +138,16 @@ class CausalSelfAttention(nn.Module):
         spec = POS_EMBS[config.pos_emb]
         # every layer owns its rotary module, so FoPE draws its coefficients per layer (as the official code;
         # the entry's share_layers knob: GPT hands layer 0's module to every layer, as production does)
-        self.rotary = spec.build(config) if spec.kind == "rotary" else None
-        self.pos_bias = spec.build(config) if spec.kind == "bias" and not spec.shared else None
+        self.rotary = spec.make(config) if spec.kind == "rotary" else None
+        self.pos_bias = spec.make(config) if spec.kind == "bias" and not spec.shared else None
 
     def position_qk(self, q, k, offset=0):
-        """q, k (B, nh, T, hs) at positions offset .. offset+T-1 as attention uses them: QK norm (zero mean,
-        unit variance over each head's dimensions, no affine) if the model has it, then the rotation if the
-        embedding rotates; the C kernel does both in one pass. The lens calls this too."""
-        if self.rotary is not None:
-            return self.rotary(q, offset, norm=self.qk_norm), self.rotary(k, offset, norm=self.qk_norm)
+        """q, k (B, nh, T, hs) at positions offset .. offset+T-1 as attention uses them: QK norm if the model
+        has it, then the rotation if the embedding rotates. The lens calls this too."""
         if self.qk_norm:
-            return qk_norm(q, self.rotary_backend), qk_norm(k, self.rotary_backend)
+            q, k = qk_norm(q, self.rotary_backend), qk_norm(k, self.rotary_backend)
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
         return q, k
 
     def repeat_kv(self, x):
@@ -223,7 +181,8 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(layer, k, v)  # every position so far: 0 .. start+T-1
         dropout = self.dropout if self.training else 0.0
         bias = self.pos_bias if self.pos_bias is not None else shared_bias
-        if bias is not None:
+        if bias is not None:  # scores + bias (B, nh, T, start+T), a row block at a time (baselines.py)
+            from baselines import attend_with_bias
             y = attend_with_bias(q, k, v, bias, dropout, q_start=start)
         elif start == 0 or T == 1:  # the new token sees every cached one: no mask
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=start == 0)
@@ -232,26 +191,6 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
-
-class KVCache:
-    """Every layer's keys and values (after the position embedding) of the tokens so far, so generation feeds the
-    model only its new tokens: the prompt once (prefill), then one at a time. `capacity` positions; pos cached."""
-
-    def __init__(self, n_layer, capacity):
-        self.layers, self.capacity, self.pos = [None] * n_layer, capacity, 0
-
-    def update(self, layer, k, v):
-        """Write k, v (B, H, T, hs) at positions pos .. pos+T-1 of `layer`; return that layer's k, v so far."""
-        end = self.pos + k.shape[2]
-        if end > self.capacity:
-            raise ValueError(f"the KV cache holds {self.capacity} positions; {end} asked")
-        if self.layers[layer] is None:
-            shape = (*k.shape[:2], self.capacity, k.shape[3])
-            self.layers[layer] = (k.new_empty(shape), v.new_empty(shape))
-        keys, values = self.layers[layer]
-        keys[:, :, self.pos:end], values[:, :, self.pos:end] = k, v
-        return keys[:, :, :end], values[:, :, :end]
 
 
 class MLP(nn.Module):
@@ -306,9 +245,9 @@ class GPT(nn.Module):
             for block in self.transformer.h[1:]:
                 block.attn.rotary = self.transformer.h[0].attn.rotary
         if spec.kind == "absolute":
-            self.transformer.wpe = spec.build(config)
+            self.transformer.wpe = spec.make(config)
         if spec.kind == "bias" and spec.shared:  # one bias module for all layers (ALiBi, T5)
-            self.transformer.pos_bias = spec.build(config)
+            self.transformer.pos_bias = spec.make(config)
         self.lm_head = nn.Linear(config.n_embd, padded_vocab(config), bias=False)
         if padded_vocab(config) > config.vocab_size:  # -inf on the padded ids' logits
             mask = torch.zeros(padded_vocab(config))
@@ -320,7 +259,7 @@ class GPT(nn.Module):
             self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
         for m in self.modules():  # position modules with an init of their own (FIRE's MLP)
-            if hasattr(m, "reset_position_parameters"):
+            if isinstance(m, PositionModule):
                 m.reset_position_parameters()
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith("c_proj.weight"):
@@ -390,7 +329,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:  # absolute positions (learned raises past block_size)
             wpe = self.transformer.wpe
-            scale = getattr(wpe, "embed_scale", None)  # sinusoidal's sqrt(n_embd); no multiply by 1 for learned
+            scale = wpe.embed_scale if isinstance(wpe, PositionModule) else None  # sinusoidal's sqrt(n_embd)
             x = (x * scale if scale is not None else x) + wpe(start + idx.shape[1], idx.device, x.dtype)[start:]
         x = self.transformer.drop(x)
         shared_bias = self.transformer.pos_bias if "pos_bias" in self.transformer else None
@@ -413,7 +352,7 @@ class GPT(nn.Module):
     def cache_holds(self, end):
         """Whether keys cached at shorter lengths hold for a sequence of `end` tokens: not where a rotary module's
         tables depend on the whole length (dynamic NTK, LongRoPE past the original length)."""
-        return not any(m.length_dependent(end) for m in self.modules() if hasattr(m, "length_dependent"))
+        return not any(m.length_dependent(end) for m in self.modules() if isinstance(m, PositionModule))
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None, use_cache=True, stats=None):
@@ -448,3 +387,23 @@ class GPT(nn.Module):
         if stats is not None:
             stats.update(new_tokens=max_new_tokens, decode_s=stats.get("decode_s", 0.0), cache=use_cache)
         return idx
+
+
+class KVCache:
+    """Every layer's keys and values (after the position embedding) of the tokens so far, so generation feeds the
+    model only its new tokens: the prompt once (prefill), then one at a time. `capacity` positions; pos cached."""
+
+    def __init__(self, n_layer, capacity):
+        self.layers, self.capacity, self.pos = [None] * n_layer, capacity, 0
+
+    def update(self, layer, k, v):
+        """Write k, v (B, H, T, hs) at positions pos .. pos+T-1 of `layer`; return that layer's k, v so far."""
+        end = self.pos + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; {end} asked")
+        if self.layers[layer] is None:
+            shape = (*k.shape[:2], self.capacity, k.shape[3])
+            self.layers[layer] = (k.new_empty(shape), v.new_empty(shape))
+        keys, values = self.layers[layer]
+        keys[:, :, self.pos:end], values[:, :, self.pos:end] = k, v
+        return keys[:, :, :end], values[:, :, :end]

@@ -227,34 +227,36 @@ def test_rope_a_frequencies_complete_whole_cycles_in_the_training_length():
 
 @pytest.mark.parametrize("backend", ["c", "eager"])
 def test_qk_norm_gives_q_and_k_zero_mean_and_unit_variance_per_head_before_the_rotation(backend):
-    """The rotary module gets the raw q and k and norm=True (the C kernel fuses the two): undoing its
-    rotation (the inverse rotation is exact) must give rows of mean 0 and variance 1, equal to a
-    normalisation written out here."""
-    seen = []
+    """Attention normalises q and k (model.qk_norm) and the rotary module rotates what it gets: its input
+    has rows of mean 0 and variance 1, equal to a normalisation of the raw q, k written out here, and undoing
+    its rotation (the inverse rotation is exact) gives that input back."""
+    seen, raw = [], []
 
     def run(qk_norm):
         model = tiny("rope", qk_norm=qk_norm, rotary_backend=backend)
-        rotary = model.transformer.h[1].attn.rotary
-        handle = rotary.register_forward_hook(lambda m, args, kwargs, out: seen.append(
-            (args[0].detach(), kwargs.get("norm", False), out.detach())), with_kwargs=True)
+        attn = model.transformer.h[1].attn
+        rotary = attn.rotary
+        handles = [rotary.register_forward_hook(lambda m, args, out: seen.append((args[0].detach(), out.detach()))),
+                   attn.c_attn.register_forward_hook(lambda m, args, out: raw.extend(attn.split_heads(out)[:2]))]
         with torch.no_grad():
-            model.transformer.h[1].attn.c_attn.weight.mul_(5).add_(0.3)  # q, k far from normalised
+            attn.c_attn.weight.mul_(5).add_(0.3)  # q, k far from normalised
             model(torch.randint(0, 11, (3, 16)))
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         cos, sin = rotary.tables(0, 16)
-        return [(x, norm, apply_rotary(y, cos, -sin)) for x, norm, y in seen]
+        return [(x, r.detach(), apply_rotary(y, cos, -sin)) for (x, y), r in zip(seen, raw)]
 
     normalised = run(qk_norm=True)
     assert len(normalised) == 2  # q and k
-    for x, norm, unrotated in normalised:
-        assert norm
+    for x, r, unrotated in normalised:
+        assert torch.allclose(unrotated, x, atol=1e-5)
         assert unrotated.mean(-1).abs().max() < 1e-5
         assert torch.allclose(unrotated.var(-1, unbiased=False), torch.ones(()), atol=1e-3)
-        by_hand = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        by_hand = (r - r.mean(-1, keepdim=True)) / torch.sqrt(r.var(-1, unbiased=False, keepdim=True) + 1e-5)
         assert torch.allclose(unrotated, by_hand, atol=1e-5)
-    seen.clear()
-    x, norm, unrotated = run(qk_norm=False)[0]
-    assert not norm and torch.allclose(unrotated, x, atol=1e-5)  # without qk_norm: the raw q
+    seen.clear(), raw.clear()
+    x, r, unrotated = run(qk_norm=False)[0]
+    assert torch.equal(x, r) and torch.allclose(unrotated, r, atol=1e-5)  # without qk_norm: the raw q
     assert unrotated.mean(-1).abs().max() > 0.1
 
 

@@ -237,7 +237,7 @@ def test_settings_a_position_embedding_never_reads_do_not_split_its_runs():
     def run(pos_emb, sigma):
         checkpoint = {"config": {"seed": 1, "out_dir": "x", "fope_sigma": sigma, "pos_emb": pos_emb}, "iter_num": 5}
         model = torch.nn.Module()
-        model.config = train.GPTConfig(pos_emb=pos_emb, fope_sigma=sigma)
+        model.config = train.GPTConfig.from_dict({"pos_emb": pos_emb, "fope_sigma": sigma})  # as a checkpoint loads
         return runs.run_settings(checkpoint, model)
 
     assert run("rope", 0.3) == run("rope", 0.1) and "fope_sigma" not in run("rope", 0.3)

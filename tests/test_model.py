@@ -375,7 +375,7 @@ def test_an_embedding_with_knobs_parent_loading_and_sharing_joins_by_one_entry(m
 
     with pytest.raises(ValueError, match="gain_start must be > 0"):
         Config(pos_emb="gain", gain_start=0.0)
-    with pytest.raises(ValueError, match="gain_share shares gain's module across layers: it needs pos_emb=gain"):
+    with pytest.raises(ValueError, match="gain_share is a knob of gain, not of rope: drop it or pass --pos_emb=gain"):
         Config(pos_emb="rope", gain_share=True)
     shared, own = build("gain", gain_share=True, gain_start=3.0), build("gain")
     rotaries = [b.attn.rotary for b in shared.transformer.h]

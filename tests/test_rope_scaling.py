@@ -228,3 +228,28 @@ def test_learnable_fope_with_dynamic_ntk_follows_every_optimizer_step():
     assert not torch.allclose(pe(x), before.detach())  # the tables follow the new coefficients
 
 
+
+
+def test_a_rescaling_refuses_a_module_that_does_not_declare_ropes_ladder():
+    """A power-law ladder w_m = theta^-(2m/d)^p is not RoPE's: YaRN's correction dimensions (and every other
+    rescaling by the index m) would be RoPE's, silently. Refused in one line, unless the module declares it."""
+    from fope import RotaryEmbedding
+
+    class PowerLadder(RotaryEmbedding):
+        def __init__(self, head_dim, power, scaling=None):
+            super().__init__()
+            m = torch.arange(head_dim // 2, dtype=torch.float64)
+            self.head_dim, self.theta, self.train_len, self.rot_dim = head_dim, 1e4, 64, head_dim
+            self.register_buffer("inv_freq", 1e4 ** -((2 * m / head_dim) ** power), persistent=False)
+            self.register_buffer("freq_index", m.long(), persistent=False)
+            self.configure(scaling, "eager")
+            self.reset_tables()
+
+    PowerLadder(16, 0.5)  # without rope_scaling it is fine
+    with pytest.raises(ValueError, match=r"rope_scaling 'yarn' .* PowerLadder does not declare that ladder "
+                                         r"\(rope_ladder = True\): drop rope_scaling") as err:
+        PowerLadder(16, 0.5, scaling={"rope_type": "yarn", "factor": 4.0})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="RotaryPositionEmbedding does not declare that ladder"):  # rope-a
+        RotaryPositionEmbedding(16, train_len=64, whole_cycles=True, scaling={"rope_type": "linear", "factor": 2.0})
+    RotaryPositionEmbedding(16, train_len=64, clamp_floor=True, scaling={"rope_type": "linear", "factor": 2.0})

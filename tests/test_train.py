@@ -25,7 +25,7 @@ import train
 from configurator import configure
 from checkpoint import CheckpointError, file_sha256
 from data.shards import TokenShards, write_shard
-from model import GPT, GPTConfig
+from model import GPT, POS_EMBS, GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARS = "abcdefghijklmnop"
@@ -504,8 +504,7 @@ def assert_refused(argv, message, out_dir):
     ("n_embd=30", "a rotary embedding rotates pairs of dimensions: head_dim (n_embd / n_head) must be even, got 15"),
     ("n_embd=33", "n_embd (33) must be divisible by n_head (2)"),
     ("rotary_backend=fast", "rotary_backend must be one of auto, eager, c, compile, got 'fast'"),
-    ("pos_emb=xpos", "pos_emb must be one of nope, learned, sinusoidal, rope, rope-a, fope, alibi, kerple, fire, t5, "
-                     "got 'xpos'"),
+    ("pos_emb=xpos", f"pos_emb must be one of {', '.join(POS_EMBS)}, got 'xpos'"),  # the registry's names
     ("init_from=gpt2", "no checkpoint at gpt2: pass init_from=scratch, resume, or the out_dir of a finished run"),
     ("fourier_expand=random", "fourier_expand must be 'fresh' or 'zero', got 'random'"),
     ("lr_decay_iters=0", "lr_decay_iters must be None or >= 1, got 0"),
@@ -672,8 +671,8 @@ def test_a_parent_that_cannot_be_carried_over_is_one_line(tiny_data, tmp_path):
     parent = tmp_path / "learned"
     train.main(tiny_args(tiny_data, parent, max_iters=2, pos_emb="learned"))
     for change, message in [(dict(pos_emb="learned", block_size=32), "learned positions cannot be carried to another "
-                             "block_size or position embedding (parent: learned at 16); pick nope, sinusoidal, rope, rope-a, fope, alibi, "
-                             "kerple, fire, t5"),
+                             "block_size or position embedding (parent: learned at 16); pick "
+                             + ", ".join(n for n, s in POS_EMBS.items() if s.past_block_size)),  # the registry's
                             (dict(n_embd=64), "the parent run has another shape (n_embd 32 -> 64): only block_size, "
                              "the position embedding and rope_scaling may change when starting from it")]:
         assert_refused(tiny_args(tiny_data, tmp_path / "out", max_iters=2, init_from=str(parent), **change),
