@@ -173,7 +173,10 @@ def stale_reason(out_dir, train_args):
         return f"unreadable ({e})"
     expected = configure(train.DEFAULTS, train_args, train.OPTIONAL_TYPES)  # as train.py resolves it now
     saved = ckpt["config"]
-    changed = sorted(k for k in expected.keys() | saved.keys() if k not in saved or k not in expected or saved[k] != expected[k])
+    # a key the run's config lacks, at its default now, is a knob added since (a new embedding's): not a change
+    changed = sorted(k for k in expected.keys() | saved.keys()
+                     if (saved[k] != expected[k] if k in saved and k in expected
+                         else k in saved or expected[k] != train.DEFAULTS.get(k)))
     if changed:
         return f"config changed ({', '.join(changed)})"
     if ckpt["iter_num"] < expected["max_iters"]:

@@ -101,6 +101,16 @@ def test_a_finished_run_is_kept_only_while_its_resolved_config_is_unchanged(fini
     assert runner.stale_reason(out_dir + "_never_trained", argv) == "not trained yet"
 
 
+def test_a_knob_registered_after_the_run_leaves_it_current_unless_the_run_sets_it(finished_run, monkeypatch):
+    """A new embedding's knob is a new config key: at its default it changes nothing the run computes."""
+    out_dir, argv = finished_run
+    monkeypatch.setitem(train.DEFAULTS, "newpe_power", 1.0)  # registered since the run was saved
+    assert runner.stale_reason(out_dir, argv) is None
+    assert runner.stale_reason(out_dir, [*argv, "--newpe_power=2.0"]) == "config changed (newpe_power)"
+    monkeypatch.delitem(train.DEFAULTS, "fope_sigma")  # a key the run recorded, gone from train.py
+    assert runner.stale_reason(out_dir, argv) == "config changed (fope_sigma)"
+
+
 def test_a_run_made_by_other_sources_is_kept_while_it_computes_the_same(tmp_path, monkeypatch):
     data_dir = write_random_chars(tmp_path / "data", "abcdefgh", 3000, 1000)
     argv = [f"--dataset={data_dir}", f"--out_dir={tmp_path / 'run'}", "--n_layer=1", "--n_head=2", "--n_embd=16",
