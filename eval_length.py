@@ -45,8 +45,6 @@ from configurator import autocast_context, describe_machine, resolve_device, res
 from data.shards import ShardError, TokenShards
 from data.tokenizer import get_tokenizer
 from model import POS_EMBS, is_rotary
-from passkey import PasskeyDocs, score
-from rope_scaling import check_scaling
 from runs import format_table, label_runs, parse_labels, plot_sweep, run_settings, summarize, unique_checkpoints
 from util.args import run_main
 
@@ -82,6 +80,7 @@ def perplexity(model, data, length, train_len, tokens, device, batch_tokens=1638
 def passkey_accuracy(model, docs, tok, length, depths, trials, seed, device, batch_tokens=16384):
     """Exact-match accuracy (and digit accuracy) per depth over `trials` documents of `length` tokens, and each
     document's exact match (passkey_exact: depth by depth, the same documents for every model at one seed)."""
+    from passkey import score
     rng = np.random.default_rng(seed)
     by_depth, outcomes = {}, []
     for depth in depths:
@@ -180,6 +179,7 @@ def eval_scaling(args):
             scaling = ast.literal_eval(args.rope_scaling)
         except (ValueError, SyntaxError):
             scaling = args.rope_scaling
+    from rope_scaling import check_scaling  # only where a rescaling is asked for
     try:
         scaling = check_scaling(scaling)
     except ValueError as e:
@@ -238,6 +238,7 @@ def main(argv=None):
     passkey_docs = {}  # and its passkey documents: a char vocabulary may lack their characters
     for _, ckpt in models if args.trials > 0 else []:
         try:
+            from passkey import PasskeyDocs  # only where passkey trials are asked for
             passkey_docs[ckpt["path"]] = PasskeyDocs(tokenizers[ckpt["path"]])
         except ValueError as e:
             raise SystemExit(f"{ckpt['path']}'s data cannot spell passkey documents ({e}): pass --trials 0 "

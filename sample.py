@@ -18,7 +18,6 @@ from checkpoint import build_model, load_checkpoint
 from configurator import autocast_context, configure, resolve_device, resolve_dtype
 from data.tokenizer import get_tokenizer
 from model import is_rotary
-from pretrained import from_pretrained, is_pretrained, load_tokenizer
 from util.args import run_main
 
 _names_before_config = set(globals())
@@ -51,6 +50,7 @@ def main(argv):
             raise SystemExit(f"{key} must be {requirement}, got {getattr(cfg, key)!r}")
     device = resolve_device(cfg.device)
     if cfg.init_from:
+        from pretrained import from_pretrained, is_pretrained, load_tokenizer  # only for a pretrained model
         if not is_pretrained(cfg.init_from):
             raise SystemExit(f"init_from={cfg.init_from} is not a pretrained source; for a run pass --out_dir")
         model, tokenizer = from_pretrained(cfg.init_from), load_tokenizer(cfg.init_from)
