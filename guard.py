@@ -1,12 +1,13 @@
 """
 What keeps a training process in order whatever ends it: train.py makes one call to each.
 
+    guard.quiet_while_loading()   # __main__, first: a Ctrl-C while torch loads ends quietly
     guard.run_script(main)        # __main__: Ctrl-C or SIGTERM ends the run in seconds, exit 130 or 143
     with guard.on_interrupt(ckpt_path, say):  # ... and says what the run leaves (its last checkpoint, whole)
     with guard.claim_out_dir(out_dir, new_run, overwrite):  # out_dir held by this process alone
 
-Signals. Imported first by a script (before torch, which takes seconds to load), this module makes a Ctrl-C
-or SIGTERM during the imports end the process quietly (130, 143): nothing has started. watch_interrupts
+Signals. Called first by a script (quiet_while_loading, before torch, which takes seconds to load), it makes a
+Ctrl-C or SIGTERM during the imports end the process quietly (130, 143): nothing has started. watch_interrupts
 then turns either signal into a KeyboardInterrupt and arms a watchdog, so a run that hangs afterwards still
 ends; interrupts_deferred holds one back while a checkpoint is renamed into place (checkpoint.save_checkpoint);
 end_now ends the process without finalizing the interpreter. out_dir: claim_out_dir locks it, refuses a new
@@ -32,20 +33,12 @@ STOPPED_BY = []  # the signal that stopped the run (watch_interrupts), once one 
 END_STATUS = []  # run_script's exit status where the process ends without finalizing (end_now)
 
 
-def imported_by_main_script():
-    """Whether the module importing this one is a script run as __main__ (python train.py), not a test or a
-    program that imports train: only a script's own process may have its signals taken over."""
-    frame = sys._getframe(1)
-    machinery = ("importlib", "_frozen_importlib", __name__)  # the import machinery's frames, and this module's own
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(machinery):
-        frame = frame.f_back
-    return frame is not None and frame.f_globals.get("__name__") == "__main__"
-
-
-if imported_by_main_script() and threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # Ctrl-C while torch loads: nothing has started
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))  # SIGTERM (a scheduler, timeout) likewise
-    # registered before torch and wandb register theirs, so it runs after them: last
+def quiet_while_loading():
+    """A script's first call, before it imports torch (seconds): a Ctrl-C or SIGTERM meanwhile ends the process
+    quietly (130, 143), since nothing has started; and end_now's exit is registered before torch and wandb
+    register theirs, so it runs after them, last. Only a script's own process (python train.py) calls it."""
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     atexit.register(lambda: not END_STATUS or end_now(END_STATUS[0]))
 
 

@@ -14,7 +14,10 @@ samples; Ctrl-C or SIGTERM ends a run with a status line, its last checkpoint wh
 SIGTERM: guard.py). After Karpathy's nanoGPT train.py (github.com/karpathy/nanoGPT).
 """
 
-import guard  # noqa: I001  first, before torch loads: a Ctrl-C meanwhile ends `python train.py` quietly
+import guard  # noqa: I001  first, before torch loads
+
+if __name__ == "__main__":
+    guard.quiet_while_loading()  # a Ctrl-C (or SIGTERM) while torch loads ends `python train.py` quietly
 
 import contextlib
 import dataclasses
