@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from configurator import read_config_file  # noqa: E402
 from experiments import demo, runner  # noqa: E402
 from experiments.protocol import PROTOCOL, header  # noqa: E402
-from experiments.stats import decide, verdict_text  # noqa: E402
+from experiments.stats import MARGIN_AFTER, at_ceiling, decide, verdict_text  # noqa: E402
 from fope import FOPE_SIGMA  # noqa: E402  (GPTConfig's default: the "fope" arm is sigma 0.3, fourier_dim = head_dim)
 from model import POS_EMBS  # noqa: E402
 from runs import format_table, plot_sweep, spread  # noqa: E402
@@ -48,6 +48,8 @@ _config = read_config_file(runner.repo_path("config/ablate.py"))
 HEAD_DIM = _config["n_embd"] // _config["n_head"]  # config/ablate.py's (make demo's): 32
 FOURIER_DIMS = (HEAD_DIM, 2 * HEAD_DIM, 3 * HEAD_DIM, 4 * HEAD_DIM)
 # --quick: a smoke run of 20 iterations (make geometry's and make power's too)
+# when the margin (experiments/stats.py) was set: after make ablate's runs (swept 2026-11-23; the margins 2026-12-06)
+MARGIN = MARGIN_AFTER
 QUICK_TRAIN = ["--max_iters=20", "--passkey_warmup=10", "--warmup_iters=5", "--eval_interval=20", "--eval_iters=2"]
 
 
@@ -83,7 +85,9 @@ def sections():
 
 class Claim(NamedTuple):
     """One of the paper's claims as a paired comparison of arms A and B at a multiple of L_train. expect:
-    "better" (A below B in perplexity, above in passkey) or "no difference" (the paper sees little effect)."""
+    "better" (A below B in perplexity, above in passkey), "no difference" (the paper sees little effect), or None:
+    the paper claims nothing here (a row of our own, e.g. "(no paper claim)", or the passkey at 1x, where the
+    paper claims nothing): its row is never read for or against the paper, whatever its verdict."""
     section: str
     a: str
     b: str
@@ -132,6 +136,13 @@ def paired(rows, a, b, metric, length):
     return seeds, d, (statistics.mean(by_seed[s][b] for s in seeds) if seeds else None)
 
 
+def arm_mean(rows, arm, metric, length, seeds):
+    """One arm's mean of a metric at one length over the given seeds (those paired() kept)."""
+    values = [r[metric] for r in rows if r["length"] == length and r["label"] == arm and r["seed"] in seeds
+              and r[metric] is not None]
+    return statistics.mean(values) if values else None
+
+
 def unmeasurable(rows, claim, train_len):
     """Why a passkey claim cannot be read, or None: past L_train both arms must retrieve at L_train (mean >= 0.5),
     at L_train at least one must (two arms that never retrieve say nothing about each other)."""
@@ -158,13 +169,16 @@ def tested_claims(rows, train_len, claims=None):
         out.append({"section": claim.section, "claim": claim.text, "a": claim.a, "b": claim.b, "metric": claim.metric,
                     "length": claim.multiple * train_len, "multiple": claim.multiple, "expect": claim.expect,
                     "seeds": seeds, "d": d, "reference": reference, "min": min(d), "max": max(d),
+                    "a_mean": arm_mean(rows, claim.a, claim.metric, claim.multiple * train_len, seeds),
                     "not_measurable": unmeasurable(rows, claim, train_len)})
     return out
 
 
 def decided_claims(tested):
     """One report's tested claims -> each with its verdict (experiments/stats.py), the measurable ones one
-    family for Holm; a passkey claim the arms cannot show gets the verdict "not measurable"."""
+    family for Holm; a passkey claim the arms cannot show gets the verdict "not measurable". Its reading against
+    the paper (paper_label): a row the paper makes no claim on (expect None) is "no paper claim" whatever its
+    verdict; a row whose arms are both at the ceiling says so."""
     family = [c for c in tested if not c["not_measurable"]]
     decided = iter(decide(family))
     out = []
@@ -175,11 +189,24 @@ def decided_claims(tested):
             continue
         c = next(decided)
         c["verdict_text"] = verdict_text(c)
-        wanted = "equivalent" if c["expect"] == "no difference" else "better"
-        c["paper"] = ("undecided" if c["verdict"] == "undecided" else
-                      "as the paper says" if c["verdict"] == wanted else "against the paper")
+        c["ceiling"] = at_ceiling(c["metric"], c.get("a_mean"), c["reference"], c["margin"])
+        c["paper"] = paper_label(c)
         out.append(c)
     return out
+
+
+def paper_label(c):
+    """A decided claim's reading against the paper: "no paper claim" where the paper claims nothing (expect
+    None), "undecided", "as the paper says" or "against the paper"; a ceiling row (both arms within the margin of
+    the metric's best value, stats.at_ceiling) says so beside that label."""
+    if c["expect"] is None:
+        label = "no paper claim"
+    elif c["verdict"] == "undecided":
+        label = "undecided"
+    else:
+        wanted = "equivalent" if c["expect"] == "no difference" else "better"
+        label = "as the paper says" if c["verdict"] == wanted else "against the paper"
+    return f"{label}; both arms at the ceiling" if c.get("ceiling") else label
 
 
 def claim_rows(rows, train_len, claims=None):
@@ -192,10 +219,14 @@ def claim_key(c):
     return f"{c['a']} vs {c['b']}, {c['metric']} at {c['multiple']}x"
 
 
-CLAIMS_NOTE = ("The claims, as paired per-seed differences A - B (lower perplexity, higher passkey is better): "
-               "better / worse by a two-sided paired t, equivalent within the margin by TOST (2% of B's perplexity, "
-               "0.10 of passkey accuracy, fixed before the runs), Holm-adjusted over the report's claims; undecided "
-               "rows give the seeds that would decide them (experiments/stats.py).")
+def claims_note(margin):
+    """The words above a claims table; margin: when the margin was set against these runs (the experiment's or
+    its grids' MARGIN field: stats.MARGIN_BEFORE or stats.MARGIN_AFTER, or a sentence naming grids)."""
+    return ("The claims, as paired per-seed differences A - B (lower perplexity, higher passkey is better): "
+            "better / worse by a two-sided paired t with the 95% interval wholly beyond the margin, equivalent within "
+            f"the margin by TOST (2% of B's perplexity, 0.10 of passkey accuracy, {margin}), Holm-adjusted over the "
+            "report's claims; zero spread by exact sign tests; undecided rows give the seeds that would decide them "
+            "(experiments/stats.py).")
 
 
 def format_claims(claims):
@@ -278,7 +309,7 @@ def write_report(results, sweep, times, seeds, config, quick=False):
                   "```", format_table(summary, lengths).strip(), "```", ""]
         claims = [c for c in sweep["claims"] if c["section"] == name]
         if claims:
-            lines += [CLAIMS_NOTE, "", *format_claims(claims), ""]
+            lines += [claims_note(MARGIN), "", *format_claims(claims), ""]
     docs = {"ablate": sweep}
     if not quick:  # the reading's passkey paragraph cites make geometry's runs (main checked they exist)
         docs["geometry"] = runner.load_json(f"{results}/ablate_geometry.json")

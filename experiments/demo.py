@@ -25,6 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from experiments import runner  # noqa: E402
 from experiments.protocol import PROTOCOL, header  # noqa: E402
+from experiments.stats import MARGIN_AFTER  # noqa: E402
 from runs import format_table  # noqa: E402
 
 VARIANTS = {  # name (the label of its row in the tables) -> train.py overrides
@@ -35,6 +36,8 @@ VARIANTS = {  # name (the label of its row in the tables) -> train.py overrides
     "nope": ["--pos_emb=nope"],
 }
 ROTARY = ("rope", "fope", "clamp-only")
+# when the verdicts' margin (experiments/stats.py) was set: after these runs (swept 2026-11-29; the margins 2026-12-06)
+MARGIN = MARGIN_AFTER
 QUICK_TRAIN = ["--max_iters=200", "--passkey_warmup=100", "--eval_interval=100"]  # --quick: a smoke run
 
 
@@ -82,10 +85,11 @@ def claims():
             Claim("demo", "fope", "clamp-only", "ppl_beyond", 16, "the combination beats the clamp alone (Fig. 6a)"),
             Claim("demo", "fope", "rope", "passkey", 2, "RoPE's passkey falls at 2x, FoPE's stays (Fig. 5)"),
             Claim("demo", "fope", "alibi", "passkey", 2, "FoPE's passkey is stable where ALiBi's declines (Fig. 5)"),
-            Claim("demo", "fope", "clamp-only", "passkey", 2, "(no paper claim) FoPE against the clamp alone, passkey"),
+            Claim("demo", "fope", "clamp-only", "passkey", 2, "(no paper claim) FoPE against the clamp alone, passkey",
+                  None),
             Claim("demo", "rope+yarn8", "rope", "ppl_beyond", 8, "(YaRN's claim) YaRN extends RoPE without training"),
             Claim("demo", "rope+yarn8", "rope", "ppl", 1, "(YaRN) its cost within L_train"),
-            Claim("demo", "fope+yarn8", "fope", "ppl_beyond", 8, "(no paper claim) YaRN on top of FoPE")]
+            Claim("demo", "fope+yarn8", "fope", "ppl_beyond", 8, "(no paper claim) YaRN on top of FoPE", None)]
 
 
 def write_report(results, times, seeds, quick=False):
@@ -104,7 +108,7 @@ def write_report(results, times, seeds, quick=False):
              "With YaRN (factor 8, attention temperature on), rotary variants:", "", "```",
              format_table(yarn["summary"], yarn["info"]["lengths"]).strip(), "```", "",
              f"Peak memory of the sweep: {plain['info']['peak_rss_mb']:.0f} MB (eval_length.py's ru_maxrss).", "",
-             ablate.CLAIMS_NOTE, "", *ablate.format_claims(plain["claims"])]
+             ablate.claims_note(MARGIN), "", *ablate.format_claims(plain["claims"])]
     runner.write_report(f"{results}/demo", "nanoFoPE laptop demo", lines, times, None if quick else "demo",
                         {"demo": plain, "demo_yarn": yarn})
 

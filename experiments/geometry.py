@@ -62,6 +62,7 @@ from eval_length import perplexity  # noqa: E402
 from experiments import ablate, runner  # noqa: E402
 from experiments.ablate import Claim  # noqa: E402
 from experiments.protocol import PROTOCOL, header  # noqa: E402
+from experiments.stats import MARGIN_BEFORE  # noqa: E402
 from experiments.lens_measures import (QKProbe, distance_means, far_mass, free_pairs, free_share,  # noqa: E402
                                        key_attention, pick_windows)
 from fope import FourierPositionEmbedding  # noqa: E402
@@ -76,6 +77,8 @@ PRODUCTION = "config/fope_production.py"
 MULTIPLES = (1, 2, 4, 16)
 PASSKEY_MULTIPLES = (1, 2, 4)
 KEY_DEPTHS = (0.0, 0.25)  # the lens's passkey documents: keys farther than L_train from the question at 2x and 4x
+# when the verdicts' margin (experiments/stats.py, 2026-12-06 14:54) was set: before these runs (out/geo2, swept 20:34)
+MARGIN = MARGIN_BEFORE
 SCORE_SEED, CHOICE_SEED = 1234, 4321  # the documents key attention is scored on; those the copy head is chosen on
 
 
@@ -108,17 +111,17 @@ def geometry_arms(g):
     return {name: flags for name, flags in arms().items() if name in used}
 CLAIMS = [c for c in ablate.CLAIMS if c.section == "parts"] + [
     Claim("parts", "fope", "rope", "passkey", 4, "FoPE keeps the passkey past L_train where RoPE loses it"),
-    Claim("parts", "fope", "clamp-only", "ppl_beyond", 4, "(make ablate: FoPE best at 4x) FoPE vs the clamp at 4x"),
-    *[Claim("production", "fope-prod", "fope", m, k, "(no paper claim) production FoPE against the paper's", "no difference")
+    Claim("parts", "fope", "clamp-only", "ppl_beyond", 4, "(make ablate: FoPE best at 4x) FoPE vs the clamp at 4x", None),
+    *[Claim("production", "fope-prod", "fope", m, k, "(no paper claim) production FoPE against the paper's", None)
       for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 1), ("passkey", 4))],
-    *[Claim("padding", a, b, m, k, f"(the dispute) identity padding against official, {what}", "no difference")
+    *[Claim("padding", a, b, m, k, f"(the dispute) identity padding against official, {what}", None)
       for a, b, what in (("fope-identity", "fope", "paper's FoPE"), ("fope-prod-identity", "fope-prod", "production FoPE"))
       for m, k in (("ppl_beyond", 16), ("ppl", 1))],
-    *[Claim("d_out", a, "fope", m, k, f"(no paper claim) {what} against the paper's", "no difference")
+    *[Claim("d_out", a, "fope", m, k, f"(no paper claim) {what} against the paper's", None)
       for a, what in (("fope-kept", "d_out = D"), ("fope-prod", "production FoPE"))
       for m, k in (("ppl_beyond", 16), ("ppl_beyond", 4), ("ppl", 1), ("passkey", 1), ("passkey", 4))],
     *[Claim("d_out", "fope-prod", "fope-kept", m, k, "(no paper claim) production's other changes (sigma 0.5, shared "
-            "coefficients) on top of d_out = D", "no difference") for m, k in (("ppl_beyond", 16), ("passkey", 1))],
+            "coefficients) on top of d_out = D", None) for m, k in (("ppl_beyond", 16), ("passkey", 1))],
     Claim("d_out", "fope", "clamp-only", "ppl_beyond", 16, "the combination beats the clamp alone"),
 ]
 
@@ -230,7 +233,7 @@ def served_identity(model, data, L, tokens):
 def report(results, times, quick=False):
     """The claims into each geometry's sweep JSON, then results/ablate_geometry.{md,json}."""
     lens = runner.load_json(f"{results}/ablate_geometry_lens.json")
-    doc = {"geometries": {}, "timing": times}
+    doc = {"geometries": {}, "timing": times, "margin": MARGIN}  # the reading says when the margin was set
     lines = []
     sweeps = {g: runner.load_json(f"{results}/ablate_geometry_{g}.json") for g in lens}
     tested = {g: ablate.tested_claims(sweep["rows"], sweep["info"]["train_len"],

@@ -4,16 +4,38 @@ Verdicts: what a comparison of two arms over seeds decides, and with what confid
 A claim compares arm A with arm B on one metric at one length through the paired per-seed differences
 d_s = A_s - B_s (seed s trains both arms on the same data order). Each claim gets one of four verdicts:
 
-    better      A is better than B: the two-sided paired t-test rejects "no difference" (Holm-adjusted p < 0.05)
-                and A is on the good side (lower perplexity, higher passkey accuracy)
-    worse       the same test rejects, A on the bad side
+    better      A is better than B by more than the margin m: the two-sided paired t-test rejects "no difference"
+                (Holm-adjusted p < 0.05) AND the 95% interval lies wholly beyond the margin on A's good side
+                (lower perplexity, higher passkey accuracy): hi < -m, or lo > +m where higher is better
+    worse       the same, A on the bad side
     equivalent  within +/- m: the two one-sided tests (TOST, Schuirmann 1987) reject |mean d| >= m
                 (Holm-adjusted p < 0.05), i.e. the 90% interval lies inside +/- m
     undecided   neither, with the seeds the observed effect would need (80% power at 5% / the number of claims,
-                the level Holm asks of the strictest claim in the family)
+                the level Holm asks of the strictest claim in the family): to show the difference beyond the
+                margin (both conditions of "better", by numeric integration over the sample sd) or equivalence
+                (exact TOST power: both one-sided tests jointly, Owen's integral done numerically)
 
-The margin m is fixed here, before any run: 2% of B's mean perplexity, or 0.10 of passkey accuracy
-(MARGINS). Equality is never read from a failed test of difference: "equivalent" needs its own test.
+Why the interval must clear the margin (decide): the margin is the smallest difference that counts; a test that
+rejects "no difference" says only that the difference is not 0, and with a small spread it rejects for a
+difference of -0.009 passkey accuracy, which the margin calls negligible. Requiring the point estimate beyond the
+margin would still call "better" a difference whose interval reaches values the margin calls negligible; requiring
+the whole interval beyond it is the mirror of TOST (equivalence: the interval inside +/- m; a difference: the
+interval outside), so no claim can be both, and a significant difference inside the margin is equivalent if TOST
+shows it, else undecided.
+
+The margin m is set here, one rule for every experiment: 2% of B's mean perplexity, or 0.10 of passkey accuracy
+(MARGINS). It was set on 2026-12-06, after the runs of make demo, make ablate, make extend and make power's two
+900-iteration grids, before the others: each report says which (its experiment's or grid's margin field, not a
+blanket sentence). Equality is never read from a failed test of difference: "equivalent" needs its own test.
+
+Zero spread (paired_test): when every paired difference is the same value c (a spread below 1e-9 of the largest
+|d|, float rounding), the t statistic is c / 0 and the t-test says nothing (its model gives a constant sample
+probability 0). Such a sample is decided by exact sign tests instead, which need no spread: n identical nonzero
+differences give the two-sided p = 2 * 0.5^n (capped at 1; 0.25 at 3 seeds, 0.002 at 10), all-zero differences no
+evidence of a difference (p = 1); equivalence: each one-sided sign test (every difference above -m; every
+difference below +m) has p = 0.5^n when |c| < m, so TOST's p = 0.5^n (else 1); the interval is the sign test's
+order-statistic interval [c, c], which reaches 95% coverage only from 6 differences (2 * 0.5^6 < 0.05): below
+that it is unbounded. Three seeds that agree exactly decide nothing, either way.
 Holm's step-down correction runs over the claims of one report (one family), separately for the
 difference tests and for the equivalence tests. Passkey accuracies also get a pooled Wilson interval
 (all seeds' documents together) beside the per-seed mean.
@@ -26,12 +48,18 @@ documents that all differ the same way have sd 0, so t = inf).
 import math
 
 import numpy as np
+from scipy import integrate
 from scipy import stats as st
 
 ALPHA = 0.05
 POWER = 0.8
 MARGINS = {"ppl": ("relative", 0.02), "ppl_beyond": ("relative", 0.02), "passkey": ("absolute", 0.10)}
 HIGHER_IS_BETTER = {"ppl": False, "ppl_beyond": False, "passkey": True}
+CEILINGS = {"passkey": 1.0}  # a metric's best possible value, where it has one
+# when the margin was set relative to an experiment's (or a grid's) runs: the words its report uses
+MARGIN_BEFORE, MARGIN_AFTER = "fixed before the runs", "chosen after the runs"
+SEARCHED = {"seeds": 100_000, "documents": 20_000}  # the largest counts seeds_for_* / documents_needed try
+ZERO_SPREAD = 1e-9  # a spread below this share of the largest |d| is rounding: every difference the same
 VERDICTS = ("better", "worse", "equivalent", "undecided")
 
 
@@ -41,22 +69,36 @@ def margin(metric, reference_mean):
     return value * abs(reference_mean) if kind == "relative" else value
 
 
+def sign_test(c, n, m):
+    """n paired differences all equal to c (zero spread) -> paired_test's fields by exact sign tests (the module's
+    docstring): two-sided p = min(1, 2 * 0.5^n) for c != 0, 1 for c = 0; TOST p = 0.5^n if |c| < m, else 1; the
+    order-statistic interval [c, c] from 6 differences on, unbounded below."""
+    p = min(1.0, 2 * 0.5 ** n) if c != 0 else 1.0
+    p_equiv = 0.5 ** n if abs(c) < m else 1.0
+    ci = (c, c) if 2 * 0.5 ** n <= ALPHA else (-math.inf, math.inf)
+    return {"n": n, "mean": c, "sd": 0.0, "ci95": ci, "t": math.nan, "p": p, "p_equiv": p_equiv,
+            "test": ("exact sign test", "exact sign tests")}
+
+
+def zero_spread(d):
+    """Whether every difference is the same value, up to float rounding (ZERO_SPREAD)."""
+    d = np.asarray(d, dtype=float)
+    return len(d) > 1 and float(d.std(ddof=1)) <= ZERO_SPREAD * float(np.abs(d).max())
+
+
 def paired_test(d, m):
     """Paired differences d -> mean, sd, 95% interval, two-sided p of 'no difference', TOST p of '|mean| >= m'.
-    Degenerate spreads (every difference equal) are decided exactly: a constant nonzero difference is a
-    difference (p = 0), a constant zero one is equivalence within any m > 0."""
+    Zero spread (every difference equal, up to rounding) is decided by exact sign tests (sign_test), never by
+    t = c / 0."""
     d = np.asarray(d, dtype=float)
     n = len(d)
     mean = float(d.mean())
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
     if n < 2:
         return {"n": n, "mean": mean, "sd": sd, "ci95": (math.nan, math.nan), "t": math.nan, "p": 1.0, "p_equiv": 1.0}
+    if zero_spread(d):
+        return sign_test(mean, n, m)
     se = sd / math.sqrt(n)
-    if se == 0:
-        p = 0.0 if mean != 0 else 1.0
-        p_equiv = 0.0 if abs(mean) < m else 1.0
-        return {"n": n, "mean": mean, "sd": sd, "ci95": (mean, mean), "t": math.copysign(math.inf, mean) if mean else 0.0,
-                "p": p, "p_equiv": p_equiv}
     t = mean / se
     p = float(2 * st.t.sf(abs(t), n - 1))
     half = float(st.t.ppf(1 - ALPHA / 2, n - 1)) * se
@@ -136,31 +178,80 @@ def holm(pvalues):
     return adjusted.tolist()
 
 
-def seeds_for_difference(mean, sd, alpha=ALPHA):
-    """Seeds a paired t-test needs to detect a true difference `mean` with spread `sd` (two-sided alpha,
-    POWER), by the noncentral t; None if there is no effect to detect."""
-    if not mean or not math.isfinite(sd) or sd == 0:
+def _over_sd(n, sd, inside, breaks=()):
+    """E over the sample sd s of a paired sample of n (s^2 (n-1) / sd^2 ~ chi^2 with n - 1 df) of inside(s): the
+    probability, given s, that the mean lands where the test rejects. breaks: values of s where inside has a kink
+    or drops to 0 (the integral is taken piecewise between them, over the chi^2's central 1 - 2e-12)."""
+    df = n - 1
+    lo, hi = float(st.chi2.ppf(1e-12, df)), float(st.chi2.isf(1e-12, df))
+    cuts = sorted({lo, hi, *(df * (b / sd) ** 2 for b in breaks if lo < df * (b / sd) ** 2 < hi)})
+    return sum(integrate.quad(lambda u: inside(sd * math.sqrt(u / df)) * st.chi2.pdf(u, df), a, b, limit=200,
+                              epsabs=1e-11)[0] for a, b in zip(cuts, cuts[1:]))
+
+
+def difference_power(n, mean, sd, m=0.0, alpha=ALPHA):
+    """Power of "better"/"worse" (decide) with n pairs when the true difference is `mean` with spread `sd`: the
+    two-sided test at alpha rejects AND the 95% interval lies beyond the margin m on the mean's side, i.e.
+    |mean_hat| > max(t_{1-alpha/2} se, m + t_{0.975} se), se = s / sqrt(n) (either side counts, as the test does)."""
+    ta, tb = st.t.ppf(1 - alpha / 2, n - 1), st.t.ppf(1 - ALPHA / 2, n - 1)
+    se_true = sd / math.sqrt(n)
+
+    def inside(s):
+        edge = max(ta * s / math.sqrt(n), m + tb * s / math.sqrt(n))
+        return st.norm.sf((edge - abs(mean)) / se_true) + st.norm.cdf((-edge - abs(mean)) / se_true)
+    kink = (m * math.sqrt(n) / (ta - tb),) if m > 0 and ta > tb else ()  # where the two conditions swap
+    return _over_sd(n, sd, inside, kink)
+
+
+def tost_power(n, mean, sd, m, alpha=ALPHA):
+    """Exact power of TOST at alpha with n pairs when the true difference is `mean` with spread `sd`: both
+    one-sided tests reject jointly, i.e. |mean_hat| < m - t_{1-alpha} s / sqrt(n), integrated over the sample sd
+    s (Owen's Q, done numerically; a simulation of 200,000 samples agrees to 0.001)."""
+    t = st.t.ppf(1 - alpha, n - 1)
+    se_true = sd / math.sqrt(n)
+
+    def inside(s):
+        edge = m - t * s / math.sqrt(n)
+        return max(0.0, st.norm.cdf((edge - abs(mean)) / se_true) - st.norm.cdf((-edge - abs(mean)) / se_true)) \
+            if edge > 0 else 0.0
+    return _over_sd(n, sd, inside, (m * math.sqrt(n) / t,))  # no s past m sqrt(n) / t rejects
+
+
+def _fewest(power, most=SEARCHED["seeds"]):
+    """The smallest n >= 2 with power(n) >= POWER (power grows with n), by doubling then bisection; None past most."""
+    if power(2) >= POWER:
+        return 2
+    lo, hi = 2, 4
+    while power(hi) < POWER:
+        lo, hi = hi, hi * 2
+        if hi > most:
+            return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if power(mid) >= POWER else (mid, hi)
+    return hi
+
+
+def seeds_for_difference(mean, sd, alpha=ALPHA, m=0.0):
+    """Seeds a paired comparison needs (POWER) to decide a true difference `mean` with spread `sd` as better or
+    worse (difference_power: the test at alpha and the interval beyond the margin m); None if |mean| <= m. Zero
+    spread: the exact sign test's count, the fewest n with 2 * 0.5^n < alpha (and at least 6, for the interval)."""
+    if not mean or abs(mean) <= m or not math.isfinite(sd):
         return None
-    effect = abs(mean) / sd
-    for n in range(2, 10_000):
-        crit = st.t.ppf(1 - alpha / 2, n - 1)
-        if st.nct.sf(crit, n - 1, effect * math.sqrt(n)) >= POWER:
-            return n
-    return None
+    if sd == 0:
+        return max(6, math.ceil(math.log2(2 / alpha) + 1e-12))
+    return _fewest(lambda n: difference_power(n, mean, sd, m, alpha))
 
 
 def seeds_for_equivalence(mean, sd, m, alpha=ALPHA):
-    """Seeds TOST needs to show |difference| < m when the true difference is `mean` with spread `sd`
-    (the power of the worse one-sided test, a conservative bound); None if |mean| >= m."""
+    """Seeds TOST needs (POWER) to show |difference| < m when the true difference is `mean` with spread `sd`, by
+    its exact power (tost_power: both one-sided tests jointly); None if |mean| >= m. Zero spread: the exact sign
+    tests' count, the fewest n with 0.5^n < alpha."""
     if abs(mean) >= m or not math.isfinite(sd):
         return None
     if sd == 0:
-        return 2
-    for n in range(2, 10_000):
-        crit = st.t.ppf(1 - alpha, n - 1)
-        if st.nct.cdf(-crit, n - 1, (abs(mean) - m) / sd * math.sqrt(n)) >= POWER:
-            return n
-    return None
+        return max(2, math.ceil(math.log2(1 / alpha) + 1e-12))
+    return _fewest(lambda n: tost_power(n, mean, sd, m, alpha))
 
 
 def wilson(successes, trials, z=1.959964):
@@ -186,7 +277,7 @@ def decide(claims):
     out = []
     for c, pd, pe in zip(tested, p_diff, p_equiv):
         good = c["mean"] > 0 if HIGHER_IS_BETTER[c["metric"]] else c["mean"] < 0
-        if pd < ALPHA:
+        if pd < ALPHA and beyond_margin(c["ci95"], c["margin"]):
             verdict = "better" if good else "worse"
         elif pe < ALPHA:
             verdict = "equivalent"
@@ -197,11 +288,25 @@ def decide(claims):
             need = documents_needed(c["d"], c["margin"], ALPHA / len(tested))
         elif verdict == "undecided":  # at the level Holm asks of the family's strictest rank (Bonferroni's)
             alpha = ALPHA / len(tested)
-            options = [n for n in (seeds_for_difference(c["mean"], c["sd"], alpha),
+            options = [n for n in (seeds_for_difference(c["mean"], c["sd"], alpha, c["margin"]),
                                    seeds_for_equivalence(c["mean"], c["sd"], c["margin"], alpha)) if n]
             need = min(options) if options else None
         out.append({**c, "p_holm": pd, "p_equiv_holm": pe, "verdict": verdict, "seeds_needed": need})
     return out
+
+
+def beyond_margin(ci, m):
+    """Whether the interval lies wholly beyond the margin on one side (hi < -m or lo > +m): what better / worse
+    ask besides the test (the module's docstring says why)."""
+    lo, hi = ci
+    return hi < -m or lo > m
+
+
+def at_ceiling(metric, a_mean, b_mean, m):
+    """Whether both arms are within the margin m of the metric's best possible value (CEILINGS): then the arms
+    cannot differ by a margin's worth and the comparison shows only that both are at the ceiling."""
+    top = CEILINGS.get(metric)
+    return top is not None and a_mean is not None and b_mean is not None and min(a_mean, b_mean) >= top - m
 
 
 def verdict_text(c, fmt=".3f"):
@@ -211,8 +316,13 @@ def verdict_text(c, fmt=".3f"):
     difference, equivalence = c.get("test", ("paired t", "TOST"))
     if c["verdict"] in ("better", "worse"):
         return f"{c['verdict']}: {effect}, {difference}, Holm p = {c['p_holm']:.2g}"
+    inside = f"a difference too (Holm p = {c['p_holm']:.2g}), but within the margin" if c["p_holm"] < ALPHA else ""
     if c["verdict"] == "equivalent":
-        return f"equivalent within +/- {c['margin']:{fmt}}: {effect}, {equivalence} Holm p = {c['p_equiv_holm']:.2g}"
+        return (f"equivalent within +/- {c['margin']:{fmt}}: {effect}, {equivalence} Holm p = {c['p_equiv_holm']:.2g}"
+                + (f"; {inside}" if inside else ""))
     unit = c.get("unit", "seeds")
-    need = f"; ~{c['seeds_needed']} {unit} would decide it" if c["seeds_needed"] else f"; no count of {unit} decides it"
-    return f"undecided: {effect}, Holm p = {c['p_holm']:.2g} (difference), {c['p_equiv_holm']:.2g} (within +/- {c['margin']:{fmt}}){need}"
+    need = (f"; ~{c['seeds_needed']} {unit} would decide it" if c["seeds_needed"] else
+            f"; no count of {unit} up to {SEARCHED.get(unit, SEARCHED['seeds']):,} decides it")
+    difference_words = "difference; its interval reaches inside the margin" if inside else "difference"
+    return (f"undecided: {effect}, Holm p = {c['p_holm']:.2g} ({difference_words}), {c['p_equiv_holm']:.2g} "
+            f"(within +/- {c['margin']:{fmt}}){need}")

@@ -297,7 +297,9 @@ def test_make_pretrained_claims_pair_the_val_windows_and_the_passkey_documents()
                     "yarn": {"lengths": rows(40.0, 240.0, 140.0), "passkey": {"16": {"passkey_exact": [1, 0, 1, 1]}}}}}
     claimed = make_pretrained.claims(doc)
     ppl, key = claimed["yarn vs rope, ppl_beyond at 4x"], claimed["yarn vs rope, passkey at 2x"]
-    assert ppl["unit"] == "windows" and ppl["d"] == [-60.0, -60.0, -60.0] and ppl["verdict"] == "better"
+    # three windows that differ by exactly -60: zero spread, an exact sign test (p = 0.25) decides nothing
+    assert ppl["unit"] == "windows" and ppl["d"] == [-60.0, -60.0, -60.0] and ppl["verdict"] == "undecided"
+    assert ppl["p"] == pytest.approx(0.25) and "~7 windows would decide it" in ppl["verdict_text"]  # 2 * 0.5^7 < 0.05 / 2
     assert key["unit"] == "documents" and key["d"] == [1, 0, 0, 1] and key["verdict"] == "undecided"
     assert "documents would decide it" in key["verdict_text"]
     assert not any("dynamic" in k for k in claimed)  # a claim whose arm did not run is left out

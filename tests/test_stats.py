@@ -46,13 +46,72 @@ def test_a_wide_sample_is_undecided_with_the_seeds_it_would_need_never_equivalen
     assert c["verdict"] == "undecided" and c["p_holm"] > 0.05
 
 
-def test_a_tiny_variance_decides_exactly():
-    (same,) = decide([claim([0.0, 0.0, 0.0], "passkey", 1.0)])  # passkey 1.00 against 1.00 on every seed
-    assert same["verdict"] == "equivalent"
+def test_zero_spread_is_decided_by_exact_sign_tests_never_p_zero():
+    # three seeds that agree exactly: the t-test would read t = c / 0, p = 0; the sign test's p is 2 * 0.5^3
     (shift,) = decide([claim([-0.5, -0.5, -0.5])])
-    assert shift["verdict"] == "better" and shift["p"] == 0.0
-    (tiny,) = decide([claim([-0.5, -0.5 + 1e-9, -0.5])])
-    assert tiny["verdict"] == "better"
+    assert shift["p"] == pytest.approx(0.25) and shift["verdict"] == "undecided"
+    assert shift["ci95"] == (-math.inf, math.inf)  # the sign test's interval needs 6 differences for 95%
+    assert shift["seeds_needed"] == 6 and "exact sign test" in shift["test"]
+    (ten,) = decide([claim([-0.5] * 10)])  # ten seeds that agree: decided, at the sign test's p
+    assert ten["verdict"] == "better" and ten["p"] == pytest.approx(2 * 0.5 ** 10) and ten["ci95"] == (-0.5, -0.5)
+    assert "exact sign test" in verdict_text(ten)
+    # all-zero differences: no evidence of a difference; equivalence by the one-sided sign tests, p = 0.5^n
+    (same,) = decide([claim([0.0, 0.0, 0.0], "passkey", 1.0)])  # passkey 1.00 against 1.00 on 3 seeds
+    assert same["p"] == 1.0 and same["p_equiv"] == pytest.approx(0.125) and same["verdict"] == "undecided"
+    (same10,) = decide([claim([0.0] * 10, "passkey", 1.0)])
+    assert same10["verdict"] == "equivalent" and same10["p_equiv"] == pytest.approx(0.5 ** 10)
+    assert paired_test([0.3] * 8, 0.2)["p_equiv"] == 1.0  # a constant outside the margin is never equivalent
+    # a spread of float rounding is zero spread: passkey accuracies that differ by 0.05 on every seed
+    d = [0.95 - 0.9, 0.85 - 0.8, 0.75 - 0.7]
+    assert np.std(d) > 0 and paired_test(d, 0.1)["p"] == pytest.approx(0.25)
+    # a real spread, however small, is the t-test's
+    r = paired_test([-0.5, -0.499, -0.501], 0.2)
+    assert "test" not in r and r["p"] < 1e-3
+
+
+def test_a_difference_inside_the_margin_is_never_better_or_worse():
+    # the case: passkey -0.009 on 10 seeds with a tiny spread passes the t-test, but 0.009 is within +/- 0.10
+    d = [-0.009 + e for e in (0.001, -0.001, 0.0005, -0.0005, 0.0, 0.0012, -0.0012, 0.0003, -0.0003, 0.0)]
+    (c,) = decide([claim(d, "passkey", 1.0)])
+    assert c["p_holm"] < 1e-6 and c["verdict"] == "equivalent"
+    assert "a difference too" in verdict_text(c) and "within the margin" in verdict_text(c)
+    # passes the test, interval straddles the margin's near side (-0.2), TOST fails: undecided, never "better"
+    d = [-0.22 + e for e in (0.05, -0.05, 0.1, -0.1, 0.03, -0.03, 0.07, -0.07, 0.0, 0.0)]
+    (c,) = decide([claim(d)])  # margin 2% of 10 = 0.2
+    lo, hi = c["ci95"]
+    assert c["p_holm"] < 0.05 and lo < -0.2 < hi and c["verdict"] == "undecided"
+    assert "its interval reaches inside the margin" in verdict_text(c) and c["seeds_needed"] > 10
+    # the whole interval beyond the margin: better
+    (c,) = decide([claim([x - 0.4 for x in d])])
+    assert c["ci95"][1] < -0.2 and c["verdict"] == "better"
+
+
+def test_equivalence_seeds_come_from_exact_tost_power_not_the_worse_one_sided_test():
+    from scipy import stats as st
+
+    from experiments.stats import difference_power, tost_power
+    # results/power.md's two rows (FoPE - RoPE, ppl at 1x, theta150-900 and ablate-900; 45 claims, Bonferroni level)
+    alpha = 0.05 / 45
+    rows = [(-0.0012545048819115224, 0.2232922569562641, 0.1828278786683718, 28, 33),
+            (-0.010810499352199975, 0.5171906936197551, 0.1880696955882323, 135, 150)]
+    for mean, sd, m, one_sided, exact in rows:
+        worse_side = next(n for n in range(2, 1000) if st.nct.cdf(-st.t.ppf(1 - alpha, n - 1), n - 1,
+                                                                   (abs(mean) - m) / sd * math.sqrt(n)) >= 0.8)
+        assert worse_side == one_sided  # what the reports said
+        assert seeds_for_equivalence(mean, sd, m, alpha) == exact  # what exact TOST power asks
+        assert tost_power(exact - 1, mean, sd, m, alpha) < 0.8 <= tost_power(exact, mean, sd, m, alpha)
+    # exact TOST power against a simulation of the two one-sided tests (8 pairs, delta 0.05, sd 0.2, m 0.25)
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.05, 0.2, (100_000, 8))
+    mu, se, t = x.mean(1), x.std(1, ddof=1) / math.sqrt(8), st.t.ppf(0.95, 7)
+    simulated = ((mu - t * se > -0.25) & (mu + t * se < 0.25)).mean()
+    assert tost_power(8, 0.05, 0.2, 0.25) == pytest.approx(simulated, abs=0.005)
+    # without a margin, the power of "better" is the noncentral t's (both tails)
+    crit = st.t.ppf(0.975, 9)
+    nct = st.nct.sf(crit, 9, math.sqrt(10)) + st.nct.cdf(-crit, 9, math.sqrt(10))
+    assert difference_power(10, 1.0, 1.0) == pytest.approx(nct, abs=1e-6)
+    assert seeds_for_difference(0.25, 0.1, m=0.2) > seeds_for_difference(0.25, 0.1)  # beyond the margin costs seeds
+    assert seeds_for_difference(0.15, 0.1, m=0.2) is None
 
 
 def documents(d):
@@ -90,8 +149,8 @@ def test_holm_adjusts_step_down_and_stays_monotone():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5]) == [0.5]
     # more claims in a family: a claim that alone would pass no longer does
-    alone = decide([claim([-0.3, -0.1, -0.5, -0.2, -0.4])])[0]
-    crowd = decide([claim([-0.3, -0.1, -0.5, -0.2, -0.4])] + [claim([1.0, -1.0, 0.5, -0.5, 0.2])] * 4)[0]
+    alone = decide([claim([-0.3, -0.1, -0.5, -0.2, -0.4], reference=1.0)])[0]  # margin 0.02: the interval clears it
+    crowd = decide([claim([-0.3, -0.1, -0.5, -0.2, -0.4], reference=1.0)] + [claim([1.0, -1.0, 0.5, -0.5, 0.2])] * 4)[0]
     assert alone["verdict"] == "better" and crowd["p_holm"] > alone["p_holm"]
 
 
